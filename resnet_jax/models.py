@@ -1,0 +1,370 @@
+"""Every network of He et al. (2016): plain and residual, ImageNet and CIFAR.
+
+One `ResNet` module covers the whole zoo; the named models are presets over it
+(see `MODELS` and `create_model`). Layout is NHWC. The model does no input
+normalisation: the input pipeline subtracts the per-pixel mean.
+
+Stages of identical blocks are run with `nn.scan`, so the compiled graph holds
+one block per stage whatever the depth (cifar_resnet1202 compiles in seconds).
+Scanned parameters carry a leading `block` axis; `layer_responses` unstacks the
+recorded responses back into one entry per layer.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# He et al. 2015 ("Delving deep into rectifiers"), forward case: zero-mean
+# Gaussian with std sqrt(2 / fan_in), fan_in = k * k * c_in (Caffe's "msra").
+he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+# The fc layer: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights and zero bias, as in
+# Torch's nn.Linear default that the Torch reproductions of the paper used.
+fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+SHORTCUTS = ('A', 'B', 'C')
+
+
+class GroupBatchNorm(nn.Module):
+  """BatchNorm whose training statistics come from groups of `group_size`.
+
+  Emulates the paper's per-GPU BatchNorm (statistics over each GPU's share of
+  the mini-batch) under a global-batch `jax.jit`. Variables are named as in
+  `nn.BatchNorm` (params scale/bias, batch_stats mean/var), so checkpoints are
+  interchangeable. The running statistics are updated with the mean over groups.
+  """
+  group_size: int
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = None
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+      y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
+    else:
+      batch = x.shape[0]
+      if batch % self.group_size:
+        raise ValueError(f'batch {batch} is not divisible by bn_group_size '
+                         f'{self.group_size}; pick a group size that divides '
+                         'the per-step batch.')
+      groups = x.reshape((batch // self.group_size, self.group_size) + x.shape[1:])
+      groups = groups.astype(jnp.float32)
+      axes = tuple(range(1, groups.ndim - 1))
+      mean = groups.mean(axis=axes, keepdims=True)
+      var = jnp.square(groups - mean).mean(axis=axes, keepdims=True)
+      y = ((groups - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if not self.is_initializing():
+        ra_mean.value = (self.momentum * ra_mean.value +
+                         (1 - self.momentum) * mean.reshape(-1, features).mean(0))
+        ra_var.value = (self.momentum * ra_var.value +
+                        (1 - self.momentum) * var.reshape(-1, features).mean(0))
+    y = y * scale + bias
+    return y.astype(self.dtype or x.dtype)
+
+
+def zero_pad_shortcut(x, features: int, strides: int):
+  """Option A shortcut: subsample by `strides`, zero-pad the new channels.
+
+  The new channels are appended after the existing ones (the paper says only
+  "extra zero entries padded"); no parameters.
+  """
+  if strides > 1:
+    x = x[:, ::strides, ::strides, :]
+  extra = features - x.shape[-1]
+  if extra < 0:
+    raise ValueError(f'option A cannot shrink {x.shape[-1]} channels to {features}')
+  if extra:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+  return x
+
+
+class Shortcut(nn.Module):
+  """The shortcut branch of one block, for options A, B and C."""
+  features: int
+  strides: int
+  option: str
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x):
+    changes = self.strides != 1 or x.shape[-1] != self.features
+    if self.option == 'C' or (self.option == 'B' and changes):
+      x = self.conv(self.features, (1, 1), strides=(self.strides,) * 2, name='conv')(x)
+      return self.norm(name='bn')(x)
+    if self.option == 'A':
+      return zero_pad_shortcut(x, self.features, self.strides)
+    return x  # option B, same shape: identity
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets)."""
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  shortcut: str | None  # None: a plain block, no shortcut at all.
+  zero_init_last_bn: bool = False
+  downsample_on_3x3: bool = True  # unused: basic blocks have only 3x3 convs.
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.features, (3, 3), strides=(self.strides,) * 2, name='conv1')(x)
+    y = self.norm(name='bn1')(y)
+    self.sow('intermediates', 'response1', y)
+    y = nn.relu(y)
+    y = self.conv(self.features, (3, 3), name='conv2')(y)
+    last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
+    y = self.norm(name='bn2', scale_init=last_init)(y)
+    self.sow('intermediates', 'response2', y)
+    if self.shortcut is not None:
+      y = y + Shortcut(self.features, self.strides, self.shortcut, self.conv,
+                       self.norm, name='shortcut')(x)
+    return nn.relu(y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 reduce, 3x3, 1x1 expand to 4x `features` (ResNet-50/101/152)."""
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  shortcut: str | None
+  zero_init_last_bn: bool = False
+  # False: stride on the first 1x1, as in the paper's released models (what
+  # Table 1 counts). True: stride on the 3x3 ("ResNet v1.5", torchvision).
+  downsample_on_3x3: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    s1, s3 = ((1, self.strides) if self.downsample_on_3x3 else (self.strides, 1))
+    y = self.conv(self.features, (1, 1), strides=(s1, s1), name='conv1')(x)
+    y = nn.relu(self.norm(name='bn1')(y))
+    y = self.conv(self.features, (3, 3), strides=(s3, s3), name='conv2')(y)
+    y = self.norm(name='bn2')(y)
+    self.sow('intermediates', 'response2', y)
+    y = nn.relu(y)
+    y = self.conv(4 * self.features, (1, 1), name='conv3')(y)
+    last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
+    y = self.norm(name='bn3', scale_init=last_init)(y)
+    if self.shortcut is not None:
+      y = y + Shortcut(4 * self.features, self.strides, self.shortcut, self.conv,
+                       self.norm, name='shortcut')(x)
+    return nn.relu(y)
+
+
+def _scannable(block_cls):
+  """A subclass of `block_cls` with the (carry, x) -> (carry, y) scan signature."""
+
+  class Scanned(block_cls):
+
+    def __call__(self, x, _):
+      return super().__call__(x), None
+
+  Scanned.__name__ = f'Scanned{block_cls.__name__}'
+  return Scanned
+
+
+_SCANNABLE = {cls: _scannable(cls) for cls in (BasicBlock, BottleneckBlock)}
+
+
+class ResNet(nn.Module):
+  """Residual or plain network of He et al. (2016).
+
+  Attributes:
+    stage_sizes: blocks per stage.
+    block_cls: `BasicBlock` or `BottleneckBlock`.
+    num_filters: filters of the first stage; doubled at each later stage.
+    stem: 'imagenet' (7x7/2 conv, 3x3/2 max pool) or 'cifar' (one 3x3 conv).
+    shortcut: 'A', 'B' or 'C'; ignored when `plain`.
+    plain: no shortcuts at all (the paper's plain nets).
+    num_classes: outputs of the final fc layer.
+    dtype: compute dtype; params stay float32, logits are float32.
+    bn_momentum, bn_epsilon: BatchNorm running-average decay and epsilon.
+    bn_group_size: if set, BatchNorm statistics in training are computed over
+      groups of this many examples (the paper's per-GPU BN); None: the whole
+      batch that the step sees.
+    zero_init_last_bn: zero-init the last BN scale of each residual branch
+      (not in the paper; off by default).
+    downsample_on_3x3: bottleneck stride on the 3x3 ("v1.5") instead of the
+      first 1x1 (the paper's models).
+    scan_blocks: run each stage's identical blocks with `nn.scan`.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  num_filters: int = 64
+  stem: str = 'imagenet'
+  shortcut: str = 'B'
+  plain: bool = False
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  bn_group_size: int | None = None
+  zero_init_last_bn: bool = False
+  downsample_on_3x3: bool = False
+  scan_blocks: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=he_normal)
+    if self.bn_group_size:
+      norm = functools.partial(GroupBatchNorm, group_size=self.bn_group_size,
+                               use_running_average=not train,
+                               momentum=self.bn_momentum,
+                               epsilon=self.bn_epsilon, dtype=self.dtype)
+    else:
+      norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                               momentum=self.bn_momentum,
+                               epsilon=self.bn_epsilon, dtype=self.dtype,
+                               param_dtype=jnp.float32)
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(self.num_filters, (7, 7), strides=(2, 2), padding=[(3, 3), (3, 3)],
+               name='conv_init')(x)
+      x = nn.relu(norm(name='bn_init')(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    elif self.stem == 'cifar':
+      x = conv(self.num_filters, (3, 3), name='conv_init')(x)
+      x = nn.relu(norm(name='bn_init')(x))
+    else:
+      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+
+    block_args = dict(conv=conv, norm=norm,
+                      shortcut=None if self.plain else self.shortcut,
+                      zero_init_last_bn=self.zero_init_last_bn,
+                      downsample_on_3x3=self.downsample_on_3x3)
+    for i, num_blocks in enumerate(self.stage_sizes):
+      features = self.num_filters * 2**i
+      strides = 2 if i > 0 else 1
+      x = self.block_cls(features, strides, name=f'stage{i + 1}_block1',
+                         **block_args)(x)
+      rest = num_blocks - 1
+      if rest and self.scan_blocks:
+        # Blocks 2..n of a stage share shapes: one scanned body, stacked params.
+        stack = nn.scan(_SCANNABLE[self.block_cls],
+                        variable_axes={'params': 0, 'batch_stats': 0,
+                                       'intermediates': 0},
+                        split_rngs={'params': True}, length=rest)
+        x, _ = stack(features, 1, name=f'stage{i + 1}_rest', **block_args)(x, None)
+      else:
+        for j in range(rest):
+          x = self.block_cls(features, 1, name=f'stage{i + 1}_block{j + 2}',
+                             **block_args)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=fc_kernel_init, name='fc')(x)
+    return x.astype(jnp.float32)
+
+
+def _imagenet(stage_sizes, block_cls, plain=False):
+  return dict(stage_sizes=stage_sizes, block_cls=block_cls, plain=plain,
+              stem='imagenet', num_filters=64, shortcut='B', num_classes=1000)
+
+
+def _cifar(n, plain=False):
+  return dict(stage_sizes=(n, n, n), block_cls=BasicBlock, plain=plain,
+              stem='cifar', num_filters=16, shortcut='A', num_classes=10)
+
+
+# name -> ResNet attributes. ImageNet nets default to option B (the paper's
+# ResNet-50/101/152); CIFAR nets use option A (section 4.2).
+MODELS = {
+    'resnet18': _imagenet((2, 2, 2, 2), BasicBlock),
+    'resnet34': _imagenet((3, 4, 6, 3), BasicBlock),
+    'resnet50': _imagenet((3, 4, 6, 3), BottleneckBlock),
+    'resnet101': _imagenet((3, 4, 23, 3), BottleneckBlock),
+    'resnet152': _imagenet((3, 8, 36, 3), BottleneckBlock),
+    'plain18': _imagenet((2, 2, 2, 2), BasicBlock, plain=True),
+    'plain34': _imagenet((3, 4, 6, 3), BasicBlock, plain=True),
+}
+for _n in (3, 5, 7, 9, 18, 200):
+  MODELS[f'cifar_resnet{6 * _n + 2}'] = _cifar(_n)
+  if _n != 200:
+    MODELS[f'cifar_plain{6 * _n + 2}'] = _cifar(_n, plain=True)
+
+OPTIONS = ('num_classes', 'shortcut', 'dtype', 'bn_momentum', 'bn_epsilon',
+           'bn_group_size', 'zero_init_last_bn', 'downsample_on_3x3',
+           'scan_blocks')
+
+
+def create_model(name: str, **options) -> ResNet:
+  """Returns the named network of the paper.
+
+  Args:
+    name: one of `MODELS` (e.g. 'resnet50', 'plain34', 'cifar_resnet110').
+    **options: any of `OPTIONS` (see `ResNet`'s attributes); e.g.
+      `shortcut='A'`, `dtype=jnp.bfloat16`, `num_classes=10`.
+
+  Returns:
+    An unbound `ResNet`; call `init(rng, x, train=False)` / `apply`.
+
+  Raises:
+    ValueError: for an unknown name, option or option value.
+  """
+  if name not in MODELS:
+    raise ValueError(f'unknown model {name!r}; valid names: {", ".join(MODELS)}')
+  unknown = sorted(set(options) - set(OPTIONS))
+  if unknown:
+    raise ValueError(f'unknown option(s) {unknown} for create_model; valid '
+                     f'options: {", ".join(OPTIONS)}')
+  if 'shortcut' in options and options['shortcut'] not in SHORTCUTS:
+    raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {options['shortcut']!r}")
+  if options.get('bn_group_size') is not None and options['bn_group_size'] < 1:
+    raise ValueError(f"bn_group_size must be a positive integer or None, got "
+                     f"{options['bn_group_size']!r}")
+  if 'dtype' in options:
+    options['dtype'] = jnp.dtype(options['dtype'])
+  return ResNet(**{**MODELS[name], **options})
+
+
+def num_layer_responses(model: ResNet) -> int:
+  """How many 3x3 layers `layer_responses` returns for `model`."""
+  per_block = 2 if model.block_cls is BasicBlock else 1
+  return per_block * sum(model.stage_sizes)
+
+
+def layer_responses(intermediates) -> list[jax.Array]:
+  """Orders recorded responses by network depth, one array per 3x3 layer.
+
+  Args:
+    intermediates: the `intermediates` collection returned by
+      `model.apply(variables, x, train=False, mutable=['intermediates'])`.
+
+  Returns:
+    Outputs of every 3x3 conv after its BN and before the addition and
+    nonlinearity (what Fig. 7 of the paper measures), in network order, each
+    of shape (batch, height, width, channels).
+  """
+
+  def block_key(name):
+    stage, _, block = name.partition('_')
+    return int(stage[len('stage'):]), (0 if block == 'block1' else
+                                        int(block[len('block'):]) if block.startswith('block') else 1)
+
+  out = []
+  for name in sorted((k for k in intermediates if k.startswith('stage')), key=block_key):
+    block = intermediates[name]
+    keys = sorted(block)
+    if name.endswith('_rest'):  # scanned: each response stacked along axis 0.
+      length = block[keys[0]][0].shape[0]
+      for j in range(length):
+        out.extend(block[k][0][j] for k in keys)
+    else:
+      out.extend(block[k][0] for k in keys)
+  return out
