@@ -57,6 +57,8 @@ def _jaxpr_mult_adds(jaxpr) -> int:
       (contract_lhs, _), _ = eqn.params['dimension_numbers']
       out = eqn.outvars[0].aval
       total += math.prod(out.shape) * math.prod(lhs.shape[d] for d in contract_lhs)
+    elif name == 'cond':  # One branch runs (e.g. lax.platform_dependent).
+      total += max(_jaxpr_mult_adds(j) for j in _subjaxprs(eqn))
     else:
       trips = eqn.params.get('length', 1) if name == 'scan' else 1
       total += trips * sum(_jaxpr_mult_adds(j) for j in _subjaxprs(eqn))

@@ -30,6 +30,69 @@ fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform'
 SHORTCUTS = ('A', 'B', 'C')
 
 
+def _conv(x, k, pads, precision):
+  return jax.lax.conv_general_dilated(x, k, (1, 1), pads, precision=precision,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_cpu_gradients(x, k, pads, precision):
+  return _conv(x, k, pads, precision)
+
+
+def _conv_cpu_gradients_fwd(x, k, pads, precision):
+  return _conv(x, k, pads, precision), (x, k)
+
+
+def _conv_cpu_gradients_bwd(pads, precision, residuals, dy):
+  # Both gradients written as plain forward convolutions. XLA:CPU runs its
+  # own backward-filter convolution 50-100x slower inside a while loop (a
+  # scanned stage) than outside; forward convolutions run at full speed there.
+  x, k = residuals
+  kh, kw = k.shape[:2]
+  (lo_h, hi_h), (lo_w, hi_w) = pads
+  k_flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
+  dx = _conv(dy, k_flipped, ((kh - 1 - lo_h, kh - 1 - hi_h),
+                             (kw - 1 - lo_w, kw - 1 - hi_w)), precision)
+  # dW[i, j, c, o] = sum_{b,h,w} x[b, h+i, w+j, c] dy[b, h, w, o]: a conv with
+  # in-channels as the batch and the batch as the channels.
+  dk = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pads, precision)
+  return dx.astype(x.dtype), dk.transpose(1, 2, 0, 3).astype(k.dtype)
+
+
+_conv_cpu_gradients.defvjp(_conv_cpu_gradients_fwd, _conv_cpu_gradients_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, precision=None, **kwargs):
+  """`lax.conv_general_dilated` with CPU-friendly gradients for stride-1 convs.
+
+  On CPU, stride-1 NHWC convolutions (all those inside scanned stages) take
+  gradients computed by `_conv_cpu_gradients`; every other platform and case
+  uses XLA's own convolution and gradient unchanged (`lax.platform_dependent`
+  picks at lowering time). Same values either way.
+  """
+  standard = functools.partial(
+      jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      precision=precision, **kwargs)
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  simple = (all(s == 1 for s in window_strides) and feature_group_count == 1
+            and all(d == 1 for d in (lhs_dilation or (1,))) and not kwargs
+            and all(d == 1 for d in (rhs_dilation or (1,)))
+            and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
+  if not simple:
+    return standard(lhs, rhs)
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+  return jax.lax.platform_dependent(
+      lhs, rhs, cpu=lambda x, k: _conv_cpu_gradients(x, k, pads, precision),
+      default=standard)
+
+
 class GroupBatchNorm(nn.Module):
   """BatchNorm whose training statistics come from groups of `group_size`.
 
@@ -222,7 +285,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=he_normal)
+                             param_dtype=jnp.float32, kernel_init=he_normal,
+                             conv_general_dilated=conv_general_dilated)
     if self.bn_group_size:
       norm = functools.partial(GroupBatchNorm, group_size=self.bn_group_size,
                                use_running_average=not train,

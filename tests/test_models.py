@@ -1,0 +1,628 @@
+"""Tests of the model zoo: shapes, shortcuts, BatchNorm, responses, init.
+
+Shape-only checks go through `jax.eval_shape` (no compile). Tests that need
+values share one eager init of cifar_resnet20 (`_cifar20_variables`) and run
+mostly its unscanned twin (`_cifar20_unrolled`): on CPU, every eager apply of
+a scanned model compiles the scan bodies again, while unscanned eager ops are
+compiled once per shape and cached.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import models
+
+KEY = jax.random.key(0)
+
+
+def _x(size, batch=2, seed=1):
+  return jax.random.normal(jax.random.key(seed), (batch, size, size, 3))
+
+
+def _spec(size, batch=2):
+  return jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+
+
+def _init_shapes(model, size, batch=1):
+  return jax.eval_shape(lambda x: model.init(KEY, x, train=False), _spec(size, batch))
+
+
+@functools.cache
+def _cifar20_variables():
+  """Freshly initialised cifar_resnet20 variables (scanned); do not mutate."""
+  return models.create_model('cifar_resnet20').init(KEY, _x(32, 1), train=False)
+
+
+@functools.cache
+def _cifar20_unrolled():
+  """cifar_resnet20 with scan_blocks=False and the same (renamed) variables."""
+  variables = {col: _unscan(tree) for col, tree in _cifar20_variables().items()}
+  return models.create_model('cifar_resnet20', scan_blocks=False), variables
+
+
+def _unscan(tree):
+  """Renames stacked 'stageI_rest' variables to scan_blocks=False blocks."""
+  out = {}
+  for name, sub in tree.items():
+    if name.endswith('_rest'):
+      stage = name[:-len('_rest')]
+      length = jax.tree.leaves(sub)[0].shape[0]
+      for j in range(length):
+        out[f'{stage}_block{j + 2}'] = jax.tree.map(lambda a, j=j: a[j], sub)
+    else:
+      out[name] = sub
+  return out
+
+
+def _paths(tree):
+  """'a/b/c' paths of every leaf."""
+  return ['/'.join(str(k.key) for k in path)
+          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _conv(x, kernel, strides=1):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (strides, strides), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _bn_eval(x, params, stats, epsilon=1e-5):
+  return ((x - stats['mean']) / jnp.sqrt(stats['var'] + epsilon) *
+          params['scale'] + params['bias'])
+
+
+# ----------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize('name,size,options,num_classes', [
+    ('cifar_resnet20', 32, {}, 10),
+    ('cifar_resnet20', 32, {'shortcut': 'B'}, 10),
+    ('cifar_resnet20', 32, {'shortcut': 'C'}, 10),
+    ('cifar_resnet20', 32, {'scan_blocks': False}, 10),
+    ('cifar_plain20', 32, {}, 10),
+    ('cifar_resnet20', 32, {'num_classes': 100}, 100),
+    ('resnet18', 64, {}, 1000),
+    ('plain18', 64, {'num_classes': 7}, 7),
+    ('resnet50', 64, {'num_classes': 5}, 5),
+    ('resnet50', 64, {'downsample_on_3x3': True}, 1000),
+])
+def test_output_shape_train_and_eval(name, size, options, num_classes):
+  model = models.create_model(name, **options)
+
+  def forward(x):
+    variables = model.init(KEY, x, train=False)
+    eval_logits = model.apply(variables, x, train=False)
+    train_logits, _ = model.apply(variables, x, train=True,
+                                  mutable=['batch_stats'])
+    return eval_logits, train_logits
+
+  for logits in jax.eval_shape(forward, _spec(size)):
+    assert logits.shape == (2, num_classes)
+    assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, 'bfloat16'])
+def test_bfloat16_compute_keeps_float32_params_and_logits(dtype):
+  model = models.create_model('cifar_resnet20', dtype=dtype)
+
+  def forward(x):
+    variables = model.init(KEY, x, train=False)
+    logits, state = model.apply(variables, x, train=True,
+                                mutable=['batch_stats', 'intermediates'])
+    return (variables, logits, state['batch_stats'],
+            models.layer_responses(state['intermediates']))
+
+  variables, logits, stats, responses = jax.eval_shape(forward, _spec(32))
+  assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+  for leaf in jax.tree.leaves((variables, stats)):
+    assert leaf.dtype == jnp.float32
+  # The layers really compute in bfloat16.
+  assert {r.dtype for r in responses} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_bfloat16_forward_close_to_float32():
+  model, variables = _cifar20_unrolled()
+  x = _x(32, 4)
+  ref = model.apply(variables, x, train=False)
+  out = model.clone(dtype=jnp.bfloat16).apply(variables, x, train=False)
+  assert out.dtype == jnp.float32
+  assert np.all(np.isfinite(out))
+  np.testing.assert_allclose(out, ref, atol=0.05 * float(jnp.abs(ref).max()))
+
+
+# ------------------------------------------------------------- BatchNorm
+
+
+def test_train_mode_updates_batch_stats():
+  model, variables = _cifar20_unrolled()
+  x = _x(32, 4)
+  logits, state = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert logits.shape == (4, 10) and np.all(np.isfinite(logits))
+  assert set(state) == {'batch_stats'}
+  old, new = variables['batch_stats'], state['batch_stats']
+  assert jax.tree.structure(old) == jax.tree.structure(new)
+  for path, a, b in zip(_paths(old), jax.tree.leaves(old), jax.tree.leaves(new)):
+    assert not np.allclose(a, b), path
+  # The first BN's running statistics, by hand: momentum 0.9 from (0, 1),
+  # biased batch variance.
+  y = _conv(x, variables['params']['conv_init']['kernel'])
+  np.testing.assert_allclose(new['bn_init']['mean'],
+                             0.1 * y.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new['bn_init']['var'],
+                             0.9 + 0.1 * y.var((0, 1, 2)), rtol=1e-4)
+
+
+def test_eval_mode_is_deterministic_and_stateless():
+  model, variables = _cifar20_unrolled()
+  x = _x(32, 4)
+  out = model.apply(variables, x, train=False)
+  assert isinstance(out, jax.Array) and out.shape == (4, 10)
+  np.testing.assert_array_equal(model.apply(variables, x, train=False), out)
+  # Even when allowed to, eval mode writes no statistics.
+  out2, state = model.apply(variables, x, train=False, mutable=['batch_stats'])
+  np.testing.assert_array_equal(out2, out)
+  for a, b in zip(jax.tree.leaves(variables['batch_stats']),
+                  jax.tree.leaves(state['batch_stats'])):
+    np.testing.assert_array_equal(a, b)
+  # Running statistics: an example's logits do not depend on the batch.
+  np.testing.assert_allclose(model.apply(variables, x[:1], train=False),
+                             out[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_bn_group_size_equal_to_batch_matches_batchnorm():
+  model, variables = _cifar20_unrolled()
+  x = _x(32, 4)
+  grouped = model.clone(bn_group_size=4)
+  # Same variable names and shapes, so checkpoints are interchangeable.
+  shapes = _init_shapes(models.create_model('cifar_resnet20', bn_group_size=4), 32)
+  scanned = _cifar20_variables()
+  assert jax.tree.structure(shapes) == jax.tree.structure(scanned)
+  for a, b in zip(jax.tree.leaves(shapes), jax.tree.leaves(scanned)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+  ref, ref_state = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  out, state = grouped.apply(variables, x, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bn_group_size_smaller_than_batch():
+  model, variables = _cifar20_unrolled()
+  x = _x(32, 4)
+  grouped = model.clone(bn_group_size=2)
+  ref, ref_state = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  out, state = grouped.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert not np.allclose(out, ref, atol=1e-3)
+  # Each group is normalised on its own: the first half of the batch sees
+  # exactly what a batch of only those two examples would.
+  first, _ = model.apply(variables, x[:2], train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(out[:2], first, rtol=1e-4, atol=1e-4)
+  # Running statistics move; with equal groups, the mean over group means of
+  # the first BN is the batch mean.
+  for a, b in zip(jax.tree.leaves(variables['batch_stats']),
+                  jax.tree.leaves(state['batch_stats'])):
+    assert not np.allclose(a, b)
+  np.testing.assert_allclose(state['batch_stats']['bn_init']['mean'],
+                             ref_state['batch_stats']['bn_init']['mean'],
+                             rtol=1e-4, atol=1e-6)
+  # Eval mode uses the running statistics, exactly as nn.BatchNorm.
+  np.testing.assert_allclose(grouped.apply(variables, x, train=False),
+                             model.apply(variables, x, train=False),
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='divisible'):
+    model.clone(bn_group_size=3).apply(variables, x, train=True,
+                                       mutable=['batch_stats'])
+
+
+# -------------------------------------------------------------- shortcuts
+
+
+def test_zero_pad_shortcut_values():
+  x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3) + 1
+  y = models.zero_pad_shortcut(x, 8, 2)
+  assert y.shape == (2, 2, 2, 8)
+  np.testing.assert_array_equal(y[..., :3], x[:, ::2, ::2, :])
+  np.testing.assert_array_equal(y[0, 1, 1, :3], x[0, 2, 2, :])
+  np.testing.assert_array_equal(y[..., 3:], 0.0)
+  # Stride 1: padding only; same width: identity.
+  y = models.zero_pad_shortcut(x, 5, 1)
+  assert y.shape == (2, 4, 4, 5)
+  np.testing.assert_array_equal(y[..., :3], x)
+  np.testing.assert_array_equal(y[..., 3:], 0.0)
+  np.testing.assert_array_equal(models.zero_pad_shortcut(x, 3, 1), x)
+  with pytest.raises(ValueError):
+    models.zero_pad_shortcut(x, 2, 1)
+
+
+@pytest.mark.parametrize('option,features,strides,projects', [
+    ('A', 16, 1, False),
+    ('A', 32, 2, False),
+    ('B', 16, 1, False),
+    ('B', 32, 2, True),
+    ('B', 32, 1, True),
+    ('B', 16, 2, True),
+    ('C', 16, 1, True),
+    ('C', 32, 2, True),
+])
+def test_shortcut_params(option, features, strides, projects):
+  conv = functools.partial(nn.Conv, use_bias=False)
+  norm = functools.partial(nn.BatchNorm, use_running_average=True)
+  module = models.Shortcut(features, strides, option, conv, norm)
+  x = jax.random.normal(KEY, (1, 8, 8, 16))
+  variables = module.init(KEY, x)
+  y = module.apply(variables, x)
+  assert y.shape == (1, 8 // strides, 8 // strides, features)
+  params = variables.get('params', {})
+  if projects:
+    assert params['conv']['kernel'].shape == (1, 1, 16, features)
+    assert set(params['bn']) == {'scale', 'bias'}
+  else:
+    assert not jax.tree.leaves(variables)
+    if option == 'A':
+      np.testing.assert_array_equal(
+          y, models.zero_pad_shortcut(x, features, strides))
+    else:
+      np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize('name,options,size', [
+    ('plain18', {}, 64),
+    ('plain34', {}, 64),
+    ('plain18', {'shortcut': 'C'}, 64),  # `plain` wins over the option.
+    ('cifar_plain20', {}, 32),
+    ('cifar_plain110', {}, 32),
+])
+def test_plain_nets_have_no_shortcuts(name, options, size):
+  model = models.create_model(name, **options)
+  assert model.plain
+  paths = _paths(_init_shapes(model, size))
+  assert paths and not [p for p in paths if 'shortcut' in p]
+
+
+@pytest.mark.parametrize('name,options,size,expected', [
+    ('resnet18', {}, 64, {'stage2_block1': (1, 1, 64, 128),
+                          'stage3_block1': (1, 1, 128, 256),
+                          'stage4_block1': (1, 1, 256, 512)}),
+    ('resnet50', {}, 64, {'stage1_block1': (1, 1, 64, 256),
+                          'stage2_block1': (1, 1, 256, 512),
+                          'stage3_block1': (1, 1, 512, 1024),
+                          'stage4_block1': (1, 1, 1024, 2048)}),
+    ('cifar_resnet20', {}, 32, {}),  # option A: parameter-free.
+    ('cifar_resnet20', {'shortcut': 'B'}, 32, {'stage2_block1': (1, 1, 16, 32),
+                                                'stage3_block1': (1, 1, 32, 64)}),
+    ('resnet18', {'shortcut': 'C'}, 64, {
+        'stage1_block1': (1, 1, 64, 64), 'stage1_rest': (1, 1, 1, 64, 64),
+        'stage2_block1': (1, 1, 64, 128), 'stage2_rest': (1, 1, 1, 128, 128),
+        'stage3_block1': (1, 1, 128, 256), 'stage3_rest': (1, 1, 1, 256, 256),
+        'stage4_block1': (1, 1, 256, 512), 'stage4_rest': (1, 1, 1, 512, 512)}),
+])
+def test_projection_shortcuts(name, options, size, expected):
+  params = _init_shapes(models.create_model(name, **options), size)['params']
+  found = {block: sub['shortcut']['conv']['kernel'].shape
+           for block, sub in params.items() if 'shortcut' in sub}
+  assert found == expected
+
+
+# -------------------------------------------------------- layer responses
+
+
+def _response_shapes(model, size, batch=2):
+  def responses(x):
+    variables = model.init(KEY, x, train=False)
+    _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+    return models.layer_responses(state['intermediates'])
+
+  return [r.shape for r in jax.eval_shape(responses, _spec(size, batch))]
+
+
+@pytest.mark.parametrize('name,options', [
+    ('cifar_resnet20', {}),
+    ('cifar_plain20', {}),
+    ('cifar_resnet20', {'scan_blocks': False}),
+    ('cifar_resnet56', {}),
+])
+def test_layer_response_shapes_cifar(name, options):
+  model = models.create_model(name, **options)
+  n = model.stage_sizes[0]
+  expected = ([(2, 32, 32, 16)] * 2 * n + [(2, 16, 16, 32)] * 2 * n +
+              [(2, 8, 8, 64)] * 2 * n)
+  assert _response_shapes(model, 32) == expected
+  assert models.num_layer_responses(model) == 6 * n
+
+
+@pytest.mark.parametrize('name,options', [
+    ('resnet18', {}),
+    ('resnet50', {}),
+    ('resnet50', {'downsample_on_3x3': True}),
+])
+def test_layer_response_shapes_imagenet(name, options):
+  # 64x64 input: 16x16 after the stem, then 8, 4, 2. One response per 3x3 conv:
+  # two per basic block, one per bottleneck (its 3x3 has `features` channels).
+  model = models.create_model(name, **options)
+  per_block = 2 if name == 'resnet18' else 1
+  expected = []
+  for i, (blocks, side) in enumerate(zip(model.stage_sizes, (16, 8, 4, 2))):
+    expected += [(1, side, side, 64 * 2**i)] * blocks * per_block
+  assert len(expected) == 16
+  assert _response_shapes(model, 64, batch=1) == expected
+  assert models.num_layer_responses(model) == 16
+
+
+def test_layer_responses_values():
+  model, variables = _cifar20_unrolled()
+  x = _x(32, 4)
+  # Non-trivial running statistics, so the eval-mode BN is not near-identity.
+  _, state = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  variables = {'params': variables['params'], 'batch_stats': state['batch_stats']}
+  logits, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+  assert set(state) == {'intermediates'}
+  responses = models.layer_responses(state['intermediates'])
+  assert len(responses) == 18
+  for r in responses:
+    assert np.all(np.isfinite(r)) and float(r.std()) > 0
+  # The first block's two responses, by hand: after BN, before the addition
+  # and the ReLU (so they have negative entries).
+  p, s = variables['params'], variables['batch_stats']
+  h = nn.relu(_bn_eval(_conv(x, p['conv_init']['kernel']), p['bn_init'],
+                       s['bn_init']))
+  b = 'stage1_block1'
+  r1 = _bn_eval(_conv(h, p[b]['conv1']['kernel']), p[b]['bn1'], s[b]['bn1'])
+  r2 = _bn_eval(_conv(nn.relu(r1), p[b]['conv2']['kernel']), p[b]['bn2'],
+                s[b]['bn2'])
+  np.testing.assert_allclose(responses[0], r1, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(responses[1], r2, rtol=1e-4, atol=1e-4)
+  assert float(responses[0].min()) < 0 and float(responses[1].min()) < 0
+  # Recording changes nothing else.
+  np.testing.assert_array_equal(logits, model.apply(variables, x, train=False))
+
+
+@pytest.mark.parametrize('downsample_on_3x3', [False, True])
+def test_bottleneck_response(downsample_on_3x3):
+  # The recorded response is the 3x3's BN output, before its ReLU; the
+  # stride sits on the first 1x1 (paper) or on the 3x3 (v1.5).
+  block = models.BottleneckBlock(
+      4, 2, conv=functools.partial(nn.Conv, use_bias=False),
+      norm=functools.partial(nn.BatchNorm, use_running_average=True),
+      shortcut='B', downsample_on_3x3=downsample_on_3x3)
+  x = jax.random.normal(KEY, (1, 4, 4, 8))
+  variables = block.init(KEY, x)
+  _, state = block.apply(variables, x, mutable=['intermediates'])
+  (response,) = state['intermediates']['response2']
+  p, s = variables['params'], variables['batch_stats']
+  s1, s3 = (1, 2) if downsample_on_3x3 else (2, 1)
+  h = nn.relu(_bn_eval(_conv(x, p['conv1']['kernel'], s1), p['bn1'], s['bn1']))
+  expected = _bn_eval(_conv(h, p['conv2']['kernel'], s3), p['bn2'], s['bn2'])
+  assert response.shape == (1, 2, 2, 4)
+  np.testing.assert_allclose(response, expected, rtol=1e-5, atol=1e-5)
+  assert float(response.min()) < 0
+
+
+def test_no_responses_recorded_without_intermediates():
+  model, variables = _cifar20_unrolled()
+  assert 'intermediates' not in _cifar20_variables()
+  x = _x(32, 4)
+  assert isinstance(model.apply(variables, x, train=False), jax.Array)
+  _, state = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert set(state) == {'batch_stats'}
+
+
+def test_scan_blocks_false_is_the_same_network():
+  scanned, variables = models.create_model('cifar_resnet20'), _cifar20_variables()
+  unrolled, converted = _cifar20_unrolled()
+  shapes = _init_shapes(unrolled, 32)
+  assert jax.tree.structure(converted) == jax.tree.structure(shapes)
+  for a, b in zip(jax.tree.leaves(converted), jax.tree.leaves(shapes)):
+    assert a.shape == b.shape
+  # Train mode: also checks the scanned BN statistics updates.
+  x = _x(32, 4)
+  mutable = ['batch_stats', 'intermediates']
+  out_s, state_s = scanned.apply(variables, x, train=True, mutable=mutable)
+  out_u, state_u = unrolled.apply(converted, x, train=True, mutable=mutable)
+  np.testing.assert_allclose(out_s, out_u, rtol=1e-4, atol=1e-4)
+  stats_s = _unscan(state_s['batch_stats'])
+  assert jax.tree.structure(stats_s) == jax.tree.structure(state_u['batch_stats'])
+  for a, b in zip(jax.tree.leaves(stats_s), jax.tree.leaves(state_u['batch_stats'])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # Responses come out in the same (depth) order; each block has its own
+  # weights, so a misordering would show.
+  resp_s = models.layer_responses(state_s['intermediates'])
+  resp_u = models.layer_responses(state_u['intermediates'])
+  assert len(resp_s) == len(resp_u) == 18
+  for a, b in zip(resp_s, resp_u):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_responses_order():
+  # Hand-made collections, listed out of order; each value is its depth index.
+  def r(*values):
+    return (jnp.array(values, jnp.float32),)
+
+  unrolled = {'stage2_block1': {'response2': r(21), 'response1': r(20)},
+              'stage1_block10': {'response1': r(18), 'response2': r(19)},
+              'stage1_block1': {'response1': r(0), 'response2': r(1)}}
+  for j in range(2, 10):
+    unrolled[f'stage1_block{j}'] = {'response1': r(2 * j - 2),
+                                    'response2': r(2 * j - 1)}
+  got = [float(a[0]) for a in models.layer_responses(unrolled)]
+  assert got == list(range(22))
+
+  def stacked(*values):  # scanned: (length, ...) per response.
+    return (jnp.array(values, jnp.float32)[:, None],)
+
+  scanned = {'stage2_block1': {'response1': r(8), 'response2': r(9)},
+             'stage1_rest': {'response2': stacked(3, 5, 7),
+                             'response1': stacked(2, 4, 6)},
+             'stage1_block1': {'response1': r(0), 'response2': r(1)}}
+  got = [float(a[0]) for a in models.layer_responses(scanned)]
+  assert got == list(range(10))
+
+
+# ------------------------------------------------------------ init schemes
+
+
+def _bn_scales(params):
+  """{'block/.../bnX': scale} of every BN inside the stages."""
+  return {path[:-len('/scale')]: leaf
+          for path, leaf in zip(_paths(params), jax.tree.leaves(params))
+          if path.startswith('stage') and path.endswith('/scale')}
+
+
+def test_zero_init_last_bn_basic():
+  model = models.create_model('cifar_resnet20', zero_init_last_bn=True,
+                              scan_blocks=False)
+  x = _x(32, 4)
+  variables = model.init(KEY, x[:1], train=False)
+  scales = _bn_scales(variables['params'])
+  blocks = [f'stage{i}_block{j}' for i in (1, 2, 3) for j in (1, 2, 3)]
+  assert sorted(k for k in scales if k.endswith('bn2')) == [
+      f'{b}/bn2' for b in blocks]
+  for path, scale in scales.items():
+    np.testing.assert_array_equal(scale, 0.0 if path.endswith('bn2') else 1.0)
+  # The residual branches are switched off: their last responses are zero.
+  _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+  responses = models.layer_responses(state['intermediates'])
+  for r in responses[1::2]:
+    np.testing.assert_array_equal(r, 0.0)
+  assert float(jnp.abs(responses[0]).max()) > 0
+  # Default: every BN scale is one (scanned stacks included).
+  for scale in _bn_scales(_cifar20_variables()['params']).values():
+    np.testing.assert_array_equal(scale, 1.0)
+
+
+@pytest.mark.parametrize('zero_init', [False, True])
+def test_zero_init_last_bn_bottleneck(zero_init):
+  block = models.BottleneckBlock(
+      4, 2, conv=functools.partial(nn.Conv, use_bias=False),
+      norm=functools.partial(nn.BatchNorm, use_running_average=True),
+      shortcut='B', zero_init_last_bn=zero_init)
+  scales = _bn_scales({'stage1_block1': block.init(
+      KEY, jnp.ones((1, 4, 4, 8)))['params']})
+  assert sorted(scales) == ['stage1_block1/' + k
+                            for k in ('bn1', 'bn2', 'bn3', 'shortcut/bn')]
+  assert scales['stage1_block1/bn3'].shape == (16,)
+  for path, scale in scales.items():
+    # Only the residual branch's last BN; not bn1/bn2, not the projection's.
+    last = zero_init and path.endswith('/bn3')
+    np.testing.assert_array_equal(scale, 0.0 if last else 1.0)
+
+
+def test_he_init():
+  variables = _cifar20_variables()
+  params = variables['params']
+  he_std = np.sqrt(2.0 / (3 * 3 * 64))  # 3x3 convs over 64 channels.
+  kernels = [params['stage3_block1']['conv2']['kernel']]
+  kernels += list(params['stage3_rest']['conv1']['kernel'])  # two blocks.
+  kernels += list(params['stage3_rest']['conv2']['kernel'])
+  for k in kernels:
+    assert k.shape == (3, 3, 64, 64)
+    k = np.asarray(k)
+    assert abs(k.std() / he_std - 1) < 0.05
+    assert abs(k.mean()) < 0.05 * he_std
+    # A plain Gaussian (Caffe's "msra"), not one truncated at 2 std.
+    assert np.abs(k).max() > 3 * he_std
+  # Every scanned block draws its own weights.
+  assert not np.allclose(kernels[1], kernels[2])
+  # fc: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), zero bias.
+  fc = params['fc']
+  bound = 1 / np.sqrt(64)
+  assert fc['kernel'].shape == (64, 10)
+  assert float(jnp.abs(fc['kernel']).max()) <= bound
+  assert float(jnp.abs(fc['kernel']).max()) > 0.8 * bound
+  np.testing.assert_array_equal(fc['bias'], 0.0)
+  # BN: scale 1, bias 0; running mean 0, var 1.
+  for path, leaf in zip(_paths(variables), jax.tree.leaves(variables)):
+    if path.endswith('/scale') or path.endswith('/var'):
+      np.testing.assert_array_equal(leaf, 1.0, err_msg=path)
+    elif '/bn' in path:
+      np.testing.assert_array_equal(leaf, 0.0, err_msg=path)
+
+
+# ------------------------------------------------------- names and options
+
+
+def test_unknown_model_name():
+  with pytest.raises(ValueError, match='resnet50') as info:
+    models.create_model('resnet19')
+  assert 'cifar_resnet110' in str(info.value)
+
+
+def test_unknown_option():
+  with pytest.raises(ValueError, match='shortcut') as info:
+    models.create_model('resnet18', foo=1)
+  assert 'foo' in str(info.value)
+
+
+@pytest.mark.parametrize('options', [
+    {'shortcut': 'D'},
+    {'bn_group_size': 0},
+    {'bn_group_size': -2},
+])
+def test_bad_option_values(options):
+  with pytest.raises(ValueError):
+    models.create_model('resnet18', **options)
+
+
+def test_every_listed_option_is_accepted():
+  for option, value in [('num_classes', 3), ('shortcut', 'C'),
+                        ('dtype', jnp.bfloat16), ('bn_momentum', 0.99),
+                        ('bn_epsilon', 1e-3), ('bn_group_size', 2),
+                        ('zero_init_last_bn', True),
+                        ('downsample_on_3x3', True), ('scan_blocks', False)]:
+    assert option in models.OPTIONS
+    model = models.create_model('resnet50', **{option: value})
+    assert getattr(model, option) == value
+
+
+# --------------------------------------------------------------- compile
+
+
+def test_resnet1202_forward_backward_compiles():
+  model = models.create_model('cifar_resnet1202')
+  x = _spec(32)
+  variables = _init_shapes(model, 32, batch=2)
+
+  def loss_fn(params, batch_stats, x):
+    logits, state = model.apply({'params': params, 'batch_stats': batch_stats},
+                                x, train=True, mutable=['batch_stats'])
+    return -jax.nn.log_softmax(logits)[:, 0].mean(), state
+
+  lowered = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(
+      variables['params'], variables['batch_stats'], x)
+  compiled = lowered.compile()
+  assert compiled is not None
+  (loss, state), grads = lowered.out_info
+  assert loss.shape == ()
+  assert jax.tree.structure(grads) == jax.tree.structure(variables['params'])
+  for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(variables['params'])):
+    assert g.shape == p.shape
+  # 199 blocks per stage are stacked into one scanned body.
+  assert variables['params']['stage1_rest']['conv1']['kernel'].shape == (
+      199, 3, 3, 16, 16)
+  assert jax.tree.structure(state['batch_stats']) == jax.tree.structure(
+      variables['batch_stats'])
+
+
+@pytest.mark.parametrize('kernel,padding', [((3, 3), 'SAME'), ((1, 1), 'SAME'),
+                                            ((3, 3), ((0, 2), (1, 1))),
+                                            ((3, 3), 'VALID')])
+def test_cpu_gradient_conv_matches_lax(kernel, padding):
+  """The CPU-friendly conv gradients equal XLA's own, values and gradients."""
+  kx, kk, kd = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (2, 7, 6, 3))
+  k = jax.random.normal(kk, kernel + (3, 5))
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def loss(conv_fn, x, k):
+    y = conv_fn(x, k, (1, 1), padding, dimension_numbers=jax.lax.conv_dimension_numbers(
+        x.shape, k.shape, dn))
+    return jnp.sum(y * jax.random.normal(kd, y.shape))
+
+  ours = jax.jit(jax.grad(functools.partial(loss, models.conv_general_dilated), (0, 1)))(x, k)
+  ref = jax.jit(jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1)))(x, k)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
