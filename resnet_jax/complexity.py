@@ -125,7 +125,7 @@ def main():
   for r in summary():
     paper_params = r['paper_params']
     if paper_params is not None and r['image_size'] == 32:  # Table 6 rounds.
-      paper_params_str = f'{paper_params / 1e6:.2f}M'
+      paper_params_str = f'{paper_params / 1e6:g}M'
     elif paper_params is not None:
       paper_params_str = f'{paper_params:,}'
     else:

@@ -63,6 +63,9 @@ def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 2000
   config.keep_checkpoints = 3
+  # End this run early (with a checkpoint) after this many steps in all; run
+  # again to resume. For time-limited job slots. None: run to total_steps.
+  config.stop_after_steps = config_dict.placeholder(int)
   return config
 
 
@@ -95,6 +98,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     if size % num_processes:
       fail(f'input.{key}={size} is not divisible by the {num_processes} processes')
   group = config.model_options.get('bn_group_size')
+  if group is not None and group < 1:
+    fail(f'model_options.bn_group_size={group} must be a positive integer (or None)')
   if group is not None and (config.input.batch_size // num_devices) % group:
     fail(f'model_options.bn_group_size={group} does not divide the per-device '
          f'batch {config.input.batch_size // num_devices}')
@@ -102,8 +107,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   if s.total_steps <= 0:
     fail(f'schedule.total_steps={s.total_steps} must be positive')
   bounds = tuple(s.boundaries)
-  if list(bounds) != sorted(bounds) or any(b <= 0 for b in bounds):
-    fail(f'schedule.boundaries={bounds} must be positive and increasing')
+  if (any(not isinstance(b, int) or b <= 0 for b in bounds) or
+      any(a >= b for a, b in zip(bounds, bounds[1:]))):
+    fail(f'schedule.boundaries={bounds} must be positive integers (steps), '
+         'strictly increasing')
   if bounds and bounds[-1] >= s.total_steps:
     fail(f'schedule.boundaries={bounds} reach past the end of training '
          f'(total_steps={s.total_steps}); lower them or raise total_steps')

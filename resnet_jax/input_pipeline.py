@@ -81,7 +81,7 @@ def load_split(name: str, split: str, data_dir: str | None,
         .map(lambda ex: (np.asarray(ex['image'], np.uint8), np.int32(ex['label'])))
         .batch(1024))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                            prefetch_buffer_size=4))
+                                            prefetch_buffer_size=num_threads))
   images, labels = zip(*ds)
   images, labels = np.concatenate(images), np.concatenate(labels)
   if images.ndim != 4 or images.shape[-1] != 3:
@@ -186,30 +186,36 @@ class Prefetcher:
     self._convert = convert
     self._queue = queue.Queue(maxsize=depth)
     self._state = iterator.get_state()
+    self._error = None
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._fill, daemon=True)
     self._thread.start()
+
+  def _put(self, item):
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        continue
 
   def _fill(self):
     try:
       while not self._stop.is_set():
         batch = self._convert(next(self._iterator))
-        item = (batch, self._iterator.get_state())
-        while not self._stop.is_set():
-          try:
-            self._queue.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
+        self._put((batch, self._iterator.get_state()))
     except BaseException as e:  # Surface errors in the consumer's thread.
-      self._queue.put((e, None))
+      self._put((e, None))
 
   def __iter__(self):
     return self
 
   def __next__(self):
+    if self._error is not None:
+      raise self._error
     batch, state = self._queue.get()
     if isinstance(batch, BaseException):
+      self._error = batch  # The thread has ended: raise again on every call.
       raise batch
     self._state = state
     return batch

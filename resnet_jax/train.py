@@ -314,7 +314,10 @@ def _check_finite(pending_metrics, step):
 
 
 def _summarize(pending_metrics) -> dict:
-  return {k: float(np.mean([m[k] for m in pending_metrics])) for k in pending_metrics[0]}
+  """Means over the logging interval; the learning rate as it is now."""
+  out = {k: float(np.mean([m[k] for m in pending_metrics])) for k in pending_metrics[0]}
+  out['learning_rate'] = float(pending_metrics[-1]['learning_rate'])
+  return out
 
 
 class _Preemption:
@@ -340,26 +343,35 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       data=None) -> dict:
   """Trains the config's model, resuming from `workdir` if it holds a checkpoint.
 
   Args:
     config: an experiment config (see `config_lib.cifar10`).
     workdir: where checkpoints, `metrics.jsonl`, TensorBoard files and
       `config.json` go.
+    data: optional pre-loaded `(train_split, {name: eval_split})` of
+      `input_pipeline.ArraySplit`s (tests, notebooks); None reads
+      `config.input.dataset`.
 
   Returns:
     The last evaluation's metrics, e.g. {'test_error': ..., 'test_loss': ...}.
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
-  input_pipeline.check_dataset(config.input.dataset, config.input.data_dir)
+  if data is None:
+    input_pipeline.check_dataset(config.input.dataset, config.input.data_dir)
   manager = checkpoint_manager(workdir, config)
-  latest = check_checkpoint_matches(manager, config)
+  try:
+    latest = check_checkpoint_matches(manager, config)
+  except Exception:
+    manager.close()
+    raise
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  train_split, eval_splits = _load_data(config)
+  train_split, eval_splits = data or _load_data(config)
   mean_host = input_pipeline.mean_image(train_split)
   image_shape = train_split.images.shape[1:]
   model = create_model(config)
@@ -388,6 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = metric_writers.MetricWriter(workdir, config.schedule.total_steps)
   batches = input_pipeline.Prefetcher(data, trainer.to_global)
   total = config.schedule.total_steps
+  stop_at = min(total, config.stop_after_steps or total)
   step = int(jax.device_get(state.step))
   last_eval = {}
 
@@ -409,11 +422,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pending, tick, tick_step = [], time.time(), step
   try:
     with _Preemption() as preemption:
-      while step < total:
+      while step < stop_at:
         state, metrics = compiled_step(state, next(batches), mean_image)
         step += 1
         pending.append(metrics)
-        is_last = step == total
+        is_last = step == stop_at
         log_now = step % config.log_every_steps == 0 or is_last
         ckpt_now = step % config.checkpoint_every_steps == 0 or is_last or preemption.requested
         if log_now or ckpt_now:
@@ -429,37 +442,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write(step, scalars)
           writer.progress(step, scalars, seconds_per_step)
           pending, tick, tick_step = [], time.time(), step
-        if step % config.eval_every_steps == 0 or is_last:
+        if step % config.eval_every_steps == 0 or step == total:
           last_eval = run_eval(step)
         if ckpt_now:
           save(step)
+        if not pending:  # Keep eval and checkpoint time out of the step timing.
+          tick = time.time()
         if preemption.requested:
           print(f'SIGTERM: saved a checkpoint at step {step}; exiting.', flush=True)
           break
   finally:
     batches.close()
     manager.wait_until_finished()
+    manager.close()
     writer.close()
   return last_eval
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the latest checkpoint of a (finished) workdir; trains nothing."""
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
+                     data=None) -> dict:
+  """Evaluates the latest checkpoint of a (finished) workdir; trains nothing.
+
+  `data` is as in `train_and_evaluate`. Writes `eval.json` in the workdir.
+  """
   config_lib.validate(config, jax.device_count(), jax.process_count())
-  input_pipeline.check_dataset(config.input.dataset, config.input.data_dir)
+  if data is None:
+    input_pipeline.check_dataset(config.input.dataset, config.input.data_dir)
   manager = checkpoint_manager(workdir, config)
   step = check_checkpoint_matches(manager, config)
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints to evaluate; '
                             'train first or point --workdir at a trained run.')
-  train_split, eval_splits = _load_data(config)
+  train_split, eval_splits = data or _load_data(config)
   trainer = Trainer(config, create_model(config), make_mesh(), train_split.images.shape[1:])
   state, _ = restore_state(manager, step, trainer)
+  manager.close()
   mean_image = jax.device_put(input_pipeline.mean_image(train_split), trainer.replicated)
   results = {'step': step}
   for name, split in eval_splits.items():
     out = evaluate(trainer, state, split, mean_image)
-    results[f'{name}_error'], results[f'{name}_loss'] = out['error'], out['loss']
+    results[f'{name}_error'] = float(out['error'])
+    results[f'{name}_loss'] = float(out['loss'])
     results[f'{name}_count'] = out['count']
   if jax.process_index() == 0:
     print(json.dumps(results), flush=True)

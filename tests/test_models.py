@@ -76,7 +76,6 @@ def _bn_eval(x, params, stats, epsilon=1e-5):
           params['scale'] + params['bias'])
 
 
-# ----------------------------------------------------------------- shapes
 
 
 @pytest.mark.parametrize('name,size,options,num_classes', [
@@ -135,7 +134,6 @@ def test_bfloat16_forward_close_to_float32():
   np.testing.assert_allclose(out, ref, atol=0.05 * float(jnp.abs(ref).max()))
 
 
-# ------------------------------------------------------------- BatchNorm
 
 
 def test_train_mode_updates_batch_stats():
@@ -219,7 +217,6 @@ def test_bn_group_size_smaller_than_batch():
                                        mutable=['batch_stats'])
 
 
-# -------------------------------------------------------------- shortcuts
 
 
 def test_zero_pad_shortcut_values():
@@ -308,7 +305,6 @@ def test_projection_shortcuts(name, options, size, expected):
   assert found == expected
 
 
-# -------------------------------------------------------- layer responses
 
 
 def _response_shapes(model, size, batch=2):
@@ -462,7 +458,6 @@ def test_layer_responses_order():
   assert got == list(range(10))
 
 
-# ------------------------------------------------------------ init schemes
 
 
 def _bn_scales(params):
@@ -542,7 +537,6 @@ def test_he_init():
       np.testing.assert_array_equal(leaf, 0.0, err_msg=path)
 
 
-# ------------------------------------------------------- names and options
 
 
 def test_unknown_model_name():
@@ -578,7 +572,6 @@ def test_every_listed_option_is_accepted():
     assert getattr(model, option) == value
 
 
-# --------------------------------------------------------------- compile
 
 
 def test_resnet1202_forward_backward_compiles():

@@ -1,0 +1,76 @@
+"""Training curves in the style of the paper's Fig. 1 / Fig. 6, from metrics.jsonl.
+
+    python -m resnet_jax.curves WORKDIR [WORKDIR ...] --out curves.png
+
+Thin lines: training error (mean over each logging interval); bold lines: test
+error. Needs matplotlib (`pip install -e ".[notebooks]"`).
+"""
+
+import argparse
+import json
+import os
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """The records of `workdir/metrics.jsonl`, in the order they were written.
+
+  A resumed run appends to the same file; a record for a step written again
+  (work redone after a restart) replaces the earlier one.
+  """
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'no metrics.jsonl in {workdir}: is it a training workdir?')
+  by_key = {}
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      kind = 'eval' if any(k.endswith('_error') and not k.startswith('train')
+                           for k in record) else 'train'
+      by_key[(record['step'], kind)] = record
+  return sorted(by_key.values(), key=lambda r: r['step'])
+
+
+def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+  """(steps, values) of one metric."""
+  points = [(r['step'], r[key]) for r in records if key in r]
+  return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot(workdirs: list[str], out: str, labels: list[str] | None = None,
+         eval_key: str = 'test_error'):
+  """Draws training (thin) and `eval_key` (bold) error, in %, against iterations."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, workdir in enumerate(workdirs):
+    records = read_metrics(workdir)
+    label = labels[i] if labels else os.path.basename(os.path.normpath(workdir))
+    color = f'C{i}'
+    steps, values = series(records, 'train_error')
+    ax.plot(steps, [100 * v for v in values], color=color, lw=0.8, alpha=0.8)
+    steps, values = series(records, eval_key)
+    ax.plot(steps, [100 * v for v in values], color=color, lw=2.2, label=label)
+  ax.set_xlabel('iterations')
+  ax.set_ylabel('error (%)')
+  ax.set_ylim(0, 100)
+  ax.grid(alpha=0.3)
+  ax.legend(title=f'thin: train, bold: {eval_key.replace("_", " ")}')
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('workdirs', nargs='+')
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--labels', nargs='*')
+  args = parser.parse_args()
+  plot(args.workdirs, args.out, args.labels)
+  print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+  main()

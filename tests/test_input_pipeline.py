@@ -1,0 +1,429 @@
+"""Tests of the input pipeline: augmentation, batching, sharding, prefetching.
+
+Everything but the last tests runs on small synthetic `ArraySplit`s whose
+labels are `arange(N)` (so a label names its example) and whose images are
+filled with the label (so images and labels can be checked to stay paired).
+The real-data tests read `cifar10_jpeg` from ../shared/data/tfds and skip when
+it is absent.
+"""
+
+import json
+import os
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import input_pipeline
+
+DATA_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'tfds')
+KEY = jax.random.key(0)
+BATCH = 256  # Images per augment batch: enough to see every offset and flip.
+
+
+def _split(n, size=2):
+  """n examples; labels arange(n), image i filled with the value i."""
+  labels = np.arange(n, dtype=np.int32)
+  images = np.broadcast_to(labels[:, None, None, None] % 256,
+                           (n, size, size, 3)).astype(np.uint8)
+  return input_pipeline.ArraySplit(images, labels)
+
+
+def _labels(iterator, num_batches):
+  """Labels of the next `num_batches` batches, checking images match labels."""
+  out = []
+  for _ in range(num_batches):
+    batch = next(iterator)
+    assert batch['image'].dtype == np.uint8 and batch['label'].dtype == np.int32
+    np.testing.assert_array_equal(batch['image'][:, 0, 0, 0], batch['label'] % 256)
+    out.append(batch['label'])
+  return np.concatenate(out)
+
+
+def _next_within(iterator, timeout=10.0):
+  """next(iterator), failing (not hanging) if it does not return in time."""
+  result = {}
+
+  def target():
+    try:
+      result['batch'] = next(iterator)
+    except BaseException as e:  # pylint: disable=broad-except
+      result['error'] = e
+
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  if thread.is_alive():
+    raise AssertionError(f'next() did not return within {timeout}s')
+  if 'error' in result:
+    raise result['error']
+  return result['batch']
+
+
+def _wait_for(condition, timeout=10.0):
+  deadline = time.time() + timeout
+  while not condition():
+    if time.time() > deadline:
+      raise AssertionError('timed out waiting for a condition')
+    time.sleep(0.01)
+
+
+
+
+def _arange_images(batch=BATCH, size=32):
+  """Float images whose pixels are all distinct and nonzero."""
+  n = batch * size * size * 3
+  return np.arange(1, n + 1, dtype=np.float32).reshape(batch, size, size, 3)
+
+
+def _find_crop(image, out, pad):
+  """All (dy, dx, flip) that turn `image` into `out` by pad + crop + flip."""
+  h, w, _ = image.shape
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  found = []
+  for dy in range(2 * pad + 1):
+    for dx in range(2 * pad + 1):
+      crop = padded[dy:dy + h, dx:dx + w]
+      for flip in (False, True):
+        if np.array_equal(out, crop[:, ::-1] if flip else crop):
+          found.append((dy, dx, flip))
+  return found
+
+
+@pytest.fixture(scope='module')
+def augmented():
+  images = _arange_images()
+  return images, np.asarray(input_pipeline.augment(KEY, jnp.asarray(images), pad=4))
+
+
+def test_augment_is_a_padded_crop_possibly_flipped(augmented):
+  images, out = augmented
+  assert out.shape == images.shape and out.dtype == np.float32
+  for i in range(len(images)):
+    found = _find_crop(images[i], out[i], pad=4)
+    assert len(found) == 1, f'image {i}: {found}'
+
+
+def test_augment_covers_all_offsets_and_both_flips(augmented):
+  images, out = augmented
+  crops = [_find_crop(images[i], out[i], pad=4)[0] for i in range(len(images))]
+  dys, dxs, flips = zip(*crops)
+  assert set(dys) == set(range(9))
+  assert set(dxs) == set(range(9))
+  assert set(flips) == {False, True}
+
+
+def test_augment_is_deterministic_given_the_rng(augmented):
+  images, out = augmented
+  again = np.asarray(input_pipeline.augment(KEY, jnp.asarray(images), pad=4))
+  np.testing.assert_array_equal(again, out)
+  other = np.asarray(input_pipeline.augment(jax.random.key(1), jnp.asarray(images), pad=4))
+  assert not np.array_equal(other, out)
+
+
+def test_augment_pads_with_exact_zeros_on_narrow_borders():
+  # uint8 images of 5 minus a mean image of 4: all ones after normalize.
+  images = jnp.full((BATCH, 32, 32, 3), 5, jnp.uint8)
+  ones = input_pipeline.normalize(images, jnp.full((32, 32, 3), 4.0, jnp.float32))
+  out = np.asarray(input_pipeline.augment(KEY, ones, pad=4))
+  assert set(np.unique(out)) <= {0.0, 1.0}
+  some_padding = False
+  for i, image in enumerate(out):
+    inside = image[..., 0] == 1
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    expected = np.zeros_like(image)
+    expected[r0:r1, c0:c1] = 1.0
+    np.testing.assert_array_equal(image, expected, err_msg=f'image {i}')
+    assert max(r0, 32 - r1, c0, 32 - c1) <= 4, f'image {i}'
+    some_padding |= (r1 - r0, c1 - c0) != (32, 32)
+  assert some_padding
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_augment_keeps_shape_and_dtype(dtype):
+  images = jnp.ones((4, 8, 6, 3), dtype)
+  out = input_pipeline.augment(KEY, images, pad=2)
+  assert out.shape == images.shape and out.dtype == dtype
+
+
+
+
+def test_normalize_subtracts_the_mean_image_exactly():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
+  mean = rng.uniform(0, 255, (4, 6, 3)).astype(np.float32)
+  out = input_pipeline.normalize(jnp.asarray(images), jnp.asarray(mean))
+  assert out.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(out), images.astype(np.float32) - mean)
+  half = input_pipeline.normalize(jnp.asarray(images), jnp.asarray(mean), jnp.bfloat16)
+  assert half.dtype == jnp.bfloat16
+
+
+def test_mean_image_is_the_per_pixel_mean():
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (7, 4, 5, 3), dtype=np.uint8)
+  split = input_pipeline.ArraySplit(images, np.zeros(7, np.int32))
+  mean = input_pipeline.mean_image(split)
+  assert mean.shape == (4, 5, 3) and mean.dtype == np.float32
+  np.testing.assert_allclose(mean, images.astype(np.float64).mean(0), rtol=1e-6)
+
+
+
+
+def test_train_dataset_is_deterministic_given_the_seed():
+  split = _split(48)
+  first = _labels(iter(input_pipeline.train_dataset(split, 8, seed=3)), 6)
+  again = _labels(iter(input_pipeline.train_dataset(split, 8, seed=3)), 6)
+  other = _labels(iter(input_pipeline.train_dataset(split, 8, seed=4)), 6)
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize('n,batch', [(48, 8), (50, 8), (37, 5)])
+def test_train_dataset_epoch_has_no_repeats(n, batch):
+  labels = _labels(iter(input_pipeline.train_dataset(_split(n), batch, seed=0)),
+                   n // batch)
+  assert len(labels) == n // batch * batch
+  assert len(set(labels.tolist())) == len(labels)
+  assert set(labels.tolist()) <= set(range(n))
+
+
+def test_train_dataset_reshuffles_every_epoch():
+  n, batch = 48, 8
+  labels = _labels(iter(input_pipeline.train_dataset(_split(n), batch, seed=0)),
+                   3 * n // batch)
+  epochs = labels.reshape(3, n)
+  for epoch in epochs:
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
+  assert not np.array_equal(epochs[0], epochs[1])
+  assert not np.array_equal(epochs[1], epochs[2])
+
+
+def test_train_dataset_shards_processes_disjointly():
+  n, batch, count = 48, 4, 2
+  shards = [_labels(iter(input_pipeline.train_dataset(_split(n), batch, seed=0, process_index=p,
+                                                      process_count=count)),
+                    n // count // batch)
+            for p in range(count)]
+  assert not set(shards[0].tolist()) & set(shards[1].tolist())
+  np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(n))
+
+
+def test_train_dataset_state_resumes_the_order():
+  ds = input_pipeline.train_dataset(_split(40), 8, seed=0)
+  iterator = iter(ds)
+  _labels(iterator, 7)  # Into the second epoch.
+  state = json.loads(json.dumps(iterator.get_state()))  # As checkpoints store it.
+  expected = _labels(iterator, 3)
+  resumed = iter(ds)
+  resumed.set_state(state)
+  np.testing.assert_array_equal(_labels(resumed, 3), expected)
+
+
+
+
+@pytest.mark.parametrize('n,batch,count', [
+    (103, 10, 1), (103, 7, 1), (103, 200, 1), (103, 103, 1),
+    (103, 10, 2), (103, 7, 3), (103, 200, 3), (100, 10, 2), (2, 4, 3),
+])
+def test_eval_batches_score_every_example_once(n, batch, count):
+  split = _split(n)
+  seen, num_batches = [], set()
+  for p in range(count):
+    batches = list(input_pipeline.eval_batches(split, batch, p, count))
+    num_batches.add(len(batches))
+    for b in batches:
+      assert b['image'].shape == (batch, 2, 2, 3) and b['image'].dtype == np.uint8
+      assert b['label'].shape == (batch,) and b['label'].dtype == np.int32
+      assert b['mask'].shape == (batch,) and b['mask'].dtype == np.float32
+      assert set(np.unique(b['mask'])) <= {0.0, 1.0}
+      real = b['mask'] == 1
+      np.testing.assert_array_equal(b['image'][real, 0, 0, 0], b['label'][real] % 256)
+      assert not b['image'][~real].any() and not b['label'][~real].any()
+      seen.append(b['label'][real])
+  assert len(num_batches) == 1, f'processes yield different numbers of batches: {num_batches}'
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(n))
+
+
+
+
+class _Counting:
+  """Wraps an iterator with get_state/set_state; counts the batches read."""
+
+  def __init__(self, iterator):
+    self.iterator = iterator
+    self.reads = 0
+
+  def __next__(self):
+    batch = next(self.iterator)
+    self.reads += 1
+    return batch
+
+  def get_state(self):
+    return self.iterator.get_state()
+
+
+class _Failing:
+  """Yields {'x': i} for i < fail_at, then raises."""
+
+  def __init__(self, fail_at):
+    self.i = 0
+    self.fail_at = fail_at
+
+  def __next__(self):
+    if self.i == self.fail_at:
+      raise RuntimeError(f'source failed at {self.i}')
+    self.i += 1
+    return {'x': self.i - 1}
+
+  def get_state(self):
+    return {'i': self.i}
+
+
+def test_prefetcher_yields_the_source_batches_in_order():
+  ds = input_pipeline.train_dataset(_split(40), 8, seed=0)
+  expected = _labels(iter(ds), 12)
+  prefetcher = input_pipeline.Prefetcher(iter(ds), lambda b: b, depth=3)
+  try:
+    np.testing.assert_array_equal(_labels(prefetcher, 12), expected)
+  finally:
+    prefetcher.close()
+
+
+def test_prefetcher_applies_convert():
+  prefetcher = input_pipeline.Prefetcher(_Failing(100), lambda b: {'x': b['x'] * 10})
+  try:
+    assert [next(prefetcher)['x'] for _ in range(4)] == [0, 10, 20, 30]
+  finally:
+    prefetcher.close()
+
+
+def test_prefetcher_state_is_after_the_last_batch_handed_out():
+  ds = input_pipeline.train_dataset(_split(40), 8, seed=0)
+  source = _Counting(iter(ds))
+  depth, k = 2, 3
+  prefetcher = input_pipeline.Prefetcher(source, lambda b: b, depth=depth)
+  try:
+    _labels(prefetcher, k)
+    _wait_for(lambda: source.reads >= k + depth)  # The thread has read ahead.
+    state = prefetcher.state()
+    expected = _labels(prefetcher, 2)
+  finally:
+    prefetcher.close()
+  resumed = iter(ds)
+  resumed.set_state(state)
+  np.testing.assert_array_equal(_labels(resumed, 2), expected)
+
+
+def test_prefetcher_state_before_any_batch_is_the_initial_state():
+  ds = input_pipeline.train_dataset(_split(40), 8, seed=0)
+  iterator = iter(ds)
+  initial = iterator.get_state()
+  prefetcher = input_pipeline.Prefetcher(iterator, lambda b: b)
+  try:
+    _wait_for(lambda: iterator.get_state() != initial)
+    assert prefetcher.state() == initial
+  finally:
+    prefetcher.close()
+
+
+def test_prefetcher_propagates_source_errors():
+  prefetcher = input_pipeline.Prefetcher(_Failing(2), lambda b: b)
+  try:
+    assert _next_within(prefetcher) == {'x': 0}
+    assert _next_within(prefetcher) == {'x': 1}
+    assert prefetcher.state() == {'i': 2}
+    with pytest.raises(RuntimeError, match='source failed at 2'):
+      _next_within(prefetcher)
+  finally:
+    prefetcher.close()
+
+
+def test_prefetcher_propagates_convert_errors():
+
+  def convert(batch):
+    raise ValueError(f'cannot convert {batch}')
+
+  prefetcher = input_pipeline.Prefetcher(_Failing(100), convert)
+  try:
+    with pytest.raises(ValueError, match='cannot convert'):
+      _next_within(prefetcher)
+  finally:
+    prefetcher.close()
+
+
+def test_prefetcher_close_stops_the_thread():
+  source = _Counting(_Failing(10**9))
+  prefetcher = input_pipeline.Prefetcher(source, lambda b: b, depth=2)
+  thread = prefetcher._thread  # pylint: disable=protected-access
+  next(prefetcher)
+  _wait_for(lambda: source.reads >= 4)  # Queue full: the thread waits to put.
+  assert thread.is_alive()
+  prefetcher.close()
+  thread.join(timeout=5)
+  assert not thread.is_alive()
+  reads = source.reads
+  time.sleep(0.2)
+  assert source.reads == reads
+
+
+
+
+def test_check_dataset_unknown_name():
+  with pytest.raises(ValueError, match='mnist') as error:
+    input_pipeline.check_dataset('mnist', None)
+  assert 'cifar10' in str(error.value) and 'cifar10_jpeg' in str(error.value)
+
+
+def test_check_dataset_missing_data_dir(tmp_path):
+  missing = str(tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='data_dir') as error:
+    input_pipeline.check_dataset('cifar10', missing)
+  assert missing in str(error.value)
+
+
+@pytest.mark.parametrize('name,fix', [('cifar10', 'tfds build'),
+                                      ('cifar10_jpeg', 'data_dir')])
+def test_check_dataset_missing_dataset(tmp_path, name, fix):
+  with pytest.raises(FileNotFoundError) as error:
+    input_pipeline.check_dataset(name, str(tmp_path))
+  message = str(error.value)
+  assert name in message and str(tmp_path) in message and fix in message
+
+
+
+
+@pytest.fixture(scope='module')
+def data_dir():
+  if not os.path.isdir(os.path.join(DATA_DIR, 'cifar10_jpeg')):
+    pytest.skip(f'cifar10_jpeg not found under {DATA_DIR}')
+  return DATA_DIR
+
+
+def test_load_split_real_cifar10_jpeg(data_dir):
+  input_pipeline.check_dataset('cifar10_jpeg', data_dir)
+  split = input_pipeline.load_split('cifar10_jpeg', 'test[:2000]', data_dir, num_threads=2)
+  assert len(split) == 2000
+  assert split.images.shape == (2000, 32, 32, 3) and split.images.dtype == np.uint8
+  assert split.labels.shape == (2000,) and split.labels.dtype == np.int32
+  assert set(split.labels.tolist()) == set(range(10))
+  assert 20 < split.images.mean() < 235 and split.images.std() > 20  # Real pixels.
+  # In stored order, images paired with their labels.
+  import tensorflow_datasets as tfds  # Only where data is read.
+  source = tfds.data_source('cifar10_jpeg', split='test[:2000]', data_dir=data_dir)
+  for i in (0, 1, 999, 1024, 1999):
+    np.testing.assert_array_equal(split.images[i], source[i]['image'])
+    assert split.labels[i] == source[i]['label']
+
+
+def test_holdout_split_sizes_real_cifar10_jpeg(data_dir):
+  import tensorflow_datasets as tfds  # Only where data is read.
+  # Lengths come from the record index; nothing is decoded.
+  sizes = {split: len(tfds.data_source('cifar10_jpeg', split=split, data_dir=data_dir))
+           for split in ('train', 'train[:45000]', 'train[45000:]', 'test')}
+  assert sizes == {'train': 50_000, 'train[:45000]': 45_000, 'train[45000:]': 5_000,
+                   'test': 10_000}
