@@ -361,12 +361,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config, jax.device_count(), jax.process_count())
   if data is None:
     input_pipeline.check_dataset(config.input.dataset, config.input.data_dir)
-  manager = checkpoint_manager(workdir, config)
-  try:
-    latest = check_checkpoint_matches(manager, config)
-  except Exception:
-    manager.close()
-    raise
+  with checkpoint_manager(workdir, config) as manager:
+    return _train(config, workdir, data, manager)
+
+
+def _train(config, workdir, data, manager) -> dict:
+  """`train_and_evaluate` once the config is checked and the manager open."""
+  latest = check_checkpoint_matches(manager, config)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -454,7 +455,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   finally:
     batches.close()
     manager.wait_until_finished()
-    manager.close()
     writer.close()
   return last_eval
 
@@ -468,15 +468,15 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config, jax.device_count(), jax.process_count())
   if data is None:
     input_pipeline.check_dataset(config.input.dataset, config.input.data_dir)
-  manager = checkpoint_manager(workdir, config)
-  step = check_checkpoint_matches(manager, config)
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints to evaluate; '
-                            'train first or point --workdir at a trained run.')
-  train_split, eval_splits = data or _load_data(config)
-  trainer = Trainer(config, create_model(config), make_mesh(), train_split.images.shape[1:])
-  state, _ = restore_state(manager, step, trainer)
-  manager.close()
+  with checkpoint_manager(workdir, config) as manager:
+    step = check_checkpoint_matches(manager, config)
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints to evaluate; '
+                              'train first or point --workdir at a trained run.')
+    train_split, eval_splits = data or _load_data(config)
+    trainer = Trainer(config, create_model(config), make_mesh(),
+                      train_split.images.shape[1:])
+    state, _ = restore_state(manager, step, trainer)
   mean_image = jax.device_put(input_pipeline.mean_image(train_split), trainer.replicated)
   results = {'step': step}
   for name, split in eval_splits.items():
