@@ -62,14 +62,15 @@ def check_dataset(name: str, data_dir: str | None):
 
 
 def load_split(name: str, split: str, data_dir: str | None,
-               num_threads: int = 16) -> ArraySplit:
+               num_threads: int | None = None) -> ArraySplit:
   """Decodes a whole TFDS split into memory, reading it with Grain.
 
   Args:
     name: TFDS name ('cifar10' or 'cifar10_jpeg').
     split: TFDS split, slices allowed (e.g. 'train[:45000]').
     data_dir: TFDS data directory; None for TFDS's default.
-    num_threads: Grain reader threads (JPEG decoding runs in them).
+    num_threads: Grain reader threads (JPEG decoding runs in them); None:
+      one per CPU core, at most 16.
 
   Returns:
     The split's images (uint8, NHWC) and labels (int32), in stored order.
@@ -77,9 +78,16 @@ def load_split(name: str, split: str, data_dir: str | None,
   import tensorflow_datasets as tfds  # Heavy import; only where data is read.
   check_dataset(name, data_dir)
   source = tfds.data_source(name, split=split, data_dir=data_dir)
-  ds = (grain.MapDataset.source(source)
-        .map(lambda ex: (np.asarray(ex['image'], np.uint8), np.int32(ex['label'])))
-        .batch(1024))
+  chunk = 1024
+
+  def read_chunk(start):
+    # The data source's batched read decodes ~3x faster than item by item.
+    examples = source.__getitems__(range(start, min(start + chunk, len(source))))
+    return (np.stack([ex['image'] for ex in examples]).astype(np.uint8),
+            np.array([ex['label'] for ex in examples], np.int32))
+
+  ds = grain.MapDataset.range(0, len(source), chunk).map(read_chunk)
+  num_threads = num_threads or min(16, os.cpu_count() or 1)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=num_threads))
   images, labels = zip(*ds)

@@ -1,0 +1,44 @@
+"""The command line as the README runs it, on the real CIFAR-10 JPEG data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+DATA_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'tfds')
+
+
+def run_main(*flags):
+  return subprocess.run(
+      [sys.executable, '-m', 'resnet_jax.main', '--config=configs/cifar10_resnet20.py', *flags],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, 'cifar10_jpeg')),
+                    reason='../shared/data/tfds/cifar10_jpeg is not here')
+def test_readme_command_trains_and_evaluates(tmp_path):
+  flags = [f'--workdir={tmp_path}', '--config.input.dataset=cifar10_jpeg',
+           f'--config.input.data_dir={DATA_DIR}', '--config.input.batch_size=16',
+           '--config.schedule.total_steps=3', '--config.schedule.boundaries=(2,)',
+           '--config.log_every_steps=1']
+  result = run_main(*flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'step 3/3 (100.0%)' in result.stdout
+  records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  final = [r for r in records if 'test_error' in r]
+  assert final and final[-1]['step'] == 3 and 0 <= final[-1]['test_error'] <= 1
+  result = run_main(*flags, '--mode=evaluate')
+  assert result.returncode == 0, result.stderr[-3000:]
+  evaluation = json.load(open(tmp_path / 'eval.json'))
+  assert evaluation['test_count'] == 10_000  # Every test image, exactly once.
+  assert evaluation['test_error'] == pytest.approx(final[-1]['test_error'])
+
+
+def test_bad_model_fails_fast_with_the_fix(tmp_path):
+  result = run_main(f'--workdir={tmp_path}', '--config.model=resnet19')
+  assert result.returncode != 0
+  assert "unknown model 'resnet19'" in result.stderr
+  assert '--config.model' in result.stderr
