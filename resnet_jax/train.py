@@ -170,13 +170,15 @@ class Trainer:
   model: models.ResNet
   mesh: Mesh
   image_shape: tuple
-  state_sharding: Any = None
-  batch_sharding: Any = None
-  replicated: Any = None
-  abstract_state: Any = None
-  init_fn: Any = None
-  train_fn: Any = None
-  eval_fn: Any = None
+  # Derived from the above in __post_init__.
+  optimizer: optax.GradientTransformation = dataclasses.field(init=False)
+  state_sharding: Any = dataclasses.field(init=False)
+  batch_sharding: NamedSharding = dataclasses.field(init=False)
+  replicated: NamedSharding = dataclasses.field(init=False)
+  abstract_state: TrainState = dataclasses.field(init=False)
+  init_fn: Any = dataclasses.field(init=False)
+  train_fn: Any = dataclasses.field(init=False)
+  eval_fn: Any = dataclasses.field(init=False)
 
   def __post_init__(self):
     self.replicated = NamedSharding(self.mesh, P())

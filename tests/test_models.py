@@ -377,14 +377,19 @@ def test_layer_responses_values():
   np.testing.assert_array_equal(logits, model.apply(variables, x, train=False))
 
 
+def _bottleneck(**options):
+  """A stand-alone stride-2 option-B bottleneck block: 8 -> 16 channels."""
+  return models.BottleneckBlock(
+      4, 2, conv=functools.partial(nn.Conv, use_bias=False),
+      norm=functools.partial(nn.BatchNorm, use_running_average=True),
+      shortcut='B', **options)
+
+
 @pytest.mark.parametrize('downsample_on_3x3', [False, True])
 def test_bottleneck_response(downsample_on_3x3):
   # The recorded response is the 3x3's BN output, before its ReLU; the
   # stride sits on the first 1x1 (paper) or on the 3x3 (v1.5).
-  block = models.BottleneckBlock(
-      4, 2, conv=functools.partial(nn.Conv, use_bias=False),
-      norm=functools.partial(nn.BatchNorm, use_running_average=True),
-      shortcut='B', downsample_on_3x3=downsample_on_3x3)
+  block = _bottleneck(downsample_on_3x3=downsample_on_3x3)
   x = jax.random.normal(KEY, (1, 4, 4, 8))
   variables = block.init(KEY, x)
   _, state = block.apply(variables, x, mutable=['intermediates'])
@@ -491,10 +496,7 @@ def test_zero_init_last_bn_basic():
 
 @pytest.mark.parametrize('zero_init', [False, True])
 def test_zero_init_last_bn_bottleneck(zero_init):
-  block = models.BottleneckBlock(
-      4, 2, conv=functools.partial(nn.Conv, use_bias=False),
-      norm=functools.partial(nn.BatchNorm, use_running_average=True),
-      shortcut='B', zero_init_last_bn=zero_init)
+  block = _bottleneck(zero_init_last_bn=zero_init)
   scales = _bn_scales({'stage1_block1': block.init(
       KEY, jnp.ones((1, 4, 4, 8)))['params']})
   assert sorted(scales) == ['stage1_block1/' + k
