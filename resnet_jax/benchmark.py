@@ -6,8 +6,9 @@
 Compiles the real train step (same code as training: augmentation, BN, SGD,
 sharding over every device) ahead of time, then times `--steps` steps after
 `--warmup` untimed ones, each step synchronised, and prints compile time,
-median step time and images/s. `--config.model=resnet50` benchmarks an
-ImageNet net (inputs become 224x224).
+median step time and images/s. An ImageNet config
+(`--config=configs/imagenet_r50.py`) benchmarks at its crop size, 224x224.
+The input pipeline has its own benchmark: `python -m resnet_jax.input_benchmark`.
 """
 
 import json
@@ -19,7 +20,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import config_lib, models, train
+from resnet_jax import config_lib, data, models, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=False)
@@ -38,15 +39,15 @@ def benchmark(config, steps: int, warmup: int) -> dict:
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
   model = train.create_model(config)
-  size = 224 if model.stem == 'imagenet' else 32
-  if model.stem == 'imagenet' and 'num_classes' not in config.model_options:
-    model = model.clone(num_classes=1000)  # ImageNet's head, whatever the dataset.
-  image_shape = (size, size, 3)
-  trainer = train.Trainer(config, model, train.make_mesh(), image_shape)
+  dataset = data.create(config)
+  trainer = train.Trainer(config, model, train.make_mesh(), dataset)
+  image_shape = trainer.image_shape
   batch_size = config.input.batch_size
+  norm = {k: np.full(s, 1.0 if k == 'std' else 120.0, np.float32)
+          for k, s in dataset.normalization_shapes().items()}
 
   t0 = time.perf_counter()
-  state = jax.block_until_ready(trainer.init_fn())
+  state = jax.block_until_ready(trainer.init_fn(jax.device_put(norm, trainer.replicated)))
   init_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   step_fn = trainer.compile_train(batch_size)
@@ -57,22 +58,21 @@ def benchmark(config, steps: int, warmup: int) -> dict:
   batch = trainer.to_global({
       'image': rng.integers(0, 256, (local,) + image_shape, dtype=np.uint8),
       'label': rng.integers(0, model.num_classes, (local,), dtype=np.int32)})
-  mean = jax.device_put(np.full(image_shape, 120.0, np.float32), trainer.replicated)
 
   for _ in range(warmup):
-    state, metrics = step_fn(state, batch, mean)
+    state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, metrics = step_fn(state, batch, mean)
+    state, metrics = step_fn(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   ms = 1000 * np.array(times)
   step_ms = float(np.median(ms))
   return dict(
       model=config.model, batch_size=batch_size,
-      dtype=str(config.model_options.get('dtype') or 'float32'),
+      dtype=str(model.dtype.name if hasattr(model.dtype, 'name') else model.dtype),
       devices=f'{jax.device_count()}x {jax.devices()[0].device_kind}',
       init_s=round(init_s, 2), compile_s=round(compile_s, 2),
       step_ms=round(step_ms, 2), step_ms_p10=round(float(np.percentile(ms, 10)), 2),

@@ -1,42 +1,54 @@
-"""The experiment config: the paper's CIFAR-10 recipe, and its validation.
+"""The experiment configs: the paper's CIFAR-10 and ImageNet recipes, and validation.
 
-Every config file under `configs/` starts from `cifar10()` and changes a few
-fields. `validate` checks a config before anything is compiled or read, so bad
-input fails fast with the fix in the message.
+Every config file under `configs/` starts from `cifar10()` or `imagenet()` and
+changes a few fields. Every field exists in the base (model options that keep
+the model's default are `None` placeholders), so any of them can be set from
+the command line (`--config.model_options.shortcut=B`). `validate` checks a
+config before anything is compiled or read, so bad input fails fast with the
+fix in the message.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-from resnet_jax import input_pipeline, models
+from resnet_jax import data, models
+
+PROTOCOLS = ('center', 'ten_crop', 'multi_scale', 'ensemble')
+SCHEDULES = ('piecewise', 'plateau')
+NORMALIZATIONS = ('channel_mean_std', 'pixel_mean')
 
 
-def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
-  """Section 4.2 of the paper, for the named CIFAR net.
+def _model_options() -> ml_collections.ConfigDict:
+  """Every `models.OPTIONS` field; None keeps the named model's default."""
+  options = ml_collections.ConfigDict()
+  options.num_classes = config_dict.placeholder(int)  # None: the dataset's.
+  options.shortcut = config_dict.placeholder(str)  # 'A', 'B' or 'C'.
+  # 'auto': bfloat16 on GPU/TPU, float32 on CPU (where bf16 is no faster).
+  options.dtype = 'auto'
+  options.bn_momentum = config_dict.placeholder(float)
+  options.bn_epsilon = config_dict.placeholder(float)
+  options.bn_group_size = config_dict.placeholder(int)
+  options.zero_init_last_bn = config_dict.placeholder(bool)
+  options.downsample_on_3x3 = config_dict.placeholder(bool)
+  options.scan_blocks = config_dict.placeholder(bool)
+  return options
 
-  Batch 128, SGD with momentum 0.9, L2 weight decay 1e-4 on all weights, lr 0.1
-  divided by 10 at 32k and 48k iterations, training ends at 64k; per-pixel mean
-  subtraction, 4-pixel padding + random crop + flip; option-A shortcuts (the
-  model's default). Trains on all 50k images and reports test error, as Table 6.
-  """
+
+def _common(model: str) -> ml_collections.ConfigDict:
+  """Fields shared by every experiment; the recipes fill in their values."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-
   config.model = model
-  # Any option of `models.create_model` (see models.OPTIONS); empty: the paper's.
-  config.model_options = ml_collections.ConfigDict()
-  config.model_options.dtype = 'float32'  # 'bfloat16' on accelerators.
-  config.model_options.bn_group_size = config_dict.placeholder(int)
+  config.model_options = _model_options()
 
   config.input = ml_collections.ConfigDict()
-  config.input.dataset = 'cifar10'
   config.input.data_dir = config_dict.placeholder(str)  # None: TFDS default.
-  config.input.batch_size = 128  # Global batch, split over all devices.
-  config.input.eval_batch_size = 1000
-  # True: the paper's 45k/5k train/val split (train on train[:45000], also
-  # report error on the held-out train[45000:]); False: all 50k, as Table 6.
+  # TFDS split to evaluate on instead of the dataset's whole test/validation
+  # split, e.g. 'validation[:1000]' for a quick look. None: the whole split.
+  config.input.eval_split = config_dict.placeholder(str)
+  # Hold out the last `num_holdout` training examples: train on the rest and
+  # report error on them as `holdout_error` (the plateau rule watches it).
   config.input.holdout_validation = False
-  config.input.num_holdout = 5000
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.momentum = 0.9
@@ -47,9 +59,19 @@ def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.base_lr = 0.1
-  config.schedule.total_steps = 64_000
-  config.schedule.boundaries = (32_000, 48_000)
+  # If set, the lr is base_lr * batch_size / reference_batch_size (the linear
+  # scaling rule of Goyal et al. 2017), so changing the batch keeps the recipe.
+  config.schedule.reference_batch_size = config_dict.placeholder(int)
   config.schedule.decay_factor = 0.1
+  # 'piecewise': divide the lr by 1/decay_factor at `boundaries` (steps).
+  # 'plateau': divide it when `holdout_error` has not improved (relative
+  # `plateau_rtol`) for `plateau_patience` evaluations, at most
+  # `plateau_max_decays` times (optax.contrib.reduce_on_plateau).
+  config.schedule.kind = 'piecewise'
+  config.schedule.plateau_patience = 3
+  config.schedule.plateau_rtol = 0.01
+  config.schedule.plateau_cooldown = 0
+  config.schedule.plateau_max_decays = 3
   # Warm-up of ResNet-110/1202: lr `warmup_lr` until the (smoothed) training
   # error falls below `warmup_until_error`, then base_lr. 0 turns it off.
   config.schedule.warmup_lr = 0.0
@@ -58,6 +80,20 @@ def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
   config.schedule.warmup_error_smoothing = 0.9
   # Safety cap: warm-up ends here even if the rule has not fired.
   config.schedule.warmup_max_steps = 2000
+
+  config.eval = ml_collections.ConfigDict()
+  # `--mode=evaluate` runs `protocol`; the end of training runs `final_protocols`.
+  config.eval.protocol = 'center'
+  config.eval.final_protocols = ('center',)
+  # ImageNet views (section 3.4): shorter side `resize_size`, `crop_size` crops;
+  # multi-scale: whole images at these shorter sides, with their flips.
+  config.eval.resize_size = 256
+  config.eval.crop_size = 224
+  config.eval.scales = (224, 256, 384, 480, 640)
+  # Protocol 'ensemble': comma-separated workdirs whose scores are averaged
+  # (each with its own saved config), each evaluated with `ensemble_protocol`.
+  config.eval.ensemble_workdirs = ''
+  config.eval.ensemble_protocol = 'ten_crop'
 
   config.log_every_steps = 100
   config.eval_every_steps = 2000
@@ -69,10 +105,107 @@ def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
   return config
 
 
+def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
+  """Section 4.2 of the paper, for the named CIFAR net.
+
+  Batch 128, SGD with momentum 0.9, L2 weight decay 1e-4 on all weights, lr 0.1
+  divided by 10 at 32k and 48k iterations, training ends at 64k; per-pixel mean
+  subtraction, 4-pixel padding + random crop + flip; option-A shortcuts (the
+  model's default). Trains on all 50k images and reports test error, as Table 6.
+  """
+  config = _common(model)
+  config.input.dataset = 'cifar10'
+  config.input.batch_size = 128  # Global batch, split over all devices.
+  # Images per evaluation batch (rounded down to a multiple of the devices).
+  config.input.eval_batch_size = 1000
+  # True: the paper's 45k/5k train/val split.
+  config.input.num_holdout = 5000
+  config.schedule.total_steps = 64_000
+  config.schedule.boundaries = (32_000, 48_000)
+  return config
+
+
+def imagenet(model: str = 'resnet50') -> ml_collections.ConfigDict:
+  """Section 3.4 of the paper, for the named ImageNet net.
+
+  Batch 256, SGD with momentum 0.9, L2 weight decay 1e-4, lr 0.1 divided by 10
+  when the error plateaus, up to 600k iterations; scale augmentation (shorter
+  side in [256, 480], random 224 crop, flip), PCA lighting; 10-crop testing
+  for comparisons, multi-scale for the best results.
+  """
+  config = _common(model)
+  config.input.dataset = 'imagenet2012'
+  config.input.batch_size = 256  # Global batch, split over all devices.
+  # Crop-sized views per evaluation batch (10-crop: a tenth as many images;
+  # rounded down to a multiple of the devices).
+  config.input.eval_batch_size = 500
+  config.input.image_size = 224  # The training crop.
+  config.input.scale_range = (256, 480)  # Shorter side before cropping.
+  config.input.lighting_std = 0.1  # AlexNet PCA lighting; 0 turns it off.
+  # The paper subtracts a per-pixel mean. Under scale augmentation a pixel's
+  # mean over random crops of random scales is the same everywhere, so the
+  # per-pixel mean is the per-channel mean; the Torch reproductions also divide
+  # by the per-channel std, which conditions SGD better and works on inputs of
+  # any size (multi-scale testing). 'pixel_mean' is the paper's literal recipe,
+  # estimated from `num_mean_images` training images at the center view.
+  config.input.normalization = 'channel_mean_std'
+  config.input.num_mean_images = 10_000
+  # Grain worker processes decoding JPEGs (0: in the main process). None: one
+  # per CPU core.
+  config.input.num_workers = config_dict.placeholder(int)
+  # The paper's numbers are on val, so the plateau rule watches a held-out
+  # slice of the training set (10k of 1.28M images), never val.
+  config.input.holdout_validation = True
+  config.input.num_holdout = 10_000
+
+  config.schedule.kind = 'plateau'
+  config.schedule.total_steps = 600_000
+  config.schedule.reference_batch_size = 256
+  # For kind='piecewise': about every 30 epochs (5k steps per epoch at batch
+  # 256), where the paper's Fig. 4 curves drop.
+  config.schedule.boundaries = (150_000, 300_000, 450_000)
+  config.schedule.plateau_patience = 3  # Evaluations, i.e. 3 x 5k steps.
+  config.eval_every_steps = 5_000
+  config.checkpoint_every_steps = 5_000
+  config.log_every_steps = 200
+
+  config.eval.protocol = 'ten_crop'
+  config.eval.final_protocols = ('center', 'ten_crop', 'multi_scale')
+  return config
+
+
+def imagenette(model: str = 'resnet18') -> ml_collections.ConfigDict:
+  """The ImageNet recipe on `imagenette224`, the 10-class local proxy.
+
+  Same views and optimiser; the schedule is shortened to the small training
+  set (9,469 images, 37 steps per epoch at batch 256) and the held-out slice
+  is 500 images.
+  """
+  config = imagenet(model)
+  config.input.dataset = 'imagenette224'
+  config.input.data_dir = '../shared/data/tfds'
+  config.input.num_holdout = 500
+  config.schedule.total_steps = 6_000  # About 170 epochs.
+  config.schedule.boundaries = (3_000, 4_500)
+  config.schedule.plateau_patience = 4
+  config.eval_every_steps = 250
+  config.checkpoint_every_steps = 500
+  config.log_every_steps = 25
+  return config
+
+
 def with_warmup(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Section 4.2's warm-up for ResNet-110 (the paper's 'about 400 iterations')."""
   config.schedule.warmup_lr = 0.01
   return config
+
+
+def scaled_lr(config: ml_collections.ConfigDict) -> float:
+  """The base lr for the configured batch (linear scaling, if asked for)."""
+  s = config.schedule
+  if s.reference_batch_size:
+    return s.base_lr * config.input.batch_size / s.reference_batch_size
+  return s.base_lr
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1):
@@ -87,16 +220,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   unknown = set(config.model_options) - set(models.OPTIONS)
   if unknown:
     fail(f'unknown model_options {sorted(unknown)}; valid: {", ".join(models.OPTIONS)}')
-  if config.input.dataset not in input_pipeline.DATASETS:
+  shortcut = config.model_options.get('shortcut')
+  if shortcut is not None and shortcut not in models.SHORTCUTS:
+    fail(f'model_options.shortcut={shortcut!r}; set it to one of {models.SHORTCUTS}')
+  if config.input.dataset not in data.DATASETS:
     fail(f'unknown dataset {config.input.dataset!r}; set --config.input.dataset '
-         f'to one of {sorted(input_pipeline.DATASETS)}')
-  for key in ('batch_size', 'eval_batch_size'):
-    size = config.input[key]
-    if size <= 0 or size % num_devices:
-      fail(f'input.{key}={size} is not a positive multiple of the {num_devices} '
-           f'devices; set --config.input.{key} to a multiple of {num_devices}')
-    if size % num_processes:
-      fail(f'input.{key}={size} is not divisible by the {num_processes} processes')
+         f'to one of {sorted(data.DATASETS)}')
+  info = data.DATASETS[config.input.dataset]
+  is_imagenet_model = models.MODELS[config.model]['stem'] == 'imagenet'
+  if (info.family == 'imagenet') != is_imagenet_model:
+    fail(f'model {config.model!r} is not meant for {config.input.dataset!r}; '
+         'use the resnet*/plain* nets on ImageNet datasets and cifar_* nets on CIFAR')
+  size = config.input.batch_size
+  if size <= 0 or size % num_devices:
+    fail(f'input.batch_size={size} is not a positive multiple of the {num_devices} '
+         f'devices; set --config.input.batch_size to a multiple of {num_devices}')
+  if size % num_processes:
+    fail(f'input.batch_size={size} is not divisible by the {num_processes} processes')
+  # Evaluation rounds its batch to a multiple of the devices (masking the rest).
+  if config.input.eval_batch_size <= 0:
+    fail(f'input.eval_batch_size={config.input.eval_batch_size} must be positive; '
+         'set --config.input.eval_batch_size')
   group = config.model_options.get('bn_group_size')
   if group is not None and group < 1:
     fail(f'model_options.bn_group_size={group} must be a positive integer (or None)')
@@ -106,21 +250,73 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   s = config.schedule
   if s.total_steps <= 0:
     fail(f'schedule.total_steps={s.total_steps} must be positive')
+  if s.kind not in SCHEDULES:
+    fail(f'schedule.kind={s.kind!r}; set it to one of {SCHEDULES}')
   bounds = tuple(s.boundaries)
-  if (any(not isinstance(b, int) or b <= 0 for b in bounds) or
-      any(a >= b for a, b in zip(bounds, bounds[1:]))):
-    fail(f'schedule.boundaries={bounds} must be positive integers (steps), '
-         'strictly increasing')
-  if bounds and bounds[-1] >= s.total_steps:
-    fail(f'schedule.boundaries={bounds} reach past the end of training '
-         f'(total_steps={s.total_steps}); lower them or raise total_steps')
+  if s.kind == 'piecewise':
+    if (any(not isinstance(b, int) or b <= 0 for b in bounds) or
+        any(a >= b for a, b in zip(bounds, bounds[1:]))):
+      fail(f'schedule.boundaries={bounds} must be positive integers (steps), '
+           'strictly increasing')
+    if bounds and bounds[-1] >= s.total_steps:
+      fail(f'schedule.boundaries={bounds} reach past the end of training '
+           f'(total_steps={s.total_steps}); lower them or raise total_steps')
+  elif not config.input.holdout_validation:
+    fail("schedule.kind='plateau' watches the held-out error; set "
+         '--config.input.holdout_validation=True or use '
+         "--config.schedule.kind=piecewise")
+  if s.plateau_patience < 1 or s.plateau_max_decays < 0 or s.plateau_rtol < 0:
+    fail('schedule.plateau_patience must be >= 1, plateau_max_decays and '
+         'plateau_rtol >= 0')
+  if s.reference_batch_size is not None and s.reference_batch_size <= 0:
+    fail(f'schedule.reference_batch_size={s.reference_batch_size} must be positive or None')
   if s.warmup_lr < 0 or not 0 < s.warmup_until_error <= 1:
     fail('schedule.warmup_lr must be >= 0 and warmup_until_error in (0, 1]')
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints'):
     if config[key] <= 0:
       fail(f'{key}={config[key]} must be positive')
-  if config.input.holdout_validation and not (
-      0 < config.input.num_holdout < input_pipeline.DATASETS[config.input.dataset]['num_train']):
+  if config.input.holdout_validation and not 0 < config.input.num_holdout < info.num_train:
     fail(f'input.num_holdout={config.input.num_holdout} must be between 0 and '
-         'the training-set size')
+         f'the training-set size {info.num_train}')
+  _validate_eval(config, info, fail)
+  if info.family == 'imagenet':
+    _validate_imagenet_input(config, fail)
+
+
+def _validate_eval(config, info, fail):
+  e = config.eval
+  protocols = (e.protocol,) + tuple(e.final_protocols)
+  for name in protocols:
+    if name not in PROTOCOLS:
+      fail(f'eval protocol {name!r}; set --config.eval.protocol to one of {PROTOCOLS}')
+  if 'ensemble' in e.final_protocols:
+    fail("eval.final_protocols cannot hold 'ensemble'; run it with --mode=evaluate")
+  if info.family == 'cifar':
+    for name in protocols:
+      if name not in ('center', 'ensemble'):
+        fail(f"CIFAR is tested on the single original view (section 4.2): eval "
+             f"protocol {name!r} is for ImageNet; use 'center'")
+  if e.ensemble_protocol not in PROTOCOLS[:3]:
+    fail(f'eval.ensemble_protocol={e.ensemble_protocol!r} must be one of {PROTOCOLS[:3]}')
+  if e.protocol == 'ensemble' and not e.ensemble_workdirs:
+    fail("eval.protocol='ensemble' needs --config.eval.ensemble_workdirs=DIR1,DIR2,...")
+  if not 0 < e.crop_size <= e.resize_size:
+    fail(f'eval.crop_size={e.crop_size} must be positive and at most '
+         f'eval.resize_size={e.resize_size}')
+  if not e.scales or any(s <= 0 for s in e.scales):
+    fail(f'eval.scales={tuple(e.scales)} must be positive shorter-side sizes')
+
+
+def _validate_imagenet_input(config, fail):
+  inp = config.input
+  low, high = inp.scale_range
+  if not inp.image_size <= low <= high:
+    fail(f'input.scale_range={tuple(inp.scale_range)} must satisfy image_size '
+         f'({inp.image_size}) <= min <= max')
+  if inp.normalization not in NORMALIZATIONS:
+    fail(f'input.normalization={inp.normalization!r}; set it to one of {NORMALIZATIONS}')
+  if inp.lighting_std < 0:
+    fail(f'input.lighting_std={inp.lighting_std} must be >= 0')
+  if inp.num_workers is not None and inp.num_workers < 0:
+    fail(f'input.num_workers={inp.num_workers} must be >= 0 (or None for one per core)')

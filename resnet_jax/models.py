@@ -4,6 +4,13 @@ One `ResNet` module covers the whole zoo; the named models are presets over it
 (see `MODELS` and `create_model`). Layout is NHWC. The model does no input
 normalisation: the input pipeline subtracts the per-pixel mean.
 
+Every convolution pads (k-1)//2 on each side at every stride (3x3: 1, 7x7: 3,
+1x1: 0), as the paper's Caffe models, the Torch reproductions and torchvision
+do (PAPER.md): a stride-2 output i is centred on input 2i, where the option-A
+shortcut samples. (nn.Conv's default 'SAME' pads (0, 1) at stride 2, centring
+it on 2i+1.) The max pool is 3x3/2 with padding 1. A stride-2 layer maps
+H to ceil(H/2).
+
 Stages of identical blocks are run with `nn.scan`, so the compiled graph holds
 one block per stage whatever the depth (cifar_resnet1202 compiles in seconds).
 Scanned parameters carry a leading `block` axis; `layer_responses` unstacks the
@@ -35,32 +42,51 @@ def _conv(x, k, pads, precision):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _input_gradient(k, pads, precision, dy):
+  """The gradient of `_conv` in x as a forward convolution (flipped kernel)."""
+  kh, kw = k.shape[:2]
+  (lo_h, hi_h), (lo_w, hi_w) = pads
+  k_flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
+  return _conv(dy, k_flipped, ((kh - 1 - lo_h, kh - 1 - hi_h),
+                               (kw - 1 - lo_w, kw - 1 - hi_w)), precision)
+
+
+def _kernel_gradient(x, pads, precision, dy):
+  """The gradient of `_conv` in k as a forward convolution.
+
+  dk[i, j, c, o] = sum_{b,h,w} x[b, h+i, w+j, c] dy[b, h, w, o]: a convolution
+  with the input channels as the batch and the batch as the channels.
+  """
+  dk = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pads, precision)
+  return dk.transpose(1, 2, 0, 3)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv_cpu_gradients(x, k, pads, precision):
   return _conv(x, k, pads, precision)
 
 
-def _conv_cpu_gradients_fwd(x, k, pads, precision):
-  return _conv(x, k, pads, precision), (x, k)
-
-
-def _conv_cpu_gradients_bwd(pads, precision, residuals, dy):
-  # Both gradients written as plain forward convolutions. XLA:CPU runs its
-  # own backward-filter convolution 50-100x slower inside a while loop (a
-  # scanned stage) than outside; forward convolutions run at full speed there.
-  x, k = residuals
-  kh, kw = k.shape[:2]
-  (lo_h, hi_h), (lo_w, hi_w) = pads
-  k_flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
-  dx = _conv(dy, k_flipped, ((kh - 1 - lo_h, kh - 1 - hi_h),
-                             (kw - 1 - lo_w, kw - 1 - hi_w)), precision)
-  # dW[i, j, c, o] = sum_{b,h,w} x[b, h+i, w+j, c] dy[b, h, w, o]: a conv with
-  # in-channels as the batch and the batch as the channels.
-  dk = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pads, precision)
-  return dx.astype(x.dtype), dk.transpose(1, 2, 0, 3).astype(k.dtype)
-
-
-_conv_cpu_gradients.defvjp(_conv_cpu_gradients_fwd, _conv_cpu_gradients_bwd)
+@functools.partial(_conv_cpu_gradients.defjvp, symbolic_zeros=True)
+def _conv_cpu_gradients_jvp(pads, precision, primals, tangents):
+  # XLA:CPU runs its own gradient convolutions (kernel and lhs in transposed
+  # layouts) 50-100x slower inside a while loop (a scanned stage) than outside;
+  # forward convolutions run at full speed there. So the tangent map
+  # dy = conv(dx, k) + conv(x, dk) is written as the transpose of the two
+  # gradients above: reverse mode transposes it back and gets exactly those
+  # forward convolutions, while forward mode (jvp, jacfwd) evaluates it as is.
+  x, k = primals
+  dx, dk = tangents
+  y = _conv(x, k, pads, precision)
+  y_type = jax.ShapeDtypeStruct(y.shape, y.dtype)
+  dy = None
+  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+    dy, = jax.linear_transpose(
+        functools.partial(_input_gradient, k, pads, precision), y_type)(dx)
+  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
+    dy_k, = jax.linear_transpose(
+        functools.partial(_kernel_gradient, x, pads, precision), y_type)(dk)
+    dy = dy_k if dy is None else dy + dy_k
+  return y, jnp.zeros_like(y) if dy is None else dy
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -71,7 +97,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   On CPU, stride-1 NHWC convolutions (all those inside scanned stages) take
   gradients computed by `_conv_cpu_gradients`; every other platform and case
   uses XLA's own convolution and gradient unchanged (`lax.platform_dependent`
-  picks at lowering time). Same values either way.
+  picks at lowering time). Same values either way, and both differentiate in
+  forward mode too (`jax.jvp`, `jax.jacfwd`, `jax.linearize`).
   """
   standard = functools.partial(
       jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
@@ -155,6 +182,28 @@ def zero_pad_shortcut(x, features: int, strides: int):
   return x
 
 
+def _mask_at(mask, height_width):
+  """The valid region `mask` (B, H, W) at a lower resolution (h, w).
+
+  Every stride-2 layer maps a valid extent n to ceil(n/2), its output i centred
+  on input 2i, so each halving of the resolution keeps `mask[:, ::2, ::2]`.
+  """
+  while mask.shape[1:3] != tuple(height_width):
+    if mask.shape[1] < height_width[0] or mask.shape[2] < height_width[1]:
+      raise ValueError(f'a mask of shape {mask.shape} does not subsample to '
+                       f'{tuple(height_width)}')
+    mask = mask[:, ::2, ::2]
+  return mask
+
+
+def _zero_outside(x, mask):
+  """Zeroes `x` (B, h, w, C) outside the valid region; no-op if mask is None."""
+  if mask is None:
+    return x
+  # `where`, not a product: the padding may hold anything, inf and nan included.
+  return jnp.where(_mask_at(mask, x.shape[1:3])[..., None], x, jnp.zeros((), x.dtype))
+
+
 class Shortcut(nn.Module):
   """The shortcut branch of one block, for options A, B and C."""
   features: int
@@ -167,7 +216,8 @@ class Shortcut(nn.Module):
   def __call__(self, x):
     changes = self.strides != 1 or x.shape[-1] != self.features
     if self.option == 'C' or (self.option == 'B' and changes):
-      x = self.conv(self.features, (1, 1), strides=(self.strides,) * 2, name='conv')(x)
+      x = self.conv(self.features, (1, 1), strides=(self.strides,) * 2, padding=0,
+                    name='conv')(x)
       return self.norm(name='bn')(x)
     if self.option == 'A':
       return zero_pad_shortcut(x, self.features, self.strides)
@@ -185,12 +235,15 @@ class BasicBlock(nn.Module):
   downsample_on_3x3: bool = True  # unused: basic blocks have only 3x3 convs.
 
   @nn.compact
-  def __call__(self, x):
-    y = self.conv(self.features, (3, 3), strides=(self.strides,) * 2, name='conv1')(x)
+  def __call__(self, x, mask=None):
+    # padding=(k-1)//2 at every stride (module docstring). `mask`: see `ResNet`;
+    # only convolutions that read neighbours need zeros outside it.
+    y = self.conv(self.features, (3, 3), strides=(self.strides,) * 2, padding=1,
+                  name='conv1')(_zero_outside(x, mask))
     y = self.norm(name='bn1')(y)
     self.sow('intermediates', 'response1', y)
     y = nn.relu(y)
-    y = self.conv(self.features, (3, 3), name='conv2')(y)
+    y = self.conv(self.features, (3, 3), padding=1, name='conv2')(_zero_outside(y, mask))
     last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
     y = self.norm(name='bn2', scale_init=last_init)(y)
     self.sow('intermediates', 'response2', y)
@@ -213,15 +266,16 @@ class BottleneckBlock(nn.Module):
   downsample_on_3x3: bool = False
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, mask=None):
     s1, s3 = ((1, self.strides) if self.downsample_on_3x3 else (self.strides, 1))
-    y = self.conv(self.features, (1, 1), strides=(s1, s1), name='conv1')(x)
+    y = self.conv(self.features, (1, 1), strides=(s1, s1), padding=0, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.features, (3, 3), strides=(s3, s3), name='conv2')(y)
+    y = self.conv(self.features, (3, 3), strides=(s3, s3), padding=1,
+                  name='conv2')(_zero_outside(y, mask))
     y = self.norm(name='bn2')(y)
     self.sow('intermediates', 'response2', y)
     y = nn.relu(y)
-    y = self.conv(4 * self.features, (1, 1), name='conv3')(y)
+    y = self.conv(4 * self.features, (1, 1), padding=0, name='conv3')(y)
     last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
     y = self.norm(name='bn3', scale_init=last_init)(y)
     if self.shortcut is not None:
@@ -231,12 +285,12 @@ class BottleneckBlock(nn.Module):
 
 
 def _scannable(block_cls):
-  """A subclass of `block_cls` with the (carry, x) -> (carry, y) scan signature."""
+  """A subclass of `block_cls` with the (carry, mask) -> (carry, y) scan signature."""
 
   class Scanned(block_cls):
 
-    def __call__(self, x, _):
-      return super().__call__(x), None
+    def __call__(self, x, mask):
+      return super().__call__(x, mask), None
 
   Scanned.__name__ = f'Scanned{block_cls.__name__}'
   return Scanned
@@ -247,6 +301,15 @@ _SCANNABLE = {cls: _scannable(cls) for cls in (BasicBlock, BottleneckBlock)}
 
 class ResNet(nn.Module):
   """Residual or plain network of He et al. (2016).
+
+  Call as `model.apply(variables, x, train, mask=None)` with x (B, H, W, 3).
+  `mask` (B, H, W), bool, is for batching images of different sizes in eval
+  mode (the paper's fully-convolutional multi-scale test): image i fills the
+  top-left h_i x w_i of the canvas, the rest is padding of any value, and the
+  logits are those of each image run alone. The layers zero everything
+  outside the mask before each convolution that reads neighbours and the max
+  pool, and the global average pool is a masked mean; mask=None computes
+  exactly as before.
 
   Attributes:
     stage_sizes: blocks per stage.
@@ -283,7 +346,16 @@ class ResNet(nn.Module):
   scan_blocks: bool = True
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
+    if mask is not None:
+      if train:
+        raise ValueError('mask is for inference only: with train=True, BatchNorm '
+                         'batch statistics would count the padding.')
+      mask = jnp.asarray(mask)
+      if mask.shape != x.shape[:3]:
+        raise ValueError(f'mask must have shape (batch, height, width) = '
+                         f'{x.shape[:3]}, got {mask.shape}')
+      mask = mask.astype(bool)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=he_normal,
                              conv_general_dilated=conv_general_dilated)
@@ -297,14 +369,16 @@ class ResNet(nn.Module):
                                momentum=self.bn_momentum,
                                epsilon=self.bn_epsilon, dtype=self.dtype,
                                param_dtype=jnp.float32)
-    x = x.astype(self.dtype)
+    x = _zero_outside(x.astype(self.dtype), mask)
     if self.stem == 'imagenet':
-      x = conv(self.num_filters, (7, 7), strides=(2, 2), padding=[(3, 3), (3, 3)],
-               name='conv_init')(x)
+      x = conv(self.num_filters, (7, 7), strides=(2, 2), padding=3, name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      # Zeros, not the padding's -inf, outside the mask: the inputs are
+      # post-ReLU (>= 0) and every window holds a valid pixel, so they never win.
+      x = nn.max_pool(_zero_outside(x, mask), (3, 3), strides=(2, 2),
+                      padding=((1, 1), (1, 1)))
     elif self.stem == 'cifar':
-      x = conv(self.num_filters, (3, 3), name='conv_init')(x)
+      x = conv(self.num_filters, (3, 3), padding=1, name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
     else:
       raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
@@ -317,20 +391,27 @@ class ResNet(nn.Module):
       features = self.num_filters * 2**i
       strides = 2 if i > 0 else 1
       x = self.block_cls(features, strides, name=f'stage{i + 1}_block1',
-                         **block_args)(x)
+                         **block_args)(x, mask)
       rest = num_blocks - 1
       if rest and self.scan_blocks:
-        # Blocks 2..n of a stage share shapes: one scanned body, stacked params.
+        # Blocks 2..n of a stage share shapes: one scanned body, stacked params;
+        # every block sees the same (input-resolution) mask.
         stack = nn.scan(_SCANNABLE[self.block_cls],
                         variable_axes={'params': 0, 'batch_stats': 0,
                                        'intermediates': 0},
-                        split_rngs={'params': True}, length=rest)
-        x, _ = stack(features, 1, name=f'stage{i + 1}_rest', **block_args)(x, None)
+                        split_rngs={'params': True}, in_axes=nn.broadcast,
+                        length=rest)
+        x, _ = stack(features, 1, name=f'stage{i + 1}_rest', **block_args)(x, mask)
       else:
         for j in range(rest):
           x = self.block_cls(features, 1, name=f'stage{i + 1}_block{j + 2}',
-                             **block_args)(x)
-    x = jnp.mean(x, axis=(1, 2))
+                             **block_args)(x, mask)
+    if mask is None:
+      x = jnp.mean(x, axis=(1, 2))
+    else:
+      total = _zero_outside(x, mask).sum(axis=(1, 2), dtype=jnp.float32)
+      count = _mask_at(mask, x.shape[1:3]).sum(axis=(1, 2), dtype=jnp.float32)
+      x = (total / count[:, None]).astype(self.dtype)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=fc_kernel_init, name='fc')(x)
     return x.astype(jnp.float32)

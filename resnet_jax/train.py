@@ -1,4 +1,4 @@
-"""Training and evaluation: one jit-compiled, mesh-sharded train step.
+"""Training: one jit-compiled, mesh-sharded train step, and the loop around it.
 
 The train state is one pytree (`TrainState`) passed whole into a pure
 `train_step(state, batch) -> (state, metrics)`, compiled once ahead of time
@@ -6,13 +6,17 @@ with explicit shardings over a 1-D `Mesh` whose `data` axis spans every device:
 the batch is sharded, the state replicated and donated. No pmap, no
 hand-written collectives: XLA inserts the gradient all-reduce.
 
+The dataset (`data.create(config)`) decides everything per-dataset: host
+augmentation, the device-side preprocessing inside the step, normalisation
+constants (kept in the state, so they travel in every checkpoint) and the
+evaluation views. Checkpoints are `checkpointing`'s; test protocols are
+`evaluation`'s.
+
 BatchNorm and the device mesh: under `jax.jit` the model sees the *global*
 batch, so by default BN statistics are computed over all examples of the step
-(all devices) — with batch 128 that is one BN batch of 128, where the paper's
-two GPUs each normalised over their own 64. `model_options.bn_group_size=64`
-reproduces the paper's per-GPU statistics on any number of devices (groups of
-64 consecutive examples; keep it a divisor of the per-device batch so that no
-group straddles devices and XLA needs no cross-device traffic for it).
+(all devices). `model_options.bn_group_size=64` reproduces the paper's per-GPU
+statistics on any number of devices (groups of 64 consecutive examples; keep
+it a divisor of the per-device batch so that no group straddles devices).
 """
 
 import dataclasses
@@ -30,10 +34,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax import config_lib, input_pipeline, metric_writers, models
+from resnet_jax import checkpointing, config_lib, evaluation, metric_writers, models
+from resnet_jax import data as data_lib
 
 
 @flax.struct.dataclass
@@ -48,21 +52,49 @@ class TrainState:
   # the threshold; `train_error_ema` is that smoothed error.
   warmup_active: jax.Array
   train_error_ema: jax.Array
+  # Section 3.4's "divide by 10 when the error plateaus": its lr scale.
+  plateau: optax.contrib.ReduceLROnPlateauState
+  # Input normalisation {'mean', 'std'}: evaluation needs no training data.
+  norm: dict
+
+
+def resolve_dtype(dtype: str | None) -> str:
+  """'auto' -> bfloat16 on GPU/TPU (the paper's nets train fine in it, with
+  float32 params and logits), float32 on CPU (XLA:CPU has no fast bf16)."""
+  if dtype in (None, 'auto'):
+    return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  return dtype
 
 
 def create_model(config: ml_collections.ConfigDict) -> models.ResNet:
   """The config's model, with the dataset's number of classes."""
   options = {k: v for k, v in config.model_options.items() if v is not None}
-  num_classes = input_pipeline.DATASETS[config.input.dataset]['num_classes']
-  options.setdefault('num_classes', num_classes)
+  options['dtype'] = resolve_dtype(options.get('dtype'))
+  options.setdefault('num_classes', data_lib.DATASETS[config.input.dataset].num_classes)
   return models.create_model(config.model, **options)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """base_lr divided by 1/decay_factor at each boundary (the paper's schedule)."""
+  """The lr by step before plateau decays: base lr (scaled to the batch if
+  asked) divided by 1/decay_factor at each boundary of a 'piecewise' schedule."""
   s = config.schedule
+  base_lr = config_lib.scaled_lr(config)
+  if s.kind != 'piecewise':
+    return optax.constant_schedule(base_lr)
   return optax.piecewise_constant_schedule(
-      s.base_lr, {int(b): s.decay_factor for b in s.boundaries})
+      base_lr, {int(b): s.decay_factor for b in s.boundaries})
+
+
+def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+  """optax's reduce-on-plateau, stepped once per held-out evaluation.
+
+  It runs on the host's schedule (after each evaluation), not inside the
+  optimizer chain, where it would see a value at every step.
+  """
+  s = config.schedule
+  return optax.contrib.reduce_on_plateau(
+      factor=s.decay_factor, patience=s.plateau_patience, rtol=s.plateau_rtol,
+      cooldown=s.plateau_cooldown, min_scale=s.decay_factor ** s.plateau_max_decays)
 
 
 def weight_decay_mask(params, exclude_bn_and_bias: bool):
@@ -101,30 +133,42 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices.reshape(-1), ('data',))
 
 
-def initial_state(config, model, optimizer, image_shape) -> TrainState:
+def _init_variables(model, image_shape, rng):
+  variables = model.init(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  return variables['params'], variables.get('batch_stats', {})
+
+
+def initial_state(config, model, optimizer, image_shape, norm) -> TrainState:
   """A fresh train state (call under jit with `out_shardings`)."""
   rng = jax.random.key(config.seed)
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1,) + image_shape, jnp.float32), train=False)
-  params, batch_stats = variables['params'], variables.get('batch_stats', {})
-  num_classes = model.num_classes
+  params, batch_stats = _init_variables(model, image_shape, init_rng)
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=optimizer.init(params), rng=state_rng,
       warmup_active=jnp.asarray(config.schedule.warmup_lr > 0),
-      train_error_ema=jnp.asarray(1.0 - 1.0 / num_classes, jnp.float32))
+      train_error_ema=jnp.asarray(1.0 - 1.0 / model.num_classes, jnp.float32),
+      plateau=plateau_rule(config).init(params),
+      norm=jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), norm))
+
+
+def abstract_variables(model) -> dict:
+  """Shapes of the model's {'params', 'batch_stats'} (any input size gives
+  the same: the nets are fully convolutional up to the global pool)."""
+  params, batch_stats = jax.eval_shape(
+      functools.partial(_init_variables, model, (64, 64, 3)), jax.random.key(0))
+  return {'params': params, 'batch_stats': batch_stats}
 
 
 def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state: TrainState, batch, mean_image, *, model, optimizer, config):
+def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   """One SGD step on a global batch; returns the new state and scalar metrics."""
   s = config.schedule
   rng = jax.random.fold_in(state.rng, state.step)
-  images = input_pipeline.normalize(batch['image'], mean_image)
-  images = input_pipeline.augment(rng, images)
+  images = dataset.preprocess_train(rng, batch['image'], state.norm, config)
   labels = batch['label']
 
   def loss_fn(params):
@@ -135,7 +179,7 @@ def train_step(state: TrainState, batch, mean_image, *, model, optimizer, config
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   error = jnp.mean(jnp.argmax(logits, -1) != labels)
 
-  schedule_lr = learning_rate_schedule(config)(state.step)
+  schedule_lr = learning_rate_schedule(config)(state.step) * state.plateau.scale
   lr = jnp.where(state.warmup_active, s.warmup_lr, schedule_lr)
   opt_state = state.opt_state._replace(
       hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr})
@@ -152,15 +196,12 @@ def train_step(state: TrainState, batch, mean_image, *, model, optimizer, config
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, mean_image, *, model):
-  """Sums of loss and errors over the unmasked examples of a batch."""
-  images = input_pipeline.normalize(batch['image'], mean_image)
-  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                       images, train=False)
-  mask = batch['mask']
-  wrong = (jnp.argmax(logits, -1) != batch['label']).astype(jnp.float32)
-  return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-          'errors': jnp.sum(wrong * mask), 'count': jnp.sum(mask)}
+def plateau_step(state: TrainState, holdout_error, *, config) -> TrainState:
+  """Feeds one held-out error to the plateau rule (a no-op for 'piecewise')."""
+  if config.schedule.kind != 'plateau':
+    return state
+  _, plateau = plateau_rule(config).update({}, state.plateau, value=holdout_error)
+  return state.replace(plateau=plateau)
 
 
 @dataclasses.dataclass
@@ -169,8 +210,9 @@ class Trainer:
   config: ml_collections.ConfigDict
   model: models.ResNet
   mesh: Mesh
-  image_shape: tuple
+  dataset: data_lib.Dataset
   # Derived from the above in __post_init__.
+  image_shape: tuple = dataclasses.field(init=False)
   optimizer: optax.GradientTransformation = dataclasses.field(init=False)
   state_sharding: Any = dataclasses.field(init=False)
   batch_sharding: NamedSharding = dataclasses.field(init=False)
@@ -178,9 +220,10 @@ class Trainer:
   abstract_state: TrainState = dataclasses.field(init=False)
   init_fn: Any = dataclasses.field(init=False)
   train_fn: Any = dataclasses.field(init=False)
-  eval_fn: Any = dataclasses.field(init=False)
+  plateau_fn: Any = dataclasses.field(init=False)
 
   def __post_init__(self):
+    self.image_shape = tuple(self.dataset.image_shape)
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P('data'))
     dummy_params = jax.eval_shape(
@@ -189,119 +232,44 @@ class Trainer:
     self.optimizer = create_optimizer(self.config, dummy_params)
     init = functools.partial(initial_state, self.config, self.model, self.optimizer,
                              self.image_shape)
-    self.abstract_state = jax.eval_shape(init)
+    norm = {k: jax.ShapeDtypeStruct(s, jnp.float32)
+            for k, s in self.dataset.normalization_shapes().items()}
+    self.abstract_state = jax.eval_shape(init, norm)
     self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
-    self.init_fn = jax.jit(init, out_shardings=self.state_sharding)
+    self.init_fn = jax.jit(init, in_shardings=self.replicated,
+                           out_shardings=self.state_sharding)
     self.train_fn = jax.jit(
         functools.partial(train_step, model=self.model, optimizer=self.optimizer,
-                          config=self.config),
-        in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+                          config=self.config, dataset=self.dataset),
+        in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, self.replicated),
         donate_argnums=(0,))
-    self.eval_fn = jax.jit(
-        functools.partial(eval_step, model=self.model),
-        in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
-        out_shardings=self.replicated)
+    self.plateau_fn = jax.jit(functools.partial(plateau_step, config=self.config),
+                              in_shardings=(self.state_sharding, self.replicated),
+                              out_shardings=self.state_sharding, donate_argnums=(0,))
 
-  def batch_spec(self, batch_size: int, with_mask: bool = False):
+  def batch_spec(self, batch_size: int):
     """Abstract global batch, for ahead-of-time compilation."""
-    spec = {'image': jax.ShapeDtypeStruct((batch_size,) + self.image_shape, jnp.uint8,
+    return {'image': jax.ShapeDtypeStruct((batch_size,) + self.image_shape, jnp.uint8,
                                           sharding=self.batch_sharding),
             'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32,
                                           sharding=self.batch_sharding)}
-    if with_mask:
-      spec['mask'] = jax.ShapeDtypeStruct((batch_size,), jnp.float32,
-                                          sharding=self.batch_sharding)
-    return spec
+
+  def sharded_abstract_state(self):
+    """`abstract_state` with its shardings: the target of a restore."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract_state, self.state_sharding)
 
   def compile_train(self, batch_size: int):
     """Compiles the train step ahead of time; returns the compiled step."""
-    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                         self.abstract_state, self.state_sharding)
-    mean = jax.ShapeDtypeStruct(self.image_shape, jnp.float32, sharding=self.replicated)
-    return self.train_fn.lower(state, self.batch_spec(batch_size), mean).compile()
+    return self.train_fn.lower(self.sharded_abstract_state(),
+                               self.batch_spec(batch_size)).compile()
 
   def to_global(self, local_batch):
     """Per-process numpy batch -> global `jax.Array` sharded over `data`."""
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x),
         local_batch)
-
-
-def evaluate(trainer: Trainer, state: TrainState, split, mean_image) -> dict:
-  """Loss and error over every example of `split`, each counted exactly once."""
-  local_batch = trainer.config.input.eval_batch_size // jax.process_count()
-  totals = None
-  for batch in input_pipeline.eval_batches(split, local_batch, jax.process_index(),
-                                           jax.process_count()):
-    out = trainer.eval_fn(state, trainer.to_global(batch), mean_image)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
-  count = int(totals['count'])
-  if count != len(split):
-    raise AssertionError(f'evaluated {count} examples, expected {len(split)}')
-  return {'loss': totals['loss'] / count, 'error': totals['errors'] / count,
-          'count': count}
-
-
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                           create=True),
-      item_names=('state', 'data', 'meta'))
-
-
-def _structure(config) -> dict:
-  """What a checkpoint must agree on with the config that restores it."""
-  opts = {k: v for k, v in config.model_options.items()
-          if k not in ('dtype', 'bn_group_size', 'bn_momentum', 'bn_epsilon') and v is not None}
-  return {'model': config.model, 'model_options': opts, 'dataset': config.input.dataset}
-
-
-def check_checkpoint_matches(manager: ocp.CheckpointManager, config):
-  """Fails fast if the workdir's latest checkpoint is of another experiment."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  saved, wanted = meta.get('structure'), _structure(config)
-  if saved != wanted:
-    raise ValueError(
-        f'the workdir holds a checkpoint (step {step}) of {saved}, but the config '
-        f'asks for {wanted}. Use a fresh --workdir, or the config it was trained with.')
-  return step
-
-
-def restore_state(manager, step, trainer: Trainer):
-  """Restores (state, data-iterator state) of `step`, sharded as the trainer wants."""
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        trainer.abstract_state, trainer.state_sharding)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
-  except Exception as e:  # Orbax raises many types; say what to do.
-    raise ValueError(
-        f'could not restore the checkpoint of step {step} in {manager.directory}: '
-        f'{type(e).__name__}: {e}. It was left untouched; remove that step '
-        'directory to resume from an earlier one, or use a fresh --workdir.') from e
-  return restored['state'], restored['data']
-
-
-def _load_data(config):
-  """Train (and held-out validation) and test splits, decoded into memory."""
-  inp = config.input
-  info = input_pipeline.DATASETS[inp.dataset]
-  load = functools.partial(input_pipeline.load_split, inp.dataset, data_dir=inp.data_dir)
-  evals = {}
-  if inp.holdout_validation:
-    keep = info['num_train'] - inp.num_holdout
-    train = load(f'{info["train_split"]}[:{keep}]')
-    evals['val'] = load(f'{info["train_split"]}[{keep}:]')
-  else:
-    train = load(info['train_split'])
-  evals['test'] = load(info['test_split'])
-  return train, evals
 
 
 def _check_finite(pending_metrics, step):
@@ -350,11 +318,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains the config's model, resuming from `workdir` if it holds a checkpoint.
 
   Args:
-    config: an experiment config (see `config_lib.cifar10`).
-    workdir: where checkpoints, `metrics.jsonl`, TensorBoard files and
-      `config.json` go.
-    data: optional pre-loaded `(train_split, {name: eval_split})` of
-      `input_pipeline.ArraySplit`s (tests, notebooks); None reads
+    config: an experiment config (see `config_lib.cifar10`, `config_lib.imagenet`).
+    workdir: where checkpoints, `metrics.jsonl`, TensorBoard files,
+      `config.json` and `eval.json` go.
+    data: optional pre-loaded CIFAR `(train_split, {name: eval_split})` of
+      `cifar_input.ArraySplit`s (tests, notebooks); None reads
       `config.input.dataset`.
 
   Returns:
@@ -362,34 +330,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
   if data is None:
-    input_pipeline.check_dataset(config.input.dataset, config.input.data_dir)
-  with checkpoint_manager(workdir, config) as manager:
-    return _train(config, workdir, data, manager)
+    data_lib.check_dataset(config.input.dataset, config.input.data_dir)
+  dataset = data_lib.create(config, preloaded=data)
+  with checkpointing.manager(workdir, config.keep_checkpoints) as manager:
+    return _train(config, workdir, dataset, manager)
 
 
-def _train(config, workdir, data, manager) -> dict:
+def _train(config, workdir, dataset, manager) -> dict:
   """`train_and_evaluate` once the config is checked and the manager open."""
-  latest = check_checkpoint_matches(manager, config)
+  latest = checkpointing.check_matches(manager, config)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  train_split, eval_splits = data or _load_data(config)
-  mean_host = input_pipeline.mean_image(train_split)
-  image_shape = train_split.images.shape[1:]
   model = create_model(config)
-  trainer = Trainer(config, model, make_mesh(), image_shape)
-  mean_image = jax.device_put(mean_host, trainer.replicated)
-
+  trainer = Trainer(config, model, make_mesh(), dataset)
   local_batch = config.input.batch_size // jax.process_count()
-  data = iter(input_pipeline.train_dataset(train_split, local_batch, config.seed,
-                                           jax.process_index(), jax.process_count()))
+  batches = dataset.train_batches(local_batch, config.seed, jax.process_index(),
+                                  jax.process_count())
   if latest is not None:
-    state, data_state = restore_state(manager, latest, trainer)
-    data.set_state(data_state)
+    state, data_state = checkpointing.restore(manager, latest,
+                                              trainer.sharded_abstract_state())
+    batches.set_state(data_state)
     print(f'Resumed from step {latest} in {workdir}', flush=True)
   else:
-    state = trainer.init_fn()
+    norm = jax.device_put(dataset.normalization(), trainer.replicated)
+    state = trainer.init_fn(norm)
 
   t0 = time.time()
   compiled_step = trainer.compile_train(config.input.batch_size)
@@ -400,24 +366,28 @@ def _train(config, workdir, data, manager) -> dict:
           f'{getattr(memory, "temp_size_in_bytes", 0) / 2**20:.1f} MiB per device',
           flush=True)
 
+  scorer = evaluation.Scorer(model, dataset, trainer.mesh)
   writer = metric_writers.MetricWriter(workdir, config.schedule.total_steps)
-  batches = input_pipeline.Prefetcher(data, trainer.to_global)
+  batches = data_lib.Prefetcher(batches, trainer.to_global)
   total = config.schedule.total_steps
   stop_at = min(total, config.stop_after_steps or total)
   step = int(jax.device_get(state.step))
   last_eval = {}
 
-  def save(step):
-    meta = {'structure': _structure(config), 'step': step}
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(batches.state()),
-        meta=ocp.args.JsonSave(meta)), force=True)
-
   def run_eval(step):
+    nonlocal state
     results = {}
-    for name, split in eval_splits.items():
-      out = evaluate(trainer, state, split, mean_image)
-      results[f'{name}_error'], results[f'{name}_loss'] = out['error'], out['loss']
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    for split in dataset.eval_splits():
+      out = evaluation.evaluate_protocol('center', scorer, variables, state.norm,
+                                         dataset, split, config)
+      results[f'{split}_error'] = out['top1_error']
+      results[f'{split}_top5_error'] = out['top5_error']
+      results[f'{split}_loss'] = out['loss']
+    if data_lib.HOLDOUT in dataset.eval_splits():
+      state = trainer.plateau_fn(state, jax.device_put(
+          np.float32(results[f'{data_lib.HOLDOUT}_error']), trainer.replicated))
+      results['lr_scale'] = float(jax.device_get(state.plateau.scale))
     writer.write(step, results)
     writer.progress(step, results, None)
     return results
@@ -426,7 +396,7 @@ def _train(config, workdir, data, manager) -> dict:
   try:
     with _Preemption() as preemption:
       while step < stop_at:
-        state, metrics = compiled_step(state, next(batches), mean_image)
+        state, metrics = compiled_step(state, next(batches))
         step += 1
         pending.append(metrics)
         is_last = step == stop_at
@@ -448,12 +418,26 @@ def _train(config, workdir, data, manager) -> dict:
         if step % config.eval_every_steps == 0 or step == total:
           last_eval = run_eval(step)
         if ckpt_now:
-          save(step)
+          checkpointing.save(manager, step, state, batches.state(), config)
         if not pending:  # Keep eval and checkpoint time out of the step timing.
           tick = time.time()
         if preemption.requested:
           print(f'SIGTERM: saved a checkpoint at step {step}; exiting.', flush=True)
           break
+      if step == total and not preemption.requested:
+        manager.wait_until_finished()
+        split = dataset.info.eval_split
+        variables = {'params': state.params, 'batch_stats': state.batch_stats}
+        for protocol in config.eval.final_protocols:
+          if protocol == 'center' and f'{split}_error' in last_eval:
+            result = {'split': split, 'top1_error': last_eval[f'{split}_error'],
+                      'top5_error': last_eval[f'{split}_top5_error'],
+                      'loss': last_eval[f'{split}_loss'],
+                      'count': dataset.num_examples(split)}
+          else:
+            result = evaluation.evaluate_protocol(protocol, scorer, variables, state.norm,
+                                                  dataset, split, config)
+          evaluation.record(workdir, config, protocol, result, step)
   finally:
     batches.close()
     manager.wait_until_finished()
@@ -461,33 +445,6 @@ def _train(config, workdir, data, manager) -> dict:
   return last_eval
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
-                     data=None) -> dict:
-  """Evaluates the latest checkpoint of a (finished) workdir; trains nothing.
-
-  `data` is as in `train_and_evaluate`. Writes `eval.json` in the workdir.
-  """
-  config_lib.validate(config, jax.device_count(), jax.process_count())
-  if data is None:
-    input_pipeline.check_dataset(config.input.dataset, config.input.data_dir)
-  with checkpoint_manager(workdir, config) as manager:
-    step = check_checkpoint_matches(manager, config)
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints to evaluate; '
-                              'train first or point --workdir at a trained run.')
-    train_split, eval_splits = data or _load_data(config)
-    trainer = Trainer(config, create_model(config), make_mesh(),
-                      train_split.images.shape[1:])
-    state, _ = restore_state(manager, step, trainer)
-  mean_image = jax.device_put(input_pipeline.mean_image(train_split), trainer.replicated)
-  results = {'step': step}
-  for name, split in eval_splits.items():
-    out = evaluate(trainer, state, split, mean_image)
-    results[f'{name}_error'] = float(out['error'])
-    results[f'{name}_loss'] = float(out['loss'])
-    results[f'{name}_count'] = out['count']
-  if jax.process_index() == 0:
-    print(json.dumps(results), flush=True)
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(results, f, indent=2)
-  return results
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> dict:
+  """`--mode=evaluate`: the config's protocol on the workdir's latest checkpoint."""
+  return evaluation.evaluate_workdir(config, workdir, preloaded=data)

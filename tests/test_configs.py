@@ -17,10 +17,21 @@ from resnet_jax import config_lib, models, train
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
+CIFAR_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('cifar10_')]
+IMAGENET_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenet_')]
+IMAGENETTE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenette_')]
 # Section 4.2 / Table 6 / Fig. 6: the CIFAR-10 nets the paper trains.
 PAPER_MODELS = ([f'cifar_resnet{d}' for d in (20, 32, 44, 56, 110, 1202)] +
                 [f'cifar_plain{d}' for d in (20, 32, 44, 56, 110)])
 WARMUP_MODELS = ('cifar_resnet110', 'cifar_resnet1202', 'cifar_plain110')
+# Tables 2-5: ImageNet experiment -> (model, shortcut option).
+IMAGENET_EXPERIMENTS = {
+    'imagenet_plain18': ('plain18', None), 'imagenet_plain34': ('plain34', None),
+    'imagenet_r18': ('resnet18', 'A'), 'imagenet_r34': ('resnet34', 'A'),
+    'imagenet_r34_b': ('resnet34', 'B'), 'imagenet_r34_c': ('resnet34', 'C'),
+    'imagenet_r50': ('resnet50', 'B'), 'imagenet_r101': ('resnet101', 'B'),
+    'imagenet_r152': ('resnet152', 'B'),
+}
 
 
 def _load(path):
@@ -32,21 +43,28 @@ def _load(path):
   return module.get_config()
 
 
+def _stem(path):
+  return os.path.splitext(os.path.basename(path))[0]
+
+
 def _model_name(path):
   """configs/cifar10_resnet20.py -> 'cifar_resnet20'."""
-  stem = os.path.splitext(os.path.basename(path))[0]
+  stem = _stem(path)
   assert stem.startswith('cifar10_'), stem
   return 'cifar_' + stem[len('cifar10_'):]
 
 
+def test_every_config_file_is_of_a_known_family():
+  assert set(CONFIG_FILES) == set(CIFAR_FILES + IMAGENET_FILES + IMAGENETTE_FILES)
 
 
 def test_config_files_exist_for_every_paper_model():
   assert CONFIG_FILES
-  assert set(PAPER_MODELS) <= {_model_name(p) for p in CONFIG_FILES}
+  assert set(PAPER_MODELS) <= {_model_name(p) for p in CIFAR_FILES}
+  assert set(IMAGENET_EXPERIMENTS) == {_stem(p) for p in IMAGENET_FILES}
 
 
-@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+@pytest.mark.parametrize('path', CIFAR_FILES, ids=os.path.basename)
 def test_config_file_encodes_the_paper_recipe(path):
   config = _load(path)
   for num_devices in (1, 8):
@@ -59,12 +77,90 @@ def test_config_file_encodes_the_paper_recipe(path):
   assert config.optimizer.weight_decay == 1e-4
   assert not config.optimizer.exclude_bn_and_bias  # Decay on all weights.
   s = config.schedule
-  assert s.base_lr == 0.1 and s.decay_factor == 0.1
+  assert s.base_lr == 0.1 and s.decay_factor == 0.1 and s.kind == 'piecewise'
   assert tuple(s.boundaries) == (32_000, 48_000)
   assert s.total_steps == 64_000
   assert s.warmup_lr == (0.01 if config.model in WARMUP_MODELS else 0.0)
+  assert tuple(config.eval.final_protocols) == ('center',)  # The single original view.
 
 
+@pytest.mark.parametrize('path', IMAGENET_FILES, ids=os.path.basename)
+def test_imagenet_config_encodes_section_3_4(path):
+  config = _load(path)
+  for num_devices in (1, 8, 256):
+    config_lib.validate(config, num_devices=num_devices, num_processes=min(num_devices, 32))
+  name, shortcut = IMAGENET_EXPERIMENTS[_stem(path)]
+  assert config.model == name
+  model = train.create_model(config)
+  assert model.num_classes == 1000 and model.plain == name.startswith('plain')
+  if shortcut:
+    assert model.shortcut == shortcut
+  assert not model.downsample_on_3x3  # Stride on the 1x1, as the paper's models.
+  assert config.input.dataset == 'imagenet2012'
+  assert config.input.batch_size == 256
+  assert config.optimizer.momentum == 0.9 and config.optimizer.weight_decay == 1e-4
+  s = config.schedule
+  assert s.base_lr == 0.1 and s.decay_factor == 0.1 and s.total_steps == 600_000
+  assert s.kind == 'plateau' and config.input.holdout_validation
+  assert config_lib.scaled_lr(config) == pytest.approx(0.1)
+  assert tuple(config.input.scale_range) == (256, 480) and config.input.image_size == 224
+  assert config.input.lighting_std == 0.1
+  assert (config.eval.resize_size, config.eval.crop_size) == (256, 224)
+  assert tuple(config.eval.scales) == (224, 256, 384, 480, 640)
+  assert set(config.eval.final_protocols) == {'center', 'ten_crop', 'multi_scale'}
+  # The alternative to the plateau rule validates too.
+  config.schedule.kind = 'piecewise'
+  config_lib.validate(config, num_devices=8)
+
+
+@pytest.mark.parametrize('path', IMAGENETTE_FILES, ids=os.path.basename)
+def test_imagenette_config_is_the_imagenet_recipe_on_the_local_proxy(path):
+  config = _load(path)
+  config_lib.validate(config, num_devices=1)
+  assert config.input.dataset == 'imagenette224'
+  assert train.create_model(config).num_classes == 10
+  reference = config_lib.imagenet(config.model)
+  for group in ('optimizer', 'eval'):
+    assert config[group].to_dict() == reference[group].to_dict()
+  for key in ('image_size', 'scale_range', 'lighting_std', 'normalization', 'batch_size'):
+    assert config.input[key] == reference.input[key]
+
+
+def test_lr_scales_linearly_with_the_batch():
+  config = config_lib.imagenet('resnet50')
+  config.input.batch_size = 1024
+  assert config_lib.scaled_lr(config) == pytest.approx(0.4)
+  assert float(train.learning_rate_schedule(config)(0)) == pytest.approx(0.4)
+  config.schedule.reference_batch_size = None  # Off: base_lr as given.
+  assert config_lib.scaled_lr(config) == pytest.approx(0.1)
+
+
+def test_every_model_option_can_be_set_from_the_command_line():
+  """`--config.model_options.X=...` through main.py's own (locked) config flag."""
+  import json
+  import subprocess
+  import sys
+  values = {'shortcut': 'C', 'downsample_on_3x3': True, 'zero_init_last_bn': True,
+            'bn_momentum': 0.99, 'bn_epsilon': 1e-3, 'bn_group_size': 32,
+            'scan_blocks': False, 'num_classes': 7, 'dtype': 'bfloat16'}
+  assert set(values) == set(models.OPTIONS)
+  script = (
+      'import json\n'
+      'from absl import app\n'
+      'from resnet_jax import main, train\n'
+      'def show(argv):\n'
+      '  model = train.create_model(main.FLAGS.config)\n'
+      '  print(json.dumps({k: str(getattr(model, k)) for k in main.FLAGS.config.model_options}))\n'
+      'app.run(show)\n')
+  flags = [f'--config.model_options.{k}={v}' for k, v in values.items()]
+  result = subprocess.run(
+      [sys.executable, '-c', script, f'--config={os.path.join(CONFIG_DIR, "imagenet_r34.py")}',
+       '--workdir=unused', *flags], capture_output=True, text=True, timeout=300,
+      cwd=os.path.join(CONFIG_DIR, '..'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  got = json.loads(result.stdout.strip().splitlines()[-1])
+  for key, value in values.items():
+    assert got[key] == str(value), key
 
 
 def _set(field, value):
@@ -94,8 +190,8 @@ def test_validate_accepts_the_default():
     (_set('input.batch_size', 128), 3, ['input.batch_size=128', '3 devices',
                                         '--config.input.batch_size']),
     (_set('input.batch_size', 0), 1, ['input.batch_size=0', '--config.input.batch_size']),
-    (_set('input.eval_batch_size', 1001), 2, ['input.eval_batch_size=1001',
-                                              '--config.input.eval_batch_size']),
+    (_set('input.eval_batch_size', 0), 2, ['input.eval_batch_size=0',
+                                           '--config.input.eval_batch_size']),
     (_set('schedule.boundaries', (32_000, 64_000)), 1, ['schedule.boundaries', 'total_steps']),
     (_set('schedule.boundaries', (32_000, 70_000)), 1, ['schedule.boundaries', 'total_steps']),
     (_set('schedule.boundaries', (48_000, 32_000)), 1, ['schedule.boundaries', 'increasing']),
@@ -107,6 +203,13 @@ def test_validate_accepts_the_default():
     (_set('log_every_steps', -5), 1, ['log_every_steps=-5', 'positive']),
     (_set('eval_every_steps', 0), 1, ['eval_every_steps']),
     (_set('schedule.warmup_lr', -0.01), 1, ['warmup_lr']),
+    (_set('schedule.kind', 'plateau'), 1, ['plateau', 'holdout_validation=True']),
+    (_set('schedule.kind', 'cosine'), 1, ['schedule.kind', 'piecewise']),
+    (_set('eval.protocol', 'ten_crop'), 1, ['single original view', 'ten_crop']),
+    (_set('eval.protocol', 'five_crop'), 1, ['five_crop', '--config.eval.protocol']),
+    (_set('eval.protocol', 'ensemble'), 1, ['ensemble_workdirs']),
+    (_set('model', 'resnet50'), 1, ['resnet50', 'cifar_*']),
+    (_set('model_options.shortcut', 'D'), 1, ['shortcut', "'D'"]),
 ])
 def test_validate_rejects_bad_configs(mutate, num_devices, words):
   config = config_lib.cifar10()
@@ -181,3 +284,53 @@ def test_weight_decay_mask_without_exclusion_marks_everything():
   mask = train.weight_decay_mask(params, exclude_bn_and_bias=False)
   assert jax.tree.structure(mask) == jax.tree.structure(params)
   assert all(mark is True for mark in jax.tree.leaves(mask))
+
+
+def test_validate_rejects_bad_imagenet_input():
+  for field, value, words in [
+      ('input.scale_range', (200, 480), ['scale_range', 'image_size']),
+      ('input.normalization', 'zca', ['normalization', 'channel_mean_std']),
+      ('eval.crop_size', 300, ['crop_size', 'resize_size']),
+      ('input.dataset', 'cifar10', ['resnet50', 'cifar10'])]:
+    config = config_lib.imagenet('resnet50')
+    _set(field, value)(config)
+    with pytest.raises(ValueError) as error:
+      config_lib.validate(config, num_devices=8)
+    for word in words:
+      assert word in str(error.value), (field, str(error.value))
+
+
+def test_plateau_rule_divides_the_lr_after_patience_evaluations():
+  """Section 3.4: lr / 10 when the held-out error stops improving."""
+  from resnet_jax import cifar_input, data
+  config = config_lib.cifar10()
+  config.input.batch_size = 8
+  config.input.holdout_validation = True
+  config.schedule.kind = 'plateau'
+  config.schedule.plateau_patience = 2
+  config.schedule.plateau_max_decays = 2
+  config_lib.validate(config, num_devices=8)
+  images = np.zeros((16, 8, 8, 3), np.uint8)
+  split = cifar_input.ArraySplit(images, np.zeros(16, np.int32))
+  dataset = data.create(config, preloaded=(split, {'holdout': split}))
+  trainer = train.Trainer(config, train.create_model(config), train.make_mesh(), dataset)
+  norm = jax.device_put({'mean': np.zeros((8, 8, 3), np.float32),
+                         'std': np.ones(3, np.float32)}, trainer.replicated)
+  state = trainer.init_fn(norm)
+  scales = []
+  for error in (0.5, 0.4, 0.4, 0.41, 0.39, 0.39, 0.39, 0.2, 0.2, 0.2):
+    state = trainer.plateau_fn(state, jnp.float32(error))
+    scales.append(float(state.plateau.scale))
+  # Improves, then 2 evaluations without improvement -> /10; and again; then
+  # the floor of plateau_max_decays=2 decays holds however long it stalls.
+  np.testing.assert_allclose(scales, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.01],
+                             rtol=1e-5)
+  batch = trainer.to_global({'image': np.zeros((8, 8, 8, 3), np.uint8),
+                             'label': np.zeros(8, np.int32)})
+  _, metrics = trainer.train_fn(state, batch)
+  assert float(metrics['learning_rate']) == pytest.approx(0.1 * 0.01)
+
+
+def test_piecewise_schedule_ignores_the_plateau_rule():
+  sentinel = object()  # Not a TrainState: any use of it would raise.
+  assert train.plateau_step(sentinel, 0.5, config=config_lib.cifar10()) is sentinel

@@ -32,9 +32,10 @@ def test_readme_command_trains_and_evaluates(tmp_path):
   assert final and final[-1]['step'] == 3 and 0 <= final[-1]['test_error'] <= 1
   result = run_main(*flags, '--mode=evaluate')
   assert result.returncode == 0, result.stderr[-3000:]
-  evaluation = json.load(open(tmp_path / 'eval.json'))
-  assert evaluation['test_count'] == 10_000  # Every test image, exactly once.
-  assert evaluation['test_error'] == pytest.approx(final[-1]['test_error'])
+  evaluation = json.load(open(tmp_path / 'eval.json'))['protocols']['center']
+  assert evaluation['count'] == 10_000  # Every test image, exactly once.
+  assert evaluation['top1_error'] == pytest.approx(final[-1]['test_error'])
+  assert '| cifar_resnet20 | 1-crop |' in result.stdout  # The paper's table format.
 
 
 def test_bad_model_fails_fast_with_the_fix(tmp_path):

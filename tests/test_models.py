@@ -66,8 +66,10 @@ def _paths(tree):
 
 
 def _conv(x, kernel, strides=1):
+  """The paper's convolution: (k-1)//2 zeros on each side, at any stride."""
+  pads = [((k - 1) // 2,) * 2 for k in kernel.shape[:2]]
   return jax.lax.conv_general_dilated(
-      x, kernel, (strides, strides), 'SAME',
+      x, kernel, (strides, strides), pads,
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
@@ -349,6 +351,99 @@ def test_layer_response_shapes_imagenet(name, options):
   assert models.num_layer_responses(model) == 16
 
 
+def _conv_calls_and_response_shapes(model, x_spec):
+  """(kernel_size, padding) of every nn.Conv call, and `layer_responses` shapes."""
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Conv) and context.method_name == '__call__':
+      calls.append((context.module.kernel_size, context.module.padding))
+    return next_fun(*args, **kwargs)
+
+  def responses(x):
+    variables = model.init(KEY, x, train=False)
+    _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+    return models.layer_responses(state['intermediates'])
+
+  with nn.intercept_methods(record):
+    shapes = [r.shape for r in jax.eval_shape(responses, x_spec)]
+  return calls, shapes
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_symmetric_padding_and_ceil_halving(name):
+  # Every convolution pads (k-1)//2 on each side (7x7: 3, 3x3: 1, 1x1: 0), so
+  # every stride-2 layer maps n to ceil(n/2): odd, non-square inputs here.
+  model = models.create_model(name)
+  h, w = (45, 61) if model.stem == 'imagenet' else (33, 31)
+  calls, shapes = _conv_calls_and_response_shapes(
+      model, jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
+  assert {k for k, _ in calls} >= {(3, 3)}
+  for kernel_size, padding in calls:
+    assert nn.linear.canonicalize_padding(padding, 2) == [
+        ((k - 1) // 2,) * 2 for k in kernel_size], (kernel_size, padding)
+
+  def half(side):
+    return tuple(-(-n // 2) for n in side)
+
+  side = half(half((h, w))) if model.stem == 'imagenet' else (h, w)  # conv, pool.
+  expected = []
+  for i, blocks in enumerate(model.stage_sizes):
+    side = half(side) if i else side
+    expected += [side] * blocks * (models.num_layer_responses(model) // sum(model.stage_sizes))
+  assert [s[1:3] for s in shapes] == expected
+
+
+@pytest.mark.parametrize('block_cls,downsample_on_3x3', [
+    (models.BasicBlock, False),
+    (models.BottleneckBlock, True),
+])
+def test_stride2_3x3_is_centred_on_input_2i(block_cls, downsample_on_3x3):
+  # With a kernel that keeps only its centre tap, the stride-2 3x3's output
+  # (i, j) is input (2i, 2j), where the shortcut samples; 'SAME' would give
+  # (2i+1, 2j+1) on even sizes.
+  block = block_cls(4, 2, conv=functools.partial(nn.Conv, use_bias=False),
+                    norm=functools.partial(nn.BatchNorm, use_running_average=True),
+                    shortcut='A', downsample_on_3x3=downsample_on_3x3)
+  for size in (8, 7):
+    x = jax.random.normal(KEY, (1, size, size, 4))
+    variables = block.init(KEY, x)
+    params = variables['params']
+    if block_cls is models.BottleneckBlock:  # conv1 (1x1) passes x through.
+      params = {**params, 'conv1': {'kernel': jnp.eye(4)[None, None]}}
+      first, response = 'conv2', 'response2'
+    else:
+      first, response = 'conv1', 'response1'
+    kernel = params[first]['kernel']
+    centre = jnp.zeros_like(kernel).at[1, 1].set(jnp.eye(4))
+    params = {**params, first: {'kernel': centre}}
+    _, state = block.apply({**variables, 'params': params}, x,
+                           mutable=['intermediates'])
+    (y,) = state['intermediates'][response]
+    half = -(-size // 2)
+    assert y.shape == (1, half, half, 4)
+    bn = 1 / np.sqrt(1 + 1e-5)  # eval-mode BN at its initial statistics.
+    h = nn.relu(bn * x) if block_cls is models.BottleneckBlock else x
+    np.testing.assert_allclose(y, bn * h[:, ::2, ::2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(models.zero_pad_shortcut(x, 4, 2), x[:, ::2, ::2])
+
+
+def test_stem_conv_pads_3_on_each_side():
+  # The 7x7/2 stem against lax with explicit ((3, 3), (3, 3)): odd and even sides.
+  model = models.create_model('resnet18').clone(stage_sizes=(1,))  # the stem is all we need.
+  x = jax.random.normal(KEY, (1, 33, 40, 3))
+  variables = jax.jit(functools.partial(model.init, train=False))(KEY, x)
+  _, state = jax.jit(functools.partial(
+      model.apply, train=False,
+      capture_intermediates=lambda module, _: module.name == 'conv_init'))(variables, x)
+  (y,) = state['intermediates']['conv_init']['__call__']
+  assert y.shape == (1, 17, 20, 64)
+  expected = jax.lax.conv_general_dilated(
+      x, variables['params']['conv_init']['kernel'], (2, 2), ((3, 3), (3, 3)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_layer_responses_values():
   model, variables = _cifar20_unrolled()
   x = _x(32, 4)
@@ -600,24 +695,3 @@ def test_resnet1202_forward_backward_compiles():
       199, 3, 3, 16, 16)
   assert jax.tree.structure(state['batch_stats']) == jax.tree.structure(
       variables['batch_stats'])
-
-
-@pytest.mark.parametrize('kernel,padding', [((3, 3), 'SAME'), ((1, 1), 'SAME'),
-                                            ((3, 3), ((0, 2), (1, 1))),
-                                            ((3, 3), 'VALID')])
-def test_cpu_gradient_conv_matches_lax(kernel, padding):
-  """The CPU-friendly conv gradients equal XLA's own, values and gradients."""
-  kx, kk, kd = jax.random.split(jax.random.key(3), 3)
-  x = jax.random.normal(kx, (2, 7, 6, 3))
-  k = jax.random.normal(kk, kernel + (3, 5))
-  dn = ('NHWC', 'HWIO', 'NHWC')
-
-  def loss(conv_fn, x, k):
-    y = conv_fn(x, k, (1, 1), padding, dimension_numbers=jax.lax.conv_dimension_numbers(
-        x.shape, k.shape, dn))
-    return jnp.sum(y * jax.random.normal(kd, y.shape))
-
-  ours = jax.jit(jax.grad(functools.partial(loss, models.conv_general_dilated), (0, 1)))(x, k)
-  ref = jax.jit(jax.grad(functools.partial(loss, jax.lax.conv_general_dilated), (0, 1)))(x, k)
-  for a, b in zip(ours, ref):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

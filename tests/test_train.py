@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import config_lib, input_pipeline, train
+from resnet_jax import checkpointing, cifar_input, config_lib, data, evaluation, train
 
 IMAGE = (8, 8, 3)  # CIFAR nets run on any size >= 4 px; tiny keeps compiles short.
 
@@ -34,7 +34,7 @@ def tiny_data(n=64, seed=0):
   labels = rng.integers(0, 10, n).astype(np.int32)
   images = rng.integers(0, 100, (n,) + IMAGE).astype(np.uint8)
   images[np.arange(n), labels % 8, :, labels // 8] += 150
-  return input_pipeline.ArraySplit(images, labels)
+  return cifar_input.ArraySplit(images, labels)
 
 
 def tiny_splits():
@@ -43,7 +43,14 @@ def tiny_splits():
 
 def make_trainer(config, devices=None):
   model = train.create_model(config)
-  return train.Trainer(config, model, train.make_mesh(devices), IMAGE)
+  dataset = data.create(config, preloaded=tiny_splits())
+  return train.Trainer(config, model, train.make_mesh(devices), dataset)
+
+
+def zero_norm(trainer):
+  """Normalisation that leaves images as they are (mean 0, std 1)."""
+  return jax.device_put({'mean': np.zeros(IMAGE, np.float32), 'std': np.ones(3, np.float32)},
+                        trainer.replicated)
 
 
 def fixed_batch(trainer, n=16):
@@ -52,11 +59,10 @@ def fixed_batch(trainer, n=16):
 
 
 def run_steps(trainer, num_steps, batch, state=None):
-  state = trainer.init_fn() if state is None else state
-  mean = jax.device_put(np.zeros(IMAGE, np.float32), trainer.replicated)
+  state = trainer.init_fn(zero_norm(trainer)) if state is None else state
   losses = []
   for _ in range(num_steps):
-    state, metrics = trainer.train_fn(state, batch, mean)
+    state, metrics = trainer.train_fn(state, batch)
     losses.append(float(metrics['train_loss']))
   return state, losses
 
@@ -72,7 +78,7 @@ def test_sharded_step_matches_single_device_and_compiles_once():
   config = tiny_config()
   sharded = make_trainer(config)
   single = make_trainer(config, jax.devices()[:1])
-  state, batch = sharded.init_fn(), fixed_batch(sharded)
+  state, batch = sharded.init_fn(zero_norm(sharded)), fixed_batch(sharded)
   compiles = []
   listener = lambda name, *_, **__: compiles.append(name)
   jax.monitoring.register_event_duration_secs_listener(listener)
@@ -110,21 +116,20 @@ def test_bn_group_size_equals_per_device_statistics():
 def test_warmup_rule_ends_on_training_error():
   # Threshold 1.0: the smoothed error is below it after one step, warm-up ends.
   trainer = make_trainer(tiny_config(warmup_lr=0.01, warmup_until_error=1.0))
-  state = trainer.init_fn()
+  state = trainer.init_fn(zero_norm(trainer))
   assert bool(state.warmup_active)
-  mean = jax.device_put(np.zeros(IMAGE, np.float32), trainer.replicated)
   batch = fixed_batch(trainer)
-  state, metrics = trainer.train_fn(state, batch, mean)
+  state, metrics = trainer.train_fn(state, batch)
   assert float(metrics['learning_rate']) == pytest.approx(0.01)  # Warm-up lr.
   assert not bool(state.warmup_active)
-  state, metrics = trainer.train_fn(state, batch, mean)
+  state, metrics = trainer.train_fn(state, batch)
   assert float(metrics['learning_rate']) == pytest.approx(0.1)  # Back to base.
   # A threshold that is never reached keeps the warm-up until the safety cap.
   trainer = make_trainer(tiny_config(warmup_lr=0.01, warmup_until_error=1e-6,
                                      warmup_max_steps=3))
-  state = trainer.init_fn()
+  state = trainer.init_fn(zero_norm(trainer))
   for expected in (True, True, False):
-    state, metrics = trainer.train_fn(state, batch, mean)
+    state, metrics = trainer.train_fn(state, batch)
     assert float(metrics['learning_rate']) == pytest.approx(0.01)
     assert bool(state.warmup_active) == expected
 
@@ -134,7 +139,7 @@ def test_weight_decay_is_l2_before_momentum():
   config = tiny_config()
   config.optimizer.weight_decay = 0.5  # Large, so the decay term dominates.
   trainer = make_trainer(config)
-  params = trainer.init_fn().params
+  params = trainer.init_fn(zero_norm(trainer)).params
   grads = jax.tree.map(jnp.zeros_like, params)
   opt = trainer.optimizer
   opt_state = opt.init(params)
@@ -146,28 +151,35 @@ def test_weight_decay_is_l2_before_momentum():
 def test_evaluate_counts_every_example_once():
   config = tiny_config()
   trainer = make_trainer(config)
-  state = trainer.init_fn()
+  state = trainer.init_fn(zero_norm(trainer))
   split = tiny_data(37, 3)  # 37 examples, batches of 16 on 8 devices.
-  mean = jax.device_put(np.zeros(IMAGE, np.float32), trainer.replicated)
-  out = train.evaluate(trainer, state, split, mean)
+  dataset = data.create(config, preloaded=(tiny_data(64), {'test': split}))
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  scorer = evaluation.Scorer(trainer.model, dataset, trainer.mesh)
+  out = evaluation.evaluate_protocol('center', scorer, variables, state.norm, dataset,
+                                     'test', config)
   assert out['count'] == 37
-  logits = trainer.model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                               jnp.asarray(split.images, jnp.float32), train=False)
-  expected = float(np.mean(np.argmax(np.asarray(logits), -1) != split.labels))
-  assert out['error'] == pytest.approx(expected, abs=1e-6)
+  logits = np.asarray(trainer.model.apply(variables, jnp.asarray(split.images, jnp.float32),
+                                          train=False))
+  expected = float(np.mean(np.argmax(logits, -1) != split.labels))
+  assert out['top1_error'] == pytest.approx(expected, abs=1e-6)
+  top5 = np.argsort(-logits, axis=1)[:, :5]
+  expected5 = float(np.mean(~(top5 == split.labels[:, None]).any(1)))
+  assert out['top5_error'] == pytest.approx(expected5, abs=1e-6)
 
 
 def saved_steps(workdir, config):
-  manager = train.checkpoint_manager(str(workdir), config)
+  manager = checkpointing.manager(str(workdir))
   steps = manager.all_steps()
   manager.close()
   return sorted(steps)
 
 
 def _final_params(workdir, config):
-  manager = train.checkpoint_manager(workdir, config)
+  manager = checkpointing.manager(workdir)
   trainer = make_trainer(config)
-  state, data_state = train.restore_state(manager, manager.latest_step(), trainer)
+  state, data_state = checkpointing.restore(manager, manager.latest_step(),
+                                            trainer.sharded_abstract_state())
   manager.close()
   return jax.device_get(state), data_state
 
@@ -199,9 +211,12 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path):
   assert json.load(open(tmp_path / 'straight' / 'config.json'))['model'] == 'cifar_resnet20'
   # Evaluate-only mode on the finished workdir.
   results = train.evaluate_workdir(config, str(tmp_path / 'straight'), data=data)
-  assert results['step'] == 6 and results['test_count'] == 37
+  assert results['step'] == 6 and results['count'] == 37 and results['split'] == 'test'
   last = [r for r in records if 'test_error' in r][-1]
-  assert results['test_error'] == pytest.approx(last['test_error'])
+  assert results['top1_error'] == pytest.approx(last['test_error'])
+  saved = json.load(open(tmp_path / 'straight' / 'eval.json'))
+  assert saved['step'] == 6
+  assert saved['protocols']['center']['top1_error'] == pytest.approx(last['test_error'])
 
 
 def _patch_compiled_step(monkeypatch, on_call):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import input_pipeline
+from resnet_jax import cifar_input, data
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'tfds')
 KEY = jax.random.key(0)
@@ -29,7 +29,7 @@ def _split(n, size=2):
   labels = np.arange(n, dtype=np.int32)
   images = np.broadcast_to(labels[:, None, None, None] % 256,
                            (n, size, size, 3)).astype(np.uint8)
-  return input_pipeline.ArraySplit(images, labels)
+  return cifar_input.ArraySplit(images, labels)
 
 
 def _labels(iterator, num_batches):
@@ -96,7 +96,7 @@ def _find_crop(image, out, pad):
 @pytest.fixture(scope='module')
 def augmented():
   images = _arange_images()
-  return images, np.asarray(input_pipeline.augment(KEY, jnp.asarray(images), pad=4))
+  return images, np.asarray(cifar_input.augment(KEY, jnp.asarray(images), pad=4))
 
 
 def test_augment_is_a_padded_crop_possibly_flipped(augmented):
@@ -118,17 +118,18 @@ def test_augment_covers_all_offsets_and_both_flips(augmented):
 
 def test_augment_is_deterministic_given_the_rng(augmented):
   images, out = augmented
-  again = np.asarray(input_pipeline.augment(KEY, jnp.asarray(images), pad=4))
+  again = np.asarray(cifar_input.augment(KEY, jnp.asarray(images), pad=4))
   np.testing.assert_array_equal(again, out)
-  other = np.asarray(input_pipeline.augment(jax.random.key(1), jnp.asarray(images), pad=4))
+  other = np.asarray(cifar_input.augment(jax.random.key(1), jnp.asarray(images), pad=4))
   assert not np.array_equal(other, out)
 
 
 def test_augment_pads_with_exact_zeros_on_narrow_borders():
   # uint8 images of 5 minus a mean image of 4: all ones after normalize.
   images = jnp.full((BATCH, 32, 32, 3), 5, jnp.uint8)
-  ones = input_pipeline.normalize(images, jnp.full((32, 32, 3), 4.0, jnp.float32))
-  out = np.asarray(input_pipeline.augment(KEY, ones, pad=4))
+  ones = data.normalize(images, {'mean': jnp.full((32, 32, 3), 4.0, jnp.float32),
+                               'std': jnp.ones(3)})
+  out = np.asarray(cifar_input.augment(KEY, ones, pad=4))
   assert set(np.unique(out)) <= {0.0, 1.0}
   some_padding = False
   for i, image in enumerate(out):
@@ -146,28 +147,35 @@ def test_augment_pads_with_exact_zeros_on_narrow_borders():
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_augment_keeps_shape_and_dtype(dtype):
   images = jnp.ones((4, 8, 6, 3), dtype)
-  out = input_pipeline.augment(KEY, images, pad=2)
+  out = cifar_input.augment(KEY, images, pad=2)
   assert out.shape == images.shape and out.dtype == dtype
 
 
 
 
-def test_normalize_subtracts_the_mean_image_exactly():
+def test_normalize_subtracts_the_mean_and_divides_by_the_std():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
   mean = rng.uniform(0, 255, (4, 6, 3)).astype(np.float32)
-  out = input_pipeline.normalize(jnp.asarray(images), jnp.asarray(mean))
+  out = data.normalize(jnp.asarray(images), {'mean': mean, 'std': np.ones(3, np.float32)})
   assert out.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(out), images.astype(np.float32) - mean)
-  half = input_pipeline.normalize(jnp.asarray(images), jnp.asarray(mean), jnp.bfloat16)
-  assert half.dtype == jnp.bfloat16
+  std = np.array([2.0, 4.0, 8.0], np.float32)
+  out = data.normalize(jnp.asarray(images), {'mean': mean, 'std': std})
+  np.testing.assert_allclose(np.asarray(out), (images.astype(np.float32) - mean) / std,
+                             rtol=1e-6)
+  # A per-pixel mean of another size (multi-scale views): its channel means.
+  small = data.normalize(jnp.asarray(images[:, :2, :2]), {'mean': mean, 'std': std})
+  np.testing.assert_allclose(np.asarray(small),
+                             (images[:, :2, :2].astype(np.float32) - mean.mean((0, 1))) / std,
+                             rtol=1e-5)
 
 
 def test_mean_image_is_the_per_pixel_mean():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (7, 4, 5, 3), dtype=np.uint8)
-  split = input_pipeline.ArraySplit(images, np.zeros(7, np.int32))
-  mean = input_pipeline.mean_image(split)
+  split = cifar_input.ArraySplit(images, np.zeros(7, np.int32))
+  mean = cifar_input.mean_image(split)
   assert mean.shape == (4, 5, 3) and mean.dtype == np.float32
   np.testing.assert_allclose(mean, images.astype(np.float64).mean(0), rtol=1e-6)
 
@@ -176,16 +184,16 @@ def test_mean_image_is_the_per_pixel_mean():
 
 def test_train_dataset_is_deterministic_given_the_seed():
   split = _split(48)
-  first = _labels(iter(input_pipeline.train_dataset(split, 8, seed=3)), 6)
-  again = _labels(iter(input_pipeline.train_dataset(split, 8, seed=3)), 6)
-  other = _labels(iter(input_pipeline.train_dataset(split, 8, seed=4)), 6)
+  first = _labels(iter(cifar_input.train_dataset(split, 8, seed=3)), 6)
+  again = _labels(iter(cifar_input.train_dataset(split, 8, seed=3)), 6)
+  other = _labels(iter(cifar_input.train_dataset(split, 8, seed=4)), 6)
   np.testing.assert_array_equal(first, again)
   assert not np.array_equal(first, other)
 
 
 @pytest.mark.parametrize('n,batch', [(48, 8), (50, 8), (37, 5)])
 def test_train_dataset_epoch_has_no_repeats(n, batch):
-  labels = _labels(iter(input_pipeline.train_dataset(_split(n), batch, seed=0)),
+  labels = _labels(iter(cifar_input.train_dataset(_split(n), batch, seed=0)),
                    n // batch)
   assert len(labels) == n // batch * batch
   assert len(set(labels.tolist())) == len(labels)
@@ -194,7 +202,7 @@ def test_train_dataset_epoch_has_no_repeats(n, batch):
 
 def test_train_dataset_reshuffles_every_epoch():
   n, batch = 48, 8
-  labels = _labels(iter(input_pipeline.train_dataset(_split(n), batch, seed=0)),
+  labels = _labels(iter(cifar_input.train_dataset(_split(n), batch, seed=0)),
                    3 * n // batch)
   epochs = labels.reshape(3, n)
   for epoch in epochs:
@@ -205,7 +213,7 @@ def test_train_dataset_reshuffles_every_epoch():
 
 def test_train_dataset_shards_processes_disjointly():
   n, batch, count = 48, 4, 2
-  shards = [_labels(iter(input_pipeline.train_dataset(_split(n), batch, seed=0, process_index=p,
+  shards = [_labels(iter(cifar_input.train_dataset(_split(n), batch, seed=0, process_index=p,
                                                       process_count=count)),
                     n // count // batch)
             for p in range(count)]
@@ -214,7 +222,7 @@ def test_train_dataset_shards_processes_disjointly():
 
 
 def test_train_dataset_state_resumes_the_order():
-  ds = input_pipeline.train_dataset(_split(40), 8, seed=0)
+  ds = cifar_input.train_dataset(_split(40), 8, seed=0)
   iterator = iter(ds)
   _labels(iterator, 7)  # Into the second epoch.
   state = json.loads(json.dumps(iterator.get_state()))  # As checkpoints store it.
@@ -234,7 +242,7 @@ def test_eval_batches_score_every_example_once(n, batch, count):
   split = _split(n)
   seen, num_batches = [], set()
   for p in range(count):
-    batches = list(input_pipeline.eval_batches(split, batch, p, count))
+    batches = list(cifar_input.eval_batches(split, batch, p, count))
     num_batches.add(len(batches))
     for b in batches:
       assert b['image'].shape == (batch, 2, 2, 3) and b['image'].dtype == np.uint8
@@ -285,9 +293,9 @@ class _Failing:
 
 
 def test_prefetcher_yields_the_source_batches_in_order():
-  ds = input_pipeline.train_dataset(_split(40), 8, seed=0)
+  ds = cifar_input.train_dataset(_split(40), 8, seed=0)
   expected = _labels(iter(ds), 12)
-  prefetcher = input_pipeline.Prefetcher(iter(ds), lambda b: b, depth=3)
+  prefetcher = data.Prefetcher(iter(ds), lambda b: b, depth=3)
   try:
     np.testing.assert_array_equal(_labels(prefetcher, 12), expected)
   finally:
@@ -295,7 +303,7 @@ def test_prefetcher_yields_the_source_batches_in_order():
 
 
 def test_prefetcher_applies_convert():
-  prefetcher = input_pipeline.Prefetcher(_Failing(100), lambda b: {'x': b['x'] * 10})
+  prefetcher = data.Prefetcher(_Failing(100), lambda b: {'x': b['x'] * 10})
   try:
     assert [next(prefetcher)['x'] for _ in range(4)] == [0, 10, 20, 30]
   finally:
@@ -303,10 +311,10 @@ def test_prefetcher_applies_convert():
 
 
 def test_prefetcher_state_is_after_the_last_batch_handed_out():
-  ds = input_pipeline.train_dataset(_split(40), 8, seed=0)
+  ds = cifar_input.train_dataset(_split(40), 8, seed=0)
   source = _Counting(iter(ds))
   depth, k = 2, 3
-  prefetcher = input_pipeline.Prefetcher(source, lambda b: b, depth=depth)
+  prefetcher = data.Prefetcher(source, lambda b: b, depth=depth)
   try:
     _labels(prefetcher, k)
     _wait_for(lambda: source.reads >= k + depth)  # The thread has read ahead.
@@ -320,10 +328,10 @@ def test_prefetcher_state_is_after_the_last_batch_handed_out():
 
 
 def test_prefetcher_state_before_any_batch_is_the_initial_state():
-  ds = input_pipeline.train_dataset(_split(40), 8, seed=0)
+  ds = cifar_input.train_dataset(_split(40), 8, seed=0)
   iterator = iter(ds)
   initial = iterator.get_state()
-  prefetcher = input_pipeline.Prefetcher(iterator, lambda b: b)
+  prefetcher = data.Prefetcher(iterator, lambda b: b)
   try:
     _wait_for(lambda: iterator.get_state() != initial)
     assert prefetcher.state() == initial
@@ -332,7 +340,7 @@ def test_prefetcher_state_before_any_batch_is_the_initial_state():
 
 
 def test_prefetcher_propagates_source_errors():
-  prefetcher = input_pipeline.Prefetcher(_Failing(2), lambda b: b)
+  prefetcher = data.Prefetcher(_Failing(2), lambda b: b)
   try:
     assert _next_within(prefetcher) == {'x': 0}
     assert _next_within(prefetcher) == {'x': 1}
@@ -348,7 +356,7 @@ def test_prefetcher_propagates_convert_errors():
   def convert(batch):
     raise ValueError(f'cannot convert {batch}')
 
-  prefetcher = input_pipeline.Prefetcher(_Failing(100), convert)
+  prefetcher = data.Prefetcher(_Failing(100), convert)
   try:
     with pytest.raises(ValueError, match='cannot convert'):
       _next_within(prefetcher)
@@ -358,7 +366,7 @@ def test_prefetcher_propagates_convert_errors():
 
 def test_prefetcher_close_stops_the_thread():
   source = _Counting(_Failing(10**9))
-  prefetcher = input_pipeline.Prefetcher(source, lambda b: b, depth=2)
+  prefetcher = data.Prefetcher(source, lambda b: b, depth=2)
   thread = prefetcher._thread  # pylint: disable=protected-access
   next(prefetcher)
   _wait_for(lambda: source.reads >= 4)  # Queue full: the thread waits to put.
@@ -375,14 +383,14 @@ def test_prefetcher_close_stops_the_thread():
 
 def test_check_dataset_unknown_name():
   with pytest.raises(ValueError, match='mnist') as error:
-    input_pipeline.check_dataset('mnist', None)
+    data.check_dataset('mnist', None)
   assert 'cifar10' in str(error.value) and 'cifar10_jpeg' in str(error.value)
 
 
 def test_check_dataset_missing_data_dir(tmp_path):
   missing = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='data_dir') as error:
-    input_pipeline.check_dataset('cifar10', missing)
+    data.check_dataset('cifar10', missing)
   assert missing in str(error.value)
 
 
@@ -390,7 +398,7 @@ def test_check_dataset_missing_data_dir(tmp_path):
                                       ('cifar10_jpeg', 'data_dir')])
 def test_check_dataset_missing_dataset(tmp_path, name, fix):
   with pytest.raises(FileNotFoundError) as error:
-    input_pipeline.check_dataset(name, str(tmp_path))
+    data.check_dataset(name, str(tmp_path))
   message = str(error.value)
   assert name in message and str(tmp_path) in message and fix in message
 
@@ -405,8 +413,8 @@ def data_dir():
 
 
 def test_load_split_real_cifar10_jpeg(data_dir):
-  input_pipeline.check_dataset('cifar10_jpeg', data_dir)
-  split = input_pipeline.load_split('cifar10_jpeg', 'test[:2000]', data_dir, num_threads=2)
+  data.check_dataset('cifar10_jpeg', data_dir)
+  split = cifar_input.load_split('cifar10_jpeg', 'test[:2000]', data_dir, num_threads=2)
   assert len(split) == 2000
   assert split.images.shape == (2000, 32, 32, 3) and split.images.dtype == np.uint8
   assert split.labels.shape == (2000,) and split.labels.dtype == np.int32

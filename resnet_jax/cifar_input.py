@@ -5,16 +5,14 @@ into uint8 arrays. Training batches are drawn by a checkpointable Grain
 iterator (per-epoch shuffles, deterministic given the seed, sharded per
 process); the paper's augmentation (4-pixel zero padding, random 32x32 crop,
 random horizontal flip) and the per-pixel mean subtraction run on the device
-inside the compiled train step (`augment`, `normalize`), so the host only
-gathers indices.
+inside the compiled train step (`augment`, and `data.normalize`), so the host
+only gathers indices.
 
 Works the same for TFDS `cifar10` and for `cifar10_jpeg` (same feature keys).
 """
 
 import dataclasses
 import os
-import queue
-import threading
 from collections.abc import Iterator
 
 import grain
@@ -22,14 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Datasets this pipeline reads, with their test split and the size of the
-# paper's held-out validation set (section 4.2: 45k/5k train/val).
-DATASETS = {
-    'cifar10': dict(num_classes=10, image_size=32, train_split='train',
-                    test_split='test', num_train=50_000),
-    'cifar10_jpeg': dict(num_classes=10, image_size=32, train_split='train',
-                         test_split='test', num_train=50_000),
-}
 PAD = 4  # Section 4.2: 4 pixels padded on each side.
 
 
@@ -41,24 +31,6 @@ class ArraySplit:
 
   def __len__(self):
     return len(self.labels)
-
-
-def check_dataset(name: str, data_dir: str | None):
-  """Fails fast, with the fix, if `name` cannot be read from `data_dir`."""
-  if name not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; valid: {sorted(DATASETS)}. '
-                     'Set --config.input.dataset.')
-  if data_dir is not None and not os.path.isdir(data_dir):
-    raise FileNotFoundError(
-        f'data_dir {data_dir!r} does not exist. Point --config.input.data_dir '
-        'at a TFDS data directory (e.g. ../shared/data/tfds for cifar10_jpeg).')
-  root = data_dir or os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
-  if not os.path.isdir(os.path.join(root, name)):
-    hint = ('prepare it once with `pip install -e ".[prepare]" && tfds build '
-            f'cifar10 --file_format=array_record --data_dir={root}`'
-            if name == 'cifar10' else 'set --config.input.data_dir to the '
-            'directory that holds it (../shared/data/tfds here)')
-    raise FileNotFoundError(f'dataset {name!r} not found under {root!r}: {hint}.')
 
 
 def load_split(name: str, split: str, data_dir: str | None,
@@ -76,7 +48,6 @@ def load_split(name: str, split: str, data_dir: str | None,
     The split's images (uint8, NHWC) and labels (int32), in stored order.
   """
   import tensorflow_datasets as tfds  # Heavy import; only where data is read.
-  check_dataset(name, data_dir)
   source = tfds.data_source(name, split=split, data_dir=data_dir)
   chunk = 1024
 
@@ -131,7 +102,8 @@ def eval_batches(split: ArraySplit, local_batch_size: int, process_index: int = 
   twice whatever the batch size (the bug of google/flax#262).
 
   Yields:
-    {'image': uint8 (B,H,W,3), 'label': int32 (B,), 'mask': float32 (B,)}.
+    {'image': uint8 (B,H,W,3), 'label': int32 (B,), 'mask': float32 (B,),
+     'index': int32 (B,) position in the split, -1 for padding}.
   """
   per_process = -(-len(split) // process_count)
   start = min(process_index * per_process, len(split))
@@ -144,19 +116,16 @@ def eval_batches(split: ArraySplit, local_batch_size: int, process_index: int = 
     image = np.zeros((local_batch_size,) + split.images.shape[1:], np.uint8)
     label = np.zeros((local_batch_size,), np.int32)
     mask = np.zeros((local_batch_size,), np.float32)
+    index = np.full((local_batch_size,), -1, np.int32)
     image[:n], label[:n], mask[:n] = split.images[lo:hi], split.labels[lo:hi], 1.0
-    yield {'image': image, 'label': label, 'mask': mask}
-
-
-def normalize(images: jax.Array, mean: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """uint8 images minus the per-pixel mean image, in [0, 255] units."""
-  return (images.astype(jnp.float32) - mean).astype(dtype)
+    index[:n] = np.arange(lo, hi)
+    yield {'image': image, 'label': label, 'mask': mask, 'index': index}
 
 
 def augment(rng: jax.Array, images: jax.Array, pad: int = PAD) -> jax.Array:
   """Section 4.2 augmentation, on device: zero-pad, random crop, random flip.
 
-  Apply after `normalize`, so padded pixels are zero in mean-subtracted space
+  Apply after `data.normalize`, so padded pixels are zero in mean-subtracted space
   (the zero padding the paper describes).
 
   Args:
@@ -178,60 +147,3 @@ def augment(rng: jax.Array, images: jax.Array, pad: int = PAD) -> jax.Array:
     return jnp.where(flip, crop[:, ::-1], crop)
 
   return jax.vmap(one)(padded, offsets, flips)
-
-
-class Prefetcher:
-  """Keeps `depth` batches in flight ahead of the consumer, on a thread.
-
-  `convert` (e.g. putting a batch on the devices) runs on the thread, so host
-  gathering and host-to-device copies overlap the running step. The iterator's
-  checkpointable state is recorded with each batch, so `state()` is the state
-  after the last batch handed out, not after the ones still in the queue.
-  """
-
-  def __init__(self, iterator, convert, depth: int = 2):
-    self._iterator = iterator
-    self._convert = convert
-    self._queue = queue.Queue(maxsize=depth)
-    self._state = iterator.get_state()
-    self._error = None
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._fill, daemon=True)
-    self._thread.start()
-
-  def _put(self, item):
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return
-      except queue.Full:
-        continue
-
-  def _fill(self):
-    try:
-      while not self._stop.is_set():
-        batch = self._convert(next(self._iterator))
-        self._put((batch, self._iterator.get_state()))
-    except BaseException as e:  # Surface errors in the consumer's thread.
-      self._put((e, None))
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    if self._error is not None:
-      raise self._error
-    batch, state = self._queue.get()
-    if isinstance(batch, BaseException):
-      self._error = batch  # The thread has ended: raise again on every call.
-      raise batch
-    self._state = state
-    return batch
-
-  def state(self):
-    """The wrapped iterator's state after the last batch returned."""
-    return self._state
-
-  def close(self):
-    self._stop.set()
-    self._thread.join(timeout=5)

@@ -1,0 +1,267 @@
+"""The paper's test protocols, on any checkpoint (sections 3.4, 4.1; Tables 2-5).
+
+- `center`: one view per image (ImageNet: shorter side `eval.resize_size`,
+  central `eval.crop_size` crop; CIFAR: the original image, section 4.2).
+- `ten_crop`: the 4 corner crops of the whole resized image, the centre crop,
+  and their flips; softmax scores averaged (see `imagenet_input.ten_crop_views`).
+- `multi_scale`: the fully-convolutional form: whole images resized to each
+  shorter side in `eval.scales`, and their flips; softmax scores averaged
+  over scales and flips. Images of any aspect ratio are batched by padding to
+  a few canvas shapes and masking (`models.ResNet(mask=...)`), which leaves
+  the pooled features exactly those of the unpadded image.
+- `ensemble`: several workdirs' scores (each its own model and config)
+  averaged, as Table 5.
+
+Every protocol scores every example of the split exactly once per view set,
+whatever the batch size (padding is masked), and checks that it did. Scores
+are accumulated on the host by example index, so one code path serves all.
+Needs only a checkpoint: no optimizer, no training loop.
+"""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from resnet_jax import checkpointing, data as data_lib
+
+PROTOCOL_NAMES = {'center': '1-crop', 'ten_crop': '10-crop', 'multi_scale': 'multi-scale',
+                  'ensemble': 'ensemble'}
+
+
+class Scorer:
+  """Softmax scores of batches of views, averaged per image, on a device mesh."""
+
+  def __init__(self, model, dataset: data_lib.Dataset, mesh):
+    self.model, self.dataset, self.mesh = model, dataset, mesh
+    self.batch_sharding = NamedSharding(mesh, P('data'))
+    self.replicated = NamedSharding(mesh, P())
+    # Outputs replicated: every process sees every example's scores (a few
+    # floats per image), so all processes agree on the metrics.
+    self._fn = jax.jit(self._scores, out_shardings=self.replicated)
+
+  def _scores(self, variables, norm, batch):
+    images = batch['image']
+    if images.ndim == 4:  # (B, H, W, 3): one view per image.
+      images = images[:, None]
+    b, v = images.shape[:2]
+    x = self.dataset.preprocess_eval(images.reshape((b * v,) + images.shape[2:]), norm)
+    kwargs = {}
+    if 'pixel_mask' in batch:
+      kwargs['mask'] = jnp.repeat(batch['pixel_mask'], v, axis=0)
+    logits = self.model.apply(variables, x, train=False, **kwargs)
+    probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(b, v, -1).mean(1)
+    return {'probs': probs, 'label': batch['label'], 'index': batch['index'],
+            'mask': batch['mask']}
+
+  @property
+  def num_devices(self):
+    return self.mesh.devices.size
+
+  def __call__(self, variables, norm, local_batch) -> dict:
+    """Host numpy scores of this process's `local_batch` and all others'."""
+    batch = jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), local_batch)
+    return jax.device_get(self._fn(variables, norm, batch))
+
+
+class Scores:
+  """Per-example sums of softmax scores, accumulated by example index."""
+
+  def __init__(self, num_examples: int, num_classes: int):
+    self.total = np.zeros((num_examples, num_classes), np.float64)
+    self.count = np.zeros((num_examples,), np.int64)
+    self.label = np.full((num_examples,), -1, np.int64)
+
+  def add(self, out: dict):
+    valid = out['mask'] > 0
+    index = out['index'][valid]
+    np.add.at(self.total, index, out['probs'][valid])
+    np.add.at(self.count, index, 1)
+    self.label[index] = out['label'][valid]
+
+  def probabilities(self, expected_count: int) -> np.ndarray:
+    """Averaged scores; raises unless every example was scored as often as expected."""
+    wrong = np.flatnonzero(self.count != expected_count)
+    if wrong.size:
+      raise AssertionError(
+          f'{wrong.size} examples were scored {sorted(set(self.count[wrong].tolist()))} '
+          f'times, expected {expected_count} (e.g. example {wrong[0]})')
+    return self.total / expected_count
+
+
+def metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+  """Top-1 and top-5 error and the loss (NLL of the averaged scores)."""
+  k = min(5, probs.shape[1])
+  top5 = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+  p_true = probs[np.arange(len(labels)), labels]
+  return {'top1_error': float(np.mean(probs.argmax(1) != labels)),
+          'top5_error': float(np.mean(~(top5 == labels[:, None]).any(1))),
+          'loss': float(np.mean(-np.log(np.maximum(p_true, 1e-12)))),
+          'count': int(len(labels))}
+
+
+def _images_per_batch(config, views: int, view_pixels: int, num_devices: int) -> int:
+  """Images per global batch: `input.eval_batch_size` crop-sized views' worth
+  of pixels, a multiple of the device count (at least one image per device)."""
+  budget = config.input.eval_batch_size * config.eval.crop_size ** 2
+  per_device = max(1, budget // (views * view_pixels * num_devices))
+  return per_device * num_devices
+
+
+def protocol_scores(protocol: str, scorer: Scorer, variables, norm, dataset, split: str,
+                    config) -> tuple[np.ndarray, np.ndarray]:
+  """(averaged scores (N, C), labels (N,)) of every example of `split`."""
+  num = dataset.num_examples(split)
+  scores = Scores(num, scorer.model.num_classes)
+  pcount, pindex = jax.process_count(), jax.process_index()
+  if protocol in ('center', 'ten_crop'):
+    views = 1 if protocol == 'center' else 10
+    crop = config.eval.crop_size
+    if dataset.info.family == 'cifar':
+      per_batch = max(1, config.input.eval_batch_size // scorer.num_devices) * scorer.num_devices
+    else:
+      per_batch = _images_per_batch(config, views, crop * crop, scorer.num_devices)
+    for batch in dataset.eval_batches(split, protocol, per_batch // pcount, pindex, pcount):
+      scores.add(scorer(variables, norm, batch))
+    return scores.probabilities(1), scores.label
+  if protocol != 'multi_scale':
+    raise ValueError(f'unknown protocol {protocol!r}')
+  if dataset.info.family != 'imagenet':
+    raise ValueError('multi_scale is an ImageNet protocol')
+  for scale in config.eval.scales:
+    groups = dataset.multi_scale_groups(split, scale, pindex, pcount)
+    for canvas, num_batches, per_batch in _agree_on_batches(groups, config, scorer):
+      indices = groups.get(canvas, np.zeros((0,), np.int64))
+      for batch in dataset.multi_scale_batches(split, indices, scale, canvas,
+                                               per_batch // pcount, num_batches):
+        scores.add(scorer(variables, norm, batch))
+  return scores.probabilities(len(config.eval.scales)), scores.label
+
+
+def _agree_on_batches(groups: dict, config, scorer: Scorer) -> list:
+  """[(canvas, num_batches, global images per batch)], the same on every process.
+
+  Each process groups its own shard by canvas; all must run the same batches
+  in the same order, so counts are agreed with an all-gather.
+  """
+
+  def plan(canvas, count):
+    per_batch = _images_per_batch(config, 2, canvas[0] * canvas[1], scorer.num_devices)
+    return per_batch, -(-count // (per_batch // jax.process_count()))
+
+  mine = np.array([[h, w, plan((h, w), len(idx))[1]] for (h, w), idx in sorted(groups.items())],
+                  np.int64).reshape(-1, 3)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    longest = int(np.max(multihost_utils.process_allgather(np.int64(len(mine)))))
+    padded = np.zeros((longest, 3), np.int64)
+    padded[:len(mine)] = mine
+    mine = multihost_utils.process_allgather(padded).reshape(-1, 3)
+  agreed = {}
+  for h, w, n in mine:
+    if n > 0:
+      agreed[(int(h), int(w))] = max(agreed.get((int(h), int(w)), 0), int(n))
+  return [(canvas, n, plan(canvas, 0)[0]) for canvas, n in sorted(agreed.items())]
+
+
+def evaluate_protocol(protocol: str, scorer: Scorer, variables, norm, dataset, split: str,
+                      config) -> dict:
+  """Top-1/top-5 error, loss and count of one model under one protocol."""
+  probs, labels = protocol_scores(protocol, scorer, variables, norm, dataset, split, config)
+  return {'split': split, **metrics(probs, labels)}
+
+
+def evaluate_ensemble(config: ml_collections.ConfigDict, dataset, mesh, split: str) -> dict:
+  """Averaged scores of the workdirs in `eval.ensemble_workdirs` (Table 5)."""
+  workdirs = [w for w in str(config.eval.ensemble_workdirs).split(',') if w]
+  replicated = NamedSharding(mesh, P())
+  total, labels = 0.0, None
+  for workdir in workdirs:
+    member = checkpointing.read_config(workdir)
+    model, variables, norm, step = checkpointing.load_variables(
+        workdir, member, sharding=replicated)
+    if model.num_classes != dataset.info.num_classes:
+      raise ValueError(f'{workdir} predicts {model.num_classes} classes, '
+                       f'{config.input.dataset} has {dataset.info.num_classes}')
+    probs, labels = protocol_scores(config.eval.ensemble_protocol, Scorer(model, dataset, mesh),
+                                    variables, norm, dataset, split, config)
+    total = total + probs
+    print(f'  member {workdir} ({member.model}, step {step}): '
+          f'{metrics(probs, labels)["top1_error"]:.2%} top-1 error', flush=True)
+  return {'split': split, 'members': workdirs, **metrics(total / len(workdirs), labels)}
+
+
+def table_row(config, protocol: str, result: dict) -> str:
+  """One row in the paper's table format (errors in %)."""
+  if protocol == 'ensemble':
+    model = f'ensemble of {len(result["members"])}'
+    detail = f'{PROTOCOL_NAMES[config.eval.ensemble_protocol]} each'
+  else:
+    shortcut = config.model_options.get('shortcut')
+    model = config.model + (f' ({shortcut})' if shortcut else '')
+    detail = (f'scales {",".join(map(str, config.eval.scales))}'
+              if protocol == 'multi_scale' else '')
+  name = PROTOCOL_NAMES[protocol] + (f' ({detail})' if detail else '')
+  return (f'| {model} | {name} | {100 * result["top1_error"]:.2f} | '
+          f'{100 * result["top5_error"]:.2f} | {result["count"]} |')
+
+
+TABLE_HEADER = '| model | testing | top-1 err. (%) | top-5 err. (%) | images |\n| --- | --- | --- | --- | --- |'
+
+
+def record(workdir: str, config, protocol: str, result: dict, step: int):
+  """Adds `result` to the workdir's `eval.json` (one entry per protocol) and
+  prints it as a table row. Only process 0 writes."""
+  if jax.process_index() != 0:
+    return
+  print(TABLE_HEADER + '\n' + table_row(config, protocol, result), flush=True)
+  path = os.path.join(workdir, 'eval.json')
+  results = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      results = json.load(f)
+  if results.get('step') != step or 'protocols' not in results:
+    results = {'step': step, 'protocols': {}}
+  results['protocols'][protocol] = result
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, path)
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
+                     preloaded=None) -> dict:
+  """`--mode=evaluate`: `config.eval.protocol` on the workdir's latest checkpoint.
+
+  Reads no training data (the normalisation comes from the checkpoint). Writes
+  the result into `eval.json` and prints it as a row of the paper's tables.
+
+  Returns:
+    {'step', 'protocol', 'split', 'top1_error', 'top5_error', 'loss', 'count'}.
+  """
+  from resnet_jax import config_lib, train  # The mesh and model factory.
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  if preloaded is None:
+    data_lib.check_dataset(config.input.dataset, config.input.data_dir)
+  dataset = data_lib.create(config, preloaded=preloaded)
+  mesh = train.make_mesh()
+  split = dataset.info.eval_split
+  protocol = config.eval.protocol
+  if protocol == 'ensemble':
+    result = evaluate_ensemble(config, dataset, mesh, split)
+    step = None
+  else:
+    model, variables, norm, step = checkpointing.load_variables(
+        workdir, config, sharding=NamedSharding(mesh, P()))
+    result = evaluate_protocol(protocol, Scorer(model, dataset, mesh), variables, norm,
+                               dataset, split, config)
+  if protocol == 'ensemble':
+    os.makedirs(workdir, exist_ok=True)  # Where its eval.json goes.
+  record(workdir, config, protocol, result, step)
+  return {'step': step, 'protocol': protocol, **result}
