@@ -34,8 +34,16 @@ def structure(config: ml_collections.ConfigDict) -> dict:
   return {'model': config.model, 'model_options': opts, 'dataset': config.input.dataset}
 
 
-def check_matches(mngr: ocp.CheckpointManager, config) -> int | None:
-  """The latest step, failing fast if it is a checkpoint of another experiment."""
+def data_order(config, process_count: int, num_workers: int | None) -> dict:
+  """What decides the meaning of a saved data position: resuming with other
+  values would silently feed another sequence of batches."""
+  return {'batch_size': config.input.batch_size, 'seed': config.seed,
+          'process_count': process_count, 'num_workers': num_workers}
+
+
+def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None) -> int | None:
+  """The latest step, failing fast if it is a checkpoint of another experiment
+  (or, given `order`, of another data order: see `data_order`)."""
   step = mngr.latest_step()
   if step is None:
     return None
@@ -51,12 +59,23 @@ def check_matches(mngr: ocp.CheckpointManager, config) -> int | None:
     raise ValueError(
         f'the workdir holds a checkpoint (step {step}) of {saved}, but the config '
         f'asks for {wanted}. Use a fresh --workdir, or the config it was trained with.')
+  saved_order = meta.get('data_order')
+  if order is not None and saved_order is not None and saved_order != order:
+    changed = {k: (saved_order.get(k), v) for k, v in order.items() if saved_order.get(k) != v}
+    fixes = ' '.join(f'--config.input.{k}={a}' if k in ('batch_size', 'num_workers') else
+                     f'--config.seed={a}' if k == 'seed' else f'{a} processes'
+                     for k, (a, _) in changed.items())
+    raise ValueError(
+        f'checkpoint {step} in {mngr.directory} was saved with a data order of '
+        f'{saved_order}, this run has {order}: its saved data position would '
+        f'mean other batches. Resume with {fixes}, or use a fresh --workdir.')
   return step
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config):
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config,
+         order: dict | None = None):
   """Saves `state` and the data position as step `step` (asynchronously)."""
-  meta = {'structure': structure(config), 'step': step}
+  meta = {'structure': structure(config), 'step': step, 'data_order': order}
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
       meta=ocp.args.JsonSave(meta)), force=True)

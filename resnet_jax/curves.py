@@ -3,7 +3,8 @@
     python -m resnet_jax.curves WORKDIR [WORKDIR ...] --out curves.png
 
 Thin lines: training error (mean over each logging interval); bold lines: test
-error. Needs matplotlib (`pip install -e ".[notebooks]"`).
+error (CIFAR), or validation error of the center crop (ImageNet, as Fig. 4).
+Needs matplotlib (`pip install -e ".[notebooks]"`).
 """
 
 import argparse
@@ -36,14 +37,27 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
   return [p[0] for p in points], [p[1] for p in points]
 
 
+EVAL_KEYS = ('test_error', 'validation_error', 'holdout_error')
+
+
+def default_eval_key(records: list[dict]) -> str:
+  """The error the paper plots bold: test (CIFAR), else validation (ImageNet)."""
+  for key in EVAL_KEYS:
+    if any(key in r for r in records):
+      return key
+  return EVAL_KEYS[0]
+
+
 def plot(workdirs: list[str], out: str, labels: list[str] | None = None,
-         eval_key: str = 'test_error'):
-  """Draws training (thin) and `eval_key` (bold) error, in %, against iterations."""
+         eval_key: str | None = None):
+  """Draws training (thin) and `eval_key` (bold; None: `default_eval_key`)
+  error, in %, against iterations."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(6, 4))
+  eval_key = eval_key or default_eval_key(read_metrics(workdirs[0]))
   for i, workdir in enumerate(workdirs):
     records = read_metrics(workdir)
     label = labels[i] if labels else os.path.basename(os.path.normpath(workdir))
@@ -67,8 +81,10 @@ def main():
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--out', required=True)
   parser.add_argument('--labels', nargs='*')
+  parser.add_argument('--eval_key', choices=EVAL_KEYS, default=None,
+                      help='the bold curve; default: test_error if logged, else validation_error')
   args = parser.parse_args()
-  plot(args.workdirs, args.out, args.labels)
+  plot(args.workdirs, args.out, args.labels, args.eval_key)
   print(f'wrote {args.out}')
 
 

@@ -91,6 +91,11 @@ class Dataset(abc.ABC):
   def normalization_shapes(self) -> dict[str, tuple]:
     """Shapes of `normalization()`'s arrays, known without reading data."""
 
+  @property
+  def num_workers(self) -> int | None:
+    """Host worker processes; a saved data position is only valid for the same."""
+    return None
+
   @abc.abstractmethod
   def train_batches(self, local_batch_size: int, seed: int, process_index: int,
                     process_count: int):

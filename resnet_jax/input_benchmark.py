@@ -1,7 +1,12 @@
 """Host input throughput of the ImageNet pipeline, on real JPEGs.
 
+    python -m resnet_jax.input_benchmark --config=configs/imagenette_r50.py \
+        [--decoders] [--num_workers=2]
     python -m resnet_jax.input_benchmark --dataset=imagenette224 \
         --data_dir=../shared/data/tfds [--decoders] [--num_workers=2]
+
+With --config, the dataset, data directory and view sizes come from the
+experiment config (and its --config.x.y overrides); otherwise from the flags.
 
 Prints decoded-and-augmented images/s per core (one process, one thread,
 JPEG bytes already in memory) for a view, the mean JPEG size and decoded
@@ -19,10 +24,13 @@ import cv2
 import numpy as np
 import simplejpeg
 from absl import app, flags
+from ml_collections import config_flags
 
 from resnet_jax import imagenet_input
 
 FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config: dataset and view sizes.',
+                                lock_config=False)
 flags.DEFINE_string('dataset', 'imagenette224', 'TFDS dataset name.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 flags.DEFINE_string('split', 'train', 'Split to read.')
@@ -138,8 +146,22 @@ def pipeline_rate(source) -> tuple[float, float]:
   return images / elapsed, 1000 * cpu / images
 
 
+def _use_config(config):
+  """The flags that an experiment config decides, taken from it."""
+  inp = config.input
+  FLAGS.dataset, FLAGS.data_dir = inp.dataset, inp.data_dir
+  if 'image_size' not in inp:
+    raise app.UsageError(f'{inp.dataset} is not an ImageNet-family dataset: '
+                         'its input is decoded once into memory, not streamed')
+  FLAGS.crop_size = inp.image_size
+  FLAGS.scale_min, FLAGS.scale_max = inp.scale_range
+  FLAGS.resize_size = config.eval.resize_size
+
+
 def main(argv):
   del argv
+  if FLAGS.config is not None:
+    _use_config(FLAGS.config)
   cv2.setNumThreads(1)  # Per-core numbers: one thread.
   source = imagenet_input.open_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
   n = min(FLAGS.images, len(source))

@@ -14,7 +14,12 @@ H to ceil(H/2).
 Stages of identical blocks are run with `nn.scan`, so the compiled graph holds
 one block per stage whatever the depth (cifar_resnet1202 compiles in seconds).
 Scanned parameters carry a leading `block` axis; `layer_responses` unstacks the
-recorded responses back into one entry per layer.
+recorded responses back into one entry per layer. On CPU the convolutions
+inside scans take gradients written as forward convolutions
+(`conv_general_dilated`); forward and reverse mode both work everywhere.
+
+In eval mode, an optional `mask` batches images of different sizes padded to
+one canvas, with each image's logits those of the image alone (see `ResNet`).
 """
 
 import functools
@@ -302,14 +307,14 @@ _SCANNABLE = {cls: _scannable(cls) for cls in (BasicBlock, BottleneckBlock)}
 class ResNet(nn.Module):
   """Residual or plain network of He et al. (2016).
 
-  Call as `model.apply(variables, x, train, mask=None)` with x (B, H, W, 3).
-  `mask` (B, H, W), bool, is for batching images of different sizes in eval
+  Called as `model.apply(variables, x, train, mask=None)`, x (B, H, W, 3).
+  `mask` (B, H, W), bool or 0/1, batches images of different sizes in eval
   mode (the paper's fully-convolutional multi-scale test): image i fills the
-  top-left h_i x w_i of the canvas, the rest is padding of any value, and the
-  logits are those of each image run alone. The layers zero everything
-  outside the mask before each convolution that reads neighbours and the max
-  pool, and the global average pool is a masked mean; mask=None computes
-  exactly as before.
+  top-left h_i x w_i of the canvas, the rest is padding of any value, and its
+  logits are those of the h_i x w_i image alone. Activations outside the mask
+  are zeroed before every convolution that reads neighbours and before the
+  max pool, and the global average pool is a masked mean; without a mask
+  nothing of this is computed. With train=True a mask raises ValueError.
 
   Attributes:
     stage_sizes: blocks per stage.
@@ -411,7 +416,8 @@ class ResNet(nn.Module):
     else:
       total = _zero_outside(x, mask).sum(axis=(1, 2), dtype=jnp.float32)
       count = _mask_at(mask, x.shape[1:3]).sum(axis=(1, 2), dtype=jnp.float32)
-      x = (total / count[:, None]).astype(self.dtype)
+      # An empty mask (a batch-padding example) pools to zeros, not nan.
+      x = (total / jnp.maximum(count, 1)[:, None]).astype(self.dtype)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
                  kernel_init=fc_kernel_init, name='fc')(x)
     return x.astype(jnp.float32)

@@ -338,7 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train(config, workdir, dataset, manager) -> dict:
   """`train_and_evaluate` once the config is checked and the manager open."""
-  latest = checkpointing.check_matches(manager, config)
+  order = checkpointing.data_order(config, jax.process_count(), dataset.num_workers)
+  latest = checkpointing.check_matches(manager, config, order)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -418,7 +419,7 @@ def _train(config, workdir, dataset, manager) -> dict:
         if step % config.eval_every_steps == 0 or step == total:
           last_eval = run_eval(step)
         if ckpt_now:
-          checkpointing.save(manager, step, state, batches.state(), config)
+          checkpointing.save(manager, step, state, batches.state(), config, order)
         if not pending:  # Keep eval and checkpoint time out of the step timing.
           tick = time.time()
         if preemption.requested:

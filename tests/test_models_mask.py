@@ -31,12 +31,12 @@ def _canvas(sizes, canvas_size, seed=2):
   keys = jax.random.split(jax.random.key(seed), len(sizes) + 1)
   images = [np.asarray(jax.random.normal(k, (h, w, 3))) for k, (h, w) in zip(keys, sizes)]
   canvas = 5 * np.asarray(jax.random.normal(keys[-1], (len(sizes), canvas_size, canvas_size, 3)))
-  canvas[0, -1, -1] = np.inf  # Padding may hold anything.
-  canvas[-1, -1, 0] = np.nan
   mask = np.zeros(canvas.shape[:3], bool)
   for i, (image, (h, w)) in enumerate(zip(images, sizes)):
     canvas[i, :h, :w] = image
     mask[i, :h, :w] = True
+  for i, value in zip(range(len(sizes)), (np.inf, np.nan)):  # Padding may hold anything.
+    canvas[i][tuple(np.argwhere(~mask[i])[-1])] = value
   return images, canvas, mask
 
 
@@ -73,6 +73,19 @@ def test_full_mask_is_no_mask():
   np.testing.assert_allclose(
       model.apply(variables, x, train=False, mask=jnp.ones((2, 16, 16), jnp.float32)),
       model.apply(variables, x, train=False), rtol=1e-6, atol=1e-6)
+
+
+def test_empty_mask_gives_finite_logits():
+  # Batch-padding examples have no valid pixel: finite logits (the fc bias),
+  # and the other examples are unaffected.
+  model = models.create_model('cifar_resnet20', scan_blocks=False)
+  variables = _variables(model)
+  x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
+  mask = jnp.ones((2, 16, 16), bool).at[1].set(False)
+  logits = model.apply(variables, x, train=False, mask=mask)
+  np.testing.assert_allclose(logits[1], variables['params']['fc']['bias'], atol=1e-6)
+  np.testing.assert_allclose(logits[0], model.apply(variables, x[:1], train=False)[0],
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_mask_is_for_inference_only():

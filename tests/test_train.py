@@ -48,9 +48,10 @@ def make_trainer(config, devices=None):
 
 
 def zero_norm(trainer):
-  """Normalisation that leaves images as they are (mean 0, std 1)."""
-  return jax.device_put({'mean': np.zeros(IMAGE, np.float32), 'std': np.ones(3, np.float32)},
-                        trainer.replicated)
+  """Normalisation to about [-2, 2], as real training's (raw 0..255 pixels
+  make logits of hundreds: saturated softmax ties, amplified rounding)."""
+  return jax.device_put({'mean': np.full(IMAGE, 127.5, np.float32),
+                         'std': np.full(3, 64.0, np.float32)}, trainer.replicated)
 
 
 def fixed_batch(trainer, n=16):
@@ -159,8 +160,8 @@ def test_evaluate_counts_every_example_once():
   out = evaluation.evaluate_protocol('center', scorer, variables, state.norm, dataset,
                                      'test', config)
   assert out['count'] == 37
-  logits = np.asarray(trainer.model.apply(variables, jnp.asarray(split.images, jnp.float32),
-                                          train=False))
+  images = (jnp.asarray(split.images, jnp.float32) - 127.5) / 64.0
+  logits = np.asarray(trainer.model.apply(variables, images, train=False))
   expected = float(np.mean(np.argmax(logits, -1) != split.labels))
   assert out['top1_error'] == pytest.approx(expected, abs=1e-6)
   top5 = np.argsort(-logits, axis=1)[:, :5]
@@ -319,3 +320,20 @@ def test_missing_data_dir_names_the_fix(tmp_path):
   config.input.data_dir = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='data_dir'):
     train.train_and_evaluate(config, str(tmp_path / 'workdir'))
+
+
+def test_resume_with_another_data_order_is_refused(tmp_path):
+  """A saved data position means other batches under another batch or seed."""
+  config = tiny_config()
+  config.stop_after_steps = 1
+  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  for field, value in (('input.batch_size', 8), ('seed', 3)):
+    other = tiny_config()
+    group, _, key = field.rpartition('.')
+    (other[group] if group else other)[key] = value
+    with pytest.raises(ValueError, match='data order') as error:
+      train.train_and_evaluate(other, str(tmp_path), data=tiny_splits())
+    assert 'fresh --workdir' in str(error.value)
+  assert saved_steps(tmp_path, config) == [1]  # Nothing lost.
+  train.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())  # Same: resumes.
+  assert saved_steps(tmp_path, config)[-1] == 6
