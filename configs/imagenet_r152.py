@@ -1,11 +1,7 @@
 """ResNet-152 on ImageNet (Tables 3-5): bottlenecks, option B; the paper's
 best single model (19.38% top-1 / 4.49% top-5 multi-scale, Table 4).
 
-Section 3.4's recipe (`config_lib.imagenet`): batch 256, SGD momentum 0.9,
-weight decay 1e-4, lr 0.1 divided by 10 when the held-out error plateaus, up
-to 600k iterations; shorter side in [256, 480], 224 crop, flip, PCA lighting.
-Evaluate with `--mode=evaluate --config.eval.protocol=ten_crop` (or center,
-multi_scale).
+The recipe, views and test protocols are `config_lib.imagenet`'s.
 """
 
 from resnet_jax import config_lib

@@ -268,7 +268,6 @@ class ImagenetData(Dataset):
 
   def train_batches(self, local_batch_size, seed, process_index, process_count):
     from resnet_jax import imagenet_input
-    check_dataset(self.config.input.dataset, self.config.input.data_dir)
     inp = self.config.input
     return iter(imagenet_input.train_dataset(
         self._source('train'), local_batch_size=local_batch_size, seed=seed,
@@ -278,7 +277,6 @@ class ImagenetData(Dataset):
 
   def eval_batches(self, split, view, local_batch_size, process_index, process_count):
     from resnet_jax import imagenet_input
-    check_dataset(self.config.input.dataset, self.config.input.data_dir)
     e = self.config.eval
     return imagenet_input.eval_dataset(
         self._source(split), view=view, local_batch_size=local_batch_size,
