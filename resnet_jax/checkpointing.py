@@ -3,25 +3,44 @@
 A checkpoint of step N holds three items: `state` (the whole train state:
 params, BN statistics, optimizer and schedule state, rng, and the input
 normalisation constants, so a checkpoint is evaluated without the training
-data), `data` (the input iterator's position) and `meta` (the experiment's
-structure and the step). `load_variables` restores what inference needs from
-a workdir alone, without building an optimizer.
+data), `data` (each process's input-iterator position, one file per process,
+written by Grain's own Orbax handler) and `meta` (the experiment's structure,
+its data order and its whole config). Every process takes part in every save
+and restore. `load_variables` restores what inference needs from a workdir
+alone, without building an optimizer.
+
+Workdirs may be local paths or any `etils.epath` path (`gs://bucket/run`).
+An unreadable latest checkpoint is never deleted: `restore_latest` moves it
+aside (`N.unreadable`, which Orbax ignores) and resumes from the newest good
+one.
 """
 
 import json
 import os
+import sys
 
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
+
+from resnet_jax import distributed, errors
 
 CHECKPOINT_DIR = 'checkpoints'
+UNREADABLE_SUFFIX = '.unreadable'
 
 
-def manager(workdir: str, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+def workdir_path(workdir) -> epath.Path:
+  """`workdir` as an epath; local paths made absolute (Orbax wants them so)."""
+  path = epath.Path(workdir)
+  return path if '://' in str(workdir) else epath.Path(os.path.abspath(workdir))
+
+
+def manager(workdir, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
   """The workdir's checkpoint manager (close it, or use it as a context)."""
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+      workdir_path(workdir) / CHECKPOINT_DIR,
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
       item_names=('state', 'data', 'meta'))
 
@@ -41,22 +60,46 @@ def data_order(config, process_count: int, num_workers: int | None) -> dict:
           'process_count': process_count, 'num_workers': num_workers}
 
 
-def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None) -> int | None:
-  """The latest step, failing fast if it is a checkpoint of another experiment
-  (or, given `order`, of another data order: see `data_order`)."""
-  step = mngr.latest_step()
-  if step is None:
-    return None
+class DataPosition:
+  """An input iterator's saved position, in the form Grain's Orbax handler
+  (`grain.checkpoint.CheckpointSave/Restore`) writes: one JSON file per
+  process. The loop records the position of the last batch it *used* (see
+  `data.Prefetcher`), not that of the iterator, which runs ahead."""
+
+  def __init__(self, state=None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, state: bytes):
+    self.state = json.loads(state)
+
+  def start_prefetch(self):
+    """Called by Grain's handler after a restore; nothing runs ahead here."""
+
+
+def _unreadable(mngr, step, e) -> errors.CheckpointError:
+  first_line = (str(e).strip().splitlines() or [''])[0][:300]
+  return errors.CheckpointError(
+      f'checkpoint {step} in {mngr.directory} cannot be read '
+      f'({type(e).__name__}: {first_line})')
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """The `meta` item of `step`; CheckpointError if it cannot be read."""
   try:
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  except Exception as e:  # Orbax raises many types; say what to do.
-    raise ValueError(
-        f'could not read the metadata of checkpoint {step} in {mngr.directory}: '
-        f'{type(e).__name__}: {e}. It was left untouched; remove that step '
-        'directory to resume from an earlier one, or use a fresh --workdir.') from e
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  except Exception as e:  # Orbax raises many types; one clear line instead.
+    raise _unreadable(mngr, step, e) from e
+
+
+def check_meta(mngr, step: int, meta: dict, config, order: dict | None = None):
+  """Fails fast if `meta` is of another experiment (or, given `order`, of
+  another data order: see `data_order`)."""
   saved, wanted = meta.get('structure'), structure(config)
   if saved != wanted:
-    raise ValueError(
+    raise errors.ConfigError(
         f'the workdir holds a checkpoint (step {step}) of {saved}, but the config '
         f'asks for {wanted}. Use a fresh --workdir, or the config it was trained with.')
   saved_order = meta.get('data_order')
@@ -65,38 +108,124 @@ def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None
     fixes = ' '.join(f'--config.input.{k}={a}' if k in ('batch_size', 'num_workers') else
                      f'--config.seed={a}' if k == 'seed' else f'{a} processes'
                      for k, (a, _) in changed.items())
-    raise ValueError(
+    raise errors.ConfigError(
         f'checkpoint {step} in {mngr.directory} was saved with a data order of '
         f'{saved_order}, this run has {order}: its saved data position would '
         f'mean other batches. Resume with {fixes}, or use a fresh --workdir.')
+
+
+def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None) -> int | None:
+  """The latest step, failing fast if it is a checkpoint of another experiment
+  (or of another data order) or cannot be read."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  try:
+    meta = read_meta(mngr, step)
+  except errors.CheckpointError as e:
+    raise errors.CheckpointError(
+        f'{e}. It was left untouched; remove that step directory to use an '
+        'earlier one, or use a fresh --workdir.') from e
+  check_meta(mngr, step, meta, config, order)
   return step
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_state, config,
+def save(mngr: ocp.CheckpointManager, step: int, state, data_position, config,
          order: dict | None = None):
-  """Saves `state` and the data position as step `step` (asynchronously)."""
-  meta = {'structure': structure(config), 'step': step, 'data_order': order}
+  """Saves `state` and this process's data position (a state dict of the
+  input iterator) as step `step`, asynchronously; every process calls it."""
+  meta = {'structure': structure(config), 'step': step, 'data_order': order,
+          'config': json.loads(config.to_json_best_effort())}
   mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(DataPosition(data_position)),
       meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def _restore_error(mngr, step, e):
-  return ValueError(
-      f'could not restore the checkpoint of step {step} in {mngr.directory}: '
-      f'{type(e).__name__}: {e}. It was left untouched; remove that step '
-      'directory to resume from an earlier one, or use a fresh --workdir.')
-
-
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
-  """Restores (state, data-iterator state) of `step` onto `abstract_state`'s
-  shapes and shardings (`jax.ShapeDtypeStruct`s with `.sharding`)."""
+  """Restores (state, this process's data position) of `step` onto
+  `abstract_state`'s shapes and shardings (`jax.ShapeDtypeStruct`s with
+  `.sharding`); CheckpointError if it cannot be read."""
+  position = DataPosition()
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  except Exception as e:  # Orbax raises many types; say what to do.
-    raise _restore_error(mngr, step, e) from e
-  return restored['state'], restored['data']
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(position)))
+  except Exception as e:  # Orbax raises many types; one clear line instead.
+    raise _unreadable(mngr, step, e) from e
+  return restored['state'], position.state
+
+
+def restore_latest(mngr: ocp.CheckpointManager, config, order: dict, abstract_state):
+  """(step, state, data position) of the newest readable checkpoint, or None
+  if there is none.
+
+  A checkpoint of another experiment or data order fails at once (a user
+  error). An unreadable one (truncated file, corrupt metadata) is reported in
+  one line and skipped; once an older one restores, the unreadable newer ones
+  are moved aside (`N.unreadable`), so that training can save step N again.
+  Nothing is deleted. All processes take the same decisions.
+  """
+  skipped = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      meta = read_meta(mngr, step)
+      check_meta(mngr, step, meta, config, order)
+      state, position = restore(mngr, step, abstract_state)
+      error = None
+    except errors.CheckpointError as e:
+      error = e
+    if distributed.all_true(error is None):
+      _set_aside(mngr, skipped)
+      return step, state, position
+    print(f'warning: {error or "checkpoint %d cannot be read in another process" % step}; '
+          'trying the one before it.', file=sys.stderr, flush=True)
+    skipped.append(step)
+  if skipped:
+    raise errors.CheckpointError(
+        f'no checkpoint in {mngr.directory} can be read (tried steps {skipped}); '
+        'they were left untouched. Use a fresh --workdir.')
+  return None
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps):
+  """Renames unreadable step directories to `N.unreadable` (process 0)."""
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    for step in steps:
+      source = epath.Path(mngr.directory) / str(step)
+      target = source.parent / f'{step}{UNREADABLE_SUFFIX}'
+      n = 1
+      while target.exists():
+        target, n = source.parent / f'{step}{UNREADABLE_SUFFIX}.{n}', n + 1
+      source.rename(target)
+      print(f'warning: moved unreadable checkpoint {step} to {target}', file=sys.stderr,
+            flush=True)
+  distributed.sync('set_aside_unreadable_checkpoints')
+  mngr.reload()
+
+
+def record_config(workdir, config, step: int):
+  """Writes `config.json` (the config that trains from `step` on) once this
+  run has saved a checkpoint; a config that changed on resume is also kept in
+  `config_history.jsonl` (one line per change, with the step it took over).
+  Only process 0 writes."""
+  if jax.process_index() != 0:
+    return
+  path = workdir_path(workdir)
+  current = json.loads(config.to_json_best_effort())
+  config_file, history = path / 'config.json', path / 'config_history.jsonl'
+  previous = json.loads(config_file.read_text()) if config_file.exists() else None
+  if previous == current:
+    return
+  lines = history.read_text().splitlines() if history.exists() else []
+  if previous is not None and not lines:  # The first config gets a line too.
+    lines.append(json.dumps({'from_step': 0, 'config': previous}))
+  lines.append(json.dumps({'from_step': step, 'config': current}))
+  if previous is not None:
+    history.write_text('\n'.join(lines) + '\n')
+  config_file.write_text(json.dumps(current, indent=2))
 
 
 def restore_inference(mngr: ocp.CheckpointManager, step: int, abstract: dict) -> dict:
@@ -106,37 +235,44 @@ def restore_inference(mngr: ocp.CheckpointManager, step: int, abstract: dict) ->
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
         partial_restore=True)))
-  except Exception as e:  # Orbax raises many types; say what to do.
-    raise _restore_error(mngr, step, e) from e
+  except Exception as e:  # Orbax raises many types; one clear line instead.
+    raise errors.CheckpointError(
+        f'{_unreadable(mngr, step, e)}. It was left untouched; remove that step '
+        'directory to use an earlier one, or use a fresh --workdir.') from e
   return restored['state']
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (its `config.json`)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: {workdir!r} is not a training '
-                            'workdir of this project (train into it first).')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+def read_config(workdir) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with: its `config.json`, or else the one
+  saved in its latest checkpoint (a copied `checkpoints/` is self-contained)."""
+  path = workdir_path(workdir)
+  if (path / 'config.json').exists():
+    return ml_collections.ConfigDict(json.loads((path / 'config.json').read_text()))
+  if (path / CHECKPOINT_DIR).is_dir():
+    with manager(workdir, create=False) as mngr:
+      step = mngr.latest_step()
+      saved = read_meta(mngr, step).get('config') if step is not None else None
+    if saved:
+      return ml_collections.ConfigDict(saved)
+  raise errors.MissingError(f'{path / "config.json"} does not exist: {workdir!r} is not a '
+                            'training workdir of this project (train into it first).')
 
 
 def _saved_norm_shapes(mngr: ocp.CheckpointManager, step: int) -> dict:
   """Shapes of the saved normalisation constants, from the checkpoint's metadata."""
-  path = os.path.join(str(mngr.directory), str(step), 'state')
-  metadata = ocp.PyTreeCheckpointer().metadata(path)
+  metadata = ocp.PyTreeCheckpointer().metadata(epath.Path(mngr.directory) / str(step) / 'state')
   tree = getattr(metadata, 'item_metadata', metadata)
   tree = getattr(tree, 'tree', tree)
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in tree['norm'].items()}
 
 
-def load_variables(workdir: str, config: ml_collections.ConfigDict | None = None, *,
+def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *,
                    sharding=None):
   """A trained net from a workdir alone: for evaluation, research, notebooks.
 
   Args:
-    workdir: a training workdir (with `checkpoints/` and `config.json`).
-    config: the experiment config; None reads the workdir's `config.json`.
+    workdir: a training workdir (with `checkpoints/`), local or `gs://`.
+    config: the experiment config; None reads the workdir's (`read_config`).
     sharding: where to put the arrays (default: replicated on the first device).
 
   Returns:
@@ -144,17 +280,18 @@ def load_variables(workdir: str, config: ml_collections.ConfigDict | None = None
     latest checkpoint.
   """
   from resnet_jax import train  # The model factory and the state's variables.
+  directory = workdir_path(workdir) / CHECKPOINT_DIR
+  missing = errors.MissingError(f'no checkpoint in {directory}; train first or point '
+                                '--workdir at a trained run.')
+  if not directory.is_dir():  # Checked first: reading nothing creates nothing.
+    raise missing
   config = config or read_config(workdir)
   model = train.create_model(config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
-    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; '
-                            'train first or point --workdir at a trained run.')
   with manager(workdir, create=False) as mngr:
     step = check_matches(mngr, config)
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}; '
-                              'train first or point --workdir at a trained run.')
+      raise missing
     abstract = train.abstract_variables(model)
     abstract['norm'] = _saved_norm_shapes(mngr, step)
     abstract = jax.tree.map(

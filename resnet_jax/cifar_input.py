@@ -78,8 +78,9 @@ def train_dataset(split: ArraySplit, local_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Endless, per-epoch-shuffled batches of this process's share of `split`.
 
-  Every process shuffles the same global order (same seed) and takes every
-  `process_count`-th example, so processes see disjoint data. Batches run on
+  Every process shuffles the same global order (same seed) and takes its own
+  block of each global batch (`data.ProcessBlocks`), so processes see disjoint
+  data and the global batch is the same for any process count. Batches run on
   across epoch boundaries, as an iteration-counted schedule expects.
 
   Returns:
@@ -87,7 +88,9 @@ def train_dataset(split: ArraySplit, local_batch_size: int, seed: int,
     its iterator's `get_state`/`set_state` make the data order checkpointable.
   """
   ds = grain.MapDataset.range(len(split)).seed(seed).shuffle().repeat(None)
-  ds = ds[process_index::process_count].batch(local_batch_size, drop_remainder=True)
+  from resnet_jax import data  # Import cycle: data imports this module lazily.
+  ds = data.ProcessBlocks(ds, local_batch_size, process_index, process_count)
+  ds = ds.batch(local_batch_size, drop_remainder=True)
   ds = ds.map(lambda idx: {'image': split.images[idx], 'label': split.labels[idx]})
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
 

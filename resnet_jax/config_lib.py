@@ -11,7 +11,7 @@ fix in the message.
 import ml_collections
 from ml_collections import config_dict
 
-from resnet_jax import data, models
+from resnet_jax import data, errors, models
 
 PROTOCOLS = ('center', 'ten_crop', 'multi_scale', 'ensemble')
 SCHEDULES = ('piecewise', 'plateau')
@@ -212,7 +212,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   """Raises ValueError naming the problem and its fix; returns None if fine."""
 
   def fail(msg):
-    raise ValueError(f'bad config: {msg}')
+    raise errors.ConfigError(f'bad config: {msg}')
 
   if config.model not in models.MODELS:
     fail(f'unknown model {config.model!r}; set --config.model to one of '

@@ -18,10 +18,14 @@ import os
 import queue
 import threading
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
+
+from resnet_jax import errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,17 +62,46 @@ HOLDOUT = 'holdout'  # Name of the held-out slice of the training split.
 def check_dataset(name: str, data_dir: str | None):
   """Fails fast, with the fix, if `name` cannot be read from `data_dir`."""
   if name not in DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; valid: {sorted(DATASETS)}. '
+    raise errors.ConfigError(f'unknown dataset {name!r}; valid: {sorted(DATASETS)}. '
                      'Set --config.input.dataset.')
-  if data_dir is not None and not os.path.isdir(data_dir):
-    raise FileNotFoundError(
+  # epath: data_dir may be gs:// or any other etils.epath path.
+  if data_dir is not None and not epath.Path(data_dir).is_dir():
+    raise errors.MissingError(
         f'data_dir {data_dir!r} does not exist. Point --config.input.data_dir '
         'at a TFDS data directory (e.g. ../shared/data/tfds for cifar10_jpeg '
         'and imagenette224).')
   root = data_dir or os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
-  if not os.path.isdir(os.path.join(root, name)):
+  if not epath.Path(root, name).is_dir():
     prepare = DATASETS[name].prepare.replace('array_record`', f'array_record --data_dir={root}`')
-    raise FileNotFoundError(f'dataset {name!r} not found under {root!r}: {prepare}.')
+    raise errors.MissingError(f'dataset {name!r} not found under {root!r}: {prepare}.')
+
+
+class ProcessBlocks(grain.MapDataset):
+  """This process's contiguous block of each global batch of `parent`.
+
+  Global batch k is elements [k*B, (k+1)*B) of `parent` (B = local batch x
+  process count); process p reads its slice [p*b, (p+1)*b) of it. So the
+  global batch, and its order (which decides per-position device randomness
+  such as crops, flips and lighting), is the same for any number of
+  processes, and each process reads only its own examples.
+  """
+
+  def __init__(self, parent: grain.MapDataset, local_batch_size: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._b, self._p, self._n = local_batch_size, process_index, process_count
+
+  def __len__(self):
+    return len(self._parent) // (self._b * self._n) * self._b
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, offset = divmod(index, self._b)
+    return self._parent[(batch * self._n + self._p) * self._b + offset]
+
+  def __str__(self):
+    return f'ProcessBlocks(b={self._b}, p={self._p}/{self._n})'
 
 
 class Dataset(abc.ABC):

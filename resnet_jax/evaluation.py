@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from resnet_jax import checkpointing, data as data_lib
+from resnet_jax import checkpointing, data as data_lib, errors
 
 PROTOCOL_NAMES = {'center': '1-crop', 'ten_crop': '10-crop', 'multi_scale': 'multi-scale',
                   'ensemble': 'ensemble'}
@@ -187,7 +187,7 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, dataset, mesh, split: s
     model, variables, norm, step = checkpointing.load_variables(
         workdir, member, sharding=replicated)
     if model.num_classes != dataset.info.num_classes:
-      raise ValueError(f'{workdir} predicts {model.num_classes} classes, '
+      raise errors.ConfigError(f'{workdir} predicts {model.num_classes} classes, '
                        f'{config.input.dataset} has {dataset.info.num_classes}')
     probs, labels = protocol_scores(config.eval.ensemble_protocol, Scorer(model, dataset, mesh),
                                     variables, norm, dataset, split, config)
@@ -221,18 +221,14 @@ def record(workdir: str, config, protocol: str, result: dict, step: int):
   if jax.process_index() != 0:
     return
   print(TABLE_HEADER + '\n' + table_row(config, protocol, result), flush=True)
-  path = os.path.join(workdir, 'eval.json')
-  results = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      results = json.load(f)
+  path = checkpointing.workdir_path(workdir) / 'eval.json'
+  results = json.loads(path.read_text()) if path.exists() else {}
   if results.get('step') != step or 'protocols' not in results:
     results = {'step': step, 'protocols': {}}
   results['protocols'][protocol] = result
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, path)
+  tmp = path.parent / 'eval.json.tmp'  # Written whole, then renamed over.
+  tmp.write_text(json.dumps(results, indent=2))
+  tmp.replace(path)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
@@ -261,7 +257,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
         workdir, config, sharding=NamedSharding(mesh, P()))
     result = evaluate_protocol(protocol, Scorer(model, dataset, mesh), variables, norm,
                                dataset, split, config)
-  if protocol == 'ensemble':
-    os.makedirs(workdir, exist_ok=True)  # Where its eval.json goes.
+  if protocol == 'ensemble':  # Where its eval.json goes.
+    checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   record(workdir, config, protocol, result, step)
   return {'step': step, 'protocol': protocol, **result}

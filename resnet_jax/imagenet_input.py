@@ -13,7 +13,6 @@ alike (same feature keys).
 import concurrent.futures
 import dataclasses
 import functools
-import glob
 import io
 import math
 import os
@@ -27,6 +26,9 @@ import numpy as np
 import PIL.Image
 import simplejpeg
 from absl import flags
+from etils import epath
+
+from resnet_jax import errors
 
 # Pixel statistics on a 0..255 scale (fb.resnet.torch's, from ImageNet).
 MEAN_RGB = 255 * np.array([0.485, 0.456, 0.406], np.float32)
@@ -74,14 +76,14 @@ def open_source(name: str, split: str, data_dir: str | None):
           'ILSVRC2012 tars; needs TensorFlow once), or set '
           '--config.input.data_dir to the directory that holds it.')
   # A prepared dataset has name/[config/]version/dataset_info.json.
-  if not glob.glob(os.path.join(root, name, '**', 'dataset_info.json'),
-                   recursive=True):
-    raise FileNotFoundError(f'dataset {name!r} not found under {root!r}: {hint}')
+  # epath: data_dir may be gs:// or any other etils.epath path.
+  if not any(epath.Path(root, name).glob('**/dataset_info.json')):
+    raise errors.MissingError(f'dataset {name!r} not found under {root!r}: {hint}')
   try:
     return tfds.data_source(name, split=split, data_dir=root, download=False,
                             decoders={'image': tfds.decode.SkipDecoding()})
   except NotImplementedError as e:  # Prepared, but as TFRecord files.
-    raise FileNotFoundError(f'dataset {name!r} under {root!r} is not in the '
+    raise errors.MissingError(f'dataset {name!r} under {root!r} is not in the '
                             f'ArrayRecord format: {hint}') from e
 
 
@@ -523,8 +525,9 @@ def train_dataset(source, *, local_batch_size: int, seed: int,
                   num_workers: int = 0) -> grain.IterDataset:
   """Endless, per-epoch-shuffled training batches of this process's share.
 
-  Every process shuffles the same global order (same seed) and takes every
-  process_count-th example. Each example's view is drawn from a generator
+  Every process shuffles the same global order (same seed) and takes its own
+  block of each global batch (`data.ProcessBlocks`), so the global batch is
+  the same for any process count. Each example's view is drawn from a generator
   seeded by (seed, its position in the global stream), so batches are the
   same for any num_workers and after resuming from a checkpointed state.
 
@@ -544,7 +547,8 @@ def train_dataset(source, *, local_batch_size: int, seed: int,
   # Augment before sharding: the generator index is the global position.
   ds = ds.random_map(functools.partial(_train_element, crop_size=crop_size,
                                        scale_range=scale_range))
-  ds = ds[process_index::process_count]
+  from resnet_jax import data  # Import cycle: data imports this module lazily.
+  ds = data.ProcessBlocks(ds, local_batch_size, process_index, process_count)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   return _prefetch(ds, num_workers)
 

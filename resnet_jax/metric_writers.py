@@ -2,14 +2,16 @@
 
 `metrics.jsonl` in the workdir holds one JSON object per write
 ({"step": ..., "train_loss": ...}); `notebooks/` read it to draw the paper's
-Fig. 1 / Fig. 6 curves. Only process 0 writes.
+Fig. 1 / Fig. 6 curves. Only process 0 writes. Workdirs may be `gs://`
+(tensorboardX writes there itself; object stores cannot append, so there
+`metrics.jsonl` is rewritten whole at each write: a few thousand lines).
 """
 
 import json
-import os
 import time
 
 import jax
+from etils import epath
 
 
 def _format_duration(seconds: float) -> str:
@@ -27,11 +29,18 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self._tb = None
     self._jsonl = None
+    self._remote_lines = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # No TensorFlow needed.
-      os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = epath.Path(workdir)
+      path.mkdir(parents=True, exist_ok=True)
+      self._tb = SummaryWriter(str(path / 'tensorboard'))
+      self._jsonl_path = path / 'metrics.jsonl'
+      if '://' in str(workdir):
+        exists = self._jsonl_path.exists()
+        self._remote_lines = self._jsonl_path.read_text().splitlines() if exists else []
+      else:
+        self._jsonl = open(self._jsonl_path, 'a')
 
   def write(self, step: int, scalars: dict):
     """Records `scalars` (name -> number) at `step` in TensorBoard and JSONL."""
@@ -40,8 +49,13 @@ class MetricWriter:
     scalars = {k: float(v) for k, v in scalars.items()}
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, step)
-    self._jsonl.write(json.dumps({'step': step, 'time': time.time(), **scalars}) + '\n')
-    self._jsonl.flush()
+    line = json.dumps({'step': step, 'time': time.time(), **scalars})
+    if self._remote_lines is not None:
+      self._remote_lines.append(line)
+      self._jsonl_path.write_text('\n'.join(self._remote_lines) + '\n')
+    else:
+      self._jsonl.write(line + '\n')
+      self._jsonl.flush()
     self._tb.flush()
 
   def progress(self, step: int, scalars: dict, seconds_per_step: float | None):
@@ -65,4 +79,5 @@ class MetricWriter:
   def close(self):
     if self.enabled:
       self._tb.close()
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()

@@ -15,15 +15,22 @@ evaluation views. Checkpoints are `checkpointing`'s; test protocols are
 BatchNorm and the device mesh: under `jax.jit` the model sees the *global*
 batch, so by default BN statistics are computed over all examples of the step
 (all devices). `model_options.bn_group_size=64` reproduces the paper's per-GPU
-statistics on any number of devices (groups of 64 consecutive examples; keep
-it a divisor of the per-device batch so that no group straddles devices).
+statistics on any number of devices (groups of 64 consecutive examples, inside
+one device or spanning whole devices; see `models.GroupBatchNorm`).
+
+Many hosts: every process runs this same loop on its own share of the data
+(`jax.make_array_from_process_local_data` builds the global batch), saves
+every checkpoint together with the others, and stops at the step they agree
+on (`distributed.StopRequest`). Only process 0 writes logs and JSON files.
+The host waits for step n-1 before dispatching step n+1: never more than one
+step runs ahead, so a stop request is honoured within a step or two and a
+non-finite loss is caught at its own step.
 """
 
+import collections
 import dataclasses
 import functools
-import json
-import os
-import signal
+import sys
 import time
 from typing import Any
 
@@ -34,9 +41,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from resnet_jax import checkpointing, config_lib, evaluation, metric_writers, models
+from resnet_jax import (checkpointing, config_lib, distributed, errors, evaluation,
+                        metric_writers, models)
 from resnet_jax import data as data_lib
 
 
@@ -128,9 +136,15 @@ def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.Gradien
 
 
 def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh with one `data` axis over all (or the given) devices."""
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  return Mesh(devices.reshape(-1), ('data',))
+  """A 1-D mesh with one `data` axis over all (or the given) devices.
+
+  `jax.make_mesh` orders the devices by the physical topology (TPU torus,
+  hosts), so neighbours on the axis are neighbours on the interconnect. Auto
+  axes: the step is one GSPMD program, shardings given at its boundary.
+  """
+  devices = list(devices) if devices is not None else jax.devices()
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,),
+                       devices=devices)
 
 
 def _init_variables(model, image_shape, rng):
@@ -192,7 +206,8 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, warmup_active=warmup_active,
                             train_error_ema=ema)
-  metrics = {'train_loss': loss, 'train_error': error, 'learning_rate': lr}
+  metrics = {'train_loss': loss, 'train_error': error, 'learning_rate': lr,
+             'grad_norm': optax.global_norm(grads)}
   return new_state, metrics
 
 
@@ -272,45 +287,38 @@ class Trainer:
         local_batch)
 
 
-def _check_finite(pending_metrics, step):
-  """Raises if any fetched train loss is not finite (before anything is saved)."""
-  losses = np.array([m['train_loss'] for m in pending_metrics])
-  if not np.all(np.isfinite(losses)):
-    bad = int(np.argmin(np.isfinite(losses)))
-    raise FloatingPointError(
-        f'non-finite training loss ({losses[bad]}) at or before step {step}; '
-        'training stopped and the last good checkpoint was kept. Lower '
-        'schedule.base_lr or use a warm-up (schedule.warmup_lr) and resume.')
+def _check_finite(metrics: dict, step: int, last_saved: int | None):
+  """Raises at the first step whose loss or gradient is not finite."""
+  bad = {k: float(metrics[k]) for k in ('train_loss', 'grad_norm')
+         if not np.isfinite(metrics[k])}
+  if bad:
+    kept = (f'the last checkpoint (step {last_saved}) was kept' if last_saved is not None
+            else 'no checkpoint was saved')
+    raise errors.DivergedError(
+        f'non-finite {", ".join(f"{k}={v}" for k, v in bad.items())} at step {step}; '
+        f'training stopped there and {kept}. Lower --config.schedule.base_lr or '
+        'use a warm-up (--config.schedule.warmup_lr), then resume.')
 
 
-def _summarize(pending_metrics) -> dict:
+def _summarize(window) -> dict:
   """Means over the logging interval; the learning rate as it is now."""
-  out = {k: float(np.mean([m[k] for m in pending_metrics])) for k in pending_metrics[0]}
-  out['learning_rate'] = float(pending_metrics[-1]['learning_rate'])
+  out = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+  out['learning_rate'] = float(window[-1]['learning_rate'])
   return out
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag that the loop checks after each step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread: no handler, no preemption saves.
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def prepare_workdir(workdir):
+  """Creates `workdir` and checks that every process can write into it."""
+  path = checkpointing.workdir_path(workdir)
+  probe = path / f'.write_test.{jax.process_index()}'
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise errors.WorkdirError(
+        f'cannot write into --workdir={workdir} ({type(e).__name__}: {e.strerror or e}); '
+        'choose a writable directory.') from e
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -320,41 +328,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Args:
     config: an experiment config (see `config_lib.cifar10`, `config_lib.imagenet`).
     workdir: where checkpoints, `metrics.jsonl`, TensorBoard files,
-      `config.json` and `eval.json` go.
+      `config.json` and `eval.json` go (local, or `gs://...`).
     data: optional pre-loaded CIFAR `(train_split, {name: eval_split})` of
       `cifar_input.ArraySplit`s (tests, notebooks); None reads
       `config.input.dataset`.
 
   Returns:
-    The last evaluation's metrics, e.g. {'test_error': ..., 'test_loss': ...}.
+    The last evaluation's metrics, e.g. {'test_error': ..., 'test_loss': ...}
+    ({} if the workdir's run had already finished).
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
   if data is None:
     data_lib.check_dataset(config.input.dataset, config.input.data_dir)
+  prepare_workdir(workdir)
   dataset = data_lib.create(config, preloaded=data)
   with checkpointing.manager(workdir, config.keep_checkpoints) as manager:
     return _train(config, workdir, dataset, manager)
 
 
+def _log(message: str):
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
 def _train(config, workdir, dataset, manager) -> dict:
   """`train_and_evaluate` once the config is checked and the manager open."""
   order = checkpointing.data_order(config, jax.process_count(), dataset.num_workers)
-  latest = checkpointing.check_matches(manager, config, order)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-
+  total = config.schedule.total_steps
   model = create_model(config)
   trainer = Trainer(config, model, make_mesh(), dataset)
+  restored = checkpointing.restore_latest(manager, config, order,
+                                          trainer.sharded_abstract_state())
+  if restored is not None and restored[0] >= total:
+    _log(f'{workdir} already holds step {restored[0]} (total_steps={total}): training '
+         'is finished. Score it with --mode=evaluate, or raise '
+         '--config.schedule.total_steps to train further.')
+    return {}
+
   local_batch = config.input.batch_size // jax.process_count()
   batches = dataset.train_batches(local_batch, config.seed, jax.process_index(),
                                   jax.process_count())
-  if latest is not None:
-    state, data_state = checkpointing.restore(manager, latest,
-                                              trainer.sharded_abstract_state())
-    batches.set_state(data_state)
-    print(f'Resumed from step {latest} in {workdir}', flush=True)
+  if restored is not None:
+    start, state, position = restored
+    batches.set_state(position)
+    _log(f'Resumed from step {start} in {workdir}')
   else:
+    start = 0
     norm = jax.device_put(dataset.normalization(), trainer.replicated)
     state = trainer.init_fn(norm)
 
@@ -362,18 +381,17 @@ def _train(config, workdir, dataset, manager) -> dict:
   compiled_step = trainer.compile_train(config.input.batch_size)
   compile_seconds = time.time() - t0
   memory = compiled_step.memory_analysis()
-  if memory is not None and jax.process_index() == 0:
-    print(f'Compiled train step in {compile_seconds:.1f}s; temp memory '
-          f'{getattr(memory, "temp_size_in_bytes", 0) / 2**20:.1f} MiB per device',
-          flush=True)
+  if memory is not None:
+    _log(f'Compiled train step in {compile_seconds:.1f}s; temp memory '
+         f'{getattr(memory, "temp_size_in_bytes", 0) / 2**20:.1f} MiB per device')
 
   scorer = evaluation.Scorer(model, dataset, trainer.mesh)
-  writer = metric_writers.MetricWriter(workdir, config.schedule.total_steps)
+  writer = metric_writers.MetricWriter(workdir, total)
   batches = data_lib.Prefetcher(batches, trainer.to_global)
-  total = config.schedule.total_steps
   stop_at = min(total, config.stop_after_steps or total)
-  step = int(jax.device_get(state.step))
+  step = start
   last_eval = {}
+  last_saved = start if restored is not None else None
 
   def run_eval(step):
     nonlocal state
@@ -393,39 +411,58 @@ def _train(config, workdir, dataset, manager) -> dict:
     writer.progress(step, results, None)
     return results
 
-  pending, tick, tick_step = [], time.time(), step
+  # (step, metrics) dispatched but not yet checked; the finished ones' metrics.
+  in_flight, window = collections.deque(), []
+  tick, tick_step = time.time(), step
+
+  def finish(keep: int):
+    """Waits for all but the last `keep` dispatched steps; checks their loss."""
+    while len(in_flight) > keep:
+      done, metrics = in_flight.popleft()
+      metrics = jax.device_get(metrics)
+      _check_finite(metrics, done, last_saved)
+      window.append(metrics)
+
+  stopped, config_recorded = False, False
   try:
-    with _Preemption() as preemption:
+    with distributed.StopRequest() as stop_request:
       while step < stop_at:
         state, metrics = compiled_step(state, next(batches))
         step += 1
-        pending.append(metrics)
+        in_flight.append((step, metrics))
+        finish(keep=1)  # Bounded run-ahead: step-1 done while step runs.
+        stopped = stop_request.reached(step)
         is_last = step == stop_at
         log_now = step % config.log_every_steps == 0 or is_last
-        ckpt_now = step % config.checkpoint_every_steps == 0 or is_last or preemption.requested
-        if log_now or ckpt_now:
-          pending = jax.device_get(pending)
-          _check_finite(pending, step)
+        eval_now = step % config.eval_every_steps == 0 or step == total
+        ckpt_now = step % config.checkpoint_every_steps == 0 or is_last or stopped
+        if log_now or eval_now or ckpt_now:
+          finish(keep=0)  # Nothing is logged or saved before its loss is checked.
         if log_now:
-          elapsed = time.time() - tick
-          seconds_per_step = elapsed / (step - tick_step)
-          scalars = _summarize(pending)
+          seconds_per_step = (time.time() - tick) / (step - tick_step)
+          scalars = _summarize(window)
           scalars['warmup_active'] = float(jax.device_get(state.warmup_active))
           scalars['step_time_ms'] = 1000 * seconds_per_step
           scalars['images_per_sec'] = config.input.batch_size / seconds_per_step
           writer.write(step, scalars)
           writer.progress(step, scalars, seconds_per_step)
-          pending, tick, tick_step = [], time.time(), step
-        if step % config.eval_every_steps == 0 or step == total:
+          window, tick, tick_step = [], time.time(), step
+        if eval_now:
           last_eval = run_eval(step)
         if ckpt_now:
           checkpointing.save(manager, step, state, batches.state(), config, order)
-        if not pending:  # Keep eval and checkpoint time out of the step timing.
-          tick = time.time()
-        if preemption.requested:
-          print(f'SIGTERM: saved a checkpoint at step {step}; exiting.', flush=True)
+          if not config_recorded:  # config.json: only a config that trained.
+            checkpointing.record_config(workdir, config, start)
+            config_recorded = True
+          last_saved = step
+        if eval_now or ckpt_now:  # Keep eval and checkpoint time out of the step timing.
+          tick, tick_step = time.time(), step
+        if stopped:
+          name = stop_request.signal_name or 'a stop request in another process'
+          _log(f'Stopped on {name}: saved a checkpoint at step {step}. Run the same '
+               'command again to resume.')
           break
-      if step == total and not preemption.requested:
+      if step == total and not stopped:
         manager.wait_until_finished()
         split = dataset.info.eval_split
         variables = {'params': state.params, 'batch_stats': state.batch_stats}

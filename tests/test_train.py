@@ -102,51 +102,66 @@ def test_sharded_step_matches_single_device_and_compiles_once():
   assert compiles.count('/jax/core/compile/jaxpr_to_mlir_module_duration') == 1, compiles
 
 
-def test_bn_group_size_equals_per_device_statistics():
-  """bn_group_size=2 on 8 devices x 2 examples = BN statistics per device."""
-  config = tiny_config()
-  config.model_options.bn_group_size = 2
-  grouped = make_trainer(config)
-  plain = make_trainer(tiny_config())
-  _, grouped_losses = run_steps(grouped, 1, fixed_batch(grouped))
-  _, plain_losses = run_steps(plain, 1, fixed_batch(plain))
-  assert np.isfinite(grouped_losses[0])
-  assert abs(grouped_losses[0] - plain_losses[0]) > 1e-4  # Different statistics.
-
-
-def test_warmup_rule_ends_on_training_error():
-  # Threshold 1.0: the smoothed error is below it after one step, warm-up ends.
-  trainer = make_trainer(tiny_config(warmup_lr=0.01, warmup_until_error=1.0))
-  state = trainer.init_fn(zero_norm(trainer))
-  assert bool(state.warmup_active)
+def test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold():
+  smoothing, warmup_lr = 0.9, 0.01
+  # A threshold never reached: warm-up all along; record the errors it sees.
+  trainer = make_trainer(tiny_config(warmup_lr=warmup_lr, warmup_until_error=1e-6,
+                                     warmup_max_steps=10**6, boundaries=(),
+                                     total_steps=100))
   batch = fixed_batch(trainer)
-  state, metrics = trainer.train_fn(state, batch)
-  assert float(metrics['learning_rate']) == pytest.approx(0.01)  # Warm-up lr.
-  assert not bool(state.warmup_active)
-  state, metrics = trainer.train_fn(state, batch)
-  assert float(metrics['learning_rate']) == pytest.approx(0.1)  # Back to base.
+  state = trainer.init_fn(zero_norm(trainer))
+  ema, emas = float(state.train_error_ema), []
+  for _ in range(8):
+    state, metrics = trainer.train_fn(state, batch)
+    assert float(metrics['learning_rate']) == pytest.approx(warmup_lr)
+    ema = smoothing * ema + (1 - smoothing) * float(metrics['train_error'])
+    emas.append(ema)
+    assert float(state.train_error_ema) == pytest.approx(ema, abs=1e-6)
+  # The first step whose EMA falls below all earlier ones (it must exist, or
+  # the test would not test the rule): a threshold between them is crossed
+  # at step k+1 and not before.
+  k = next(i for i in range(1, len(emas)) if emas[i] < min(emas[:i]) - 1e-4)
+  threshold = (min(emas[:k]) + emas[k]) / 2
+  trainer = make_trainer(tiny_config(warmup_lr=warmup_lr, warmup_until_error=threshold,
+                                     warmup_max_steps=10**6, boundaries=(),
+                                     total_steps=100))
+  state = trainer.init_fn(zero_norm(trainer))
+  for step in range(1, k + 3):
+    state, metrics = trainer.train_fn(state, batch)
+    expected_lr = warmup_lr if step <= k + 1 else 0.1  # The step that crosses still warms up.
+    assert float(metrics['learning_rate']) == pytest.approx(expected_lr), step
+    assert bool(state.warmup_active) == (step < k + 1), step
   # A threshold that is never reached keeps the warm-up until the safety cap.
-  trainer = make_trainer(tiny_config(warmup_lr=0.01, warmup_until_error=1e-6,
+  trainer = make_trainer(tiny_config(warmup_lr=warmup_lr, warmup_until_error=1e-6,
                                      warmup_max_steps=3))
   state = trainer.init_fn(zero_norm(trainer))
   for expected in (True, True, False):
     state, metrics = trainer.train_fn(state, batch)
-    assert float(metrics['learning_rate']) == pytest.approx(0.01)
+    assert float(metrics['learning_rate']) == pytest.approx(warmup_lr)
     assert bool(state.warmup_active) == expected
 
 
 def test_weight_decay_is_l2_before_momentum():
-  """First step from zero momentum: update = -lr * (grad + wd * w)."""
+  """Two steps with zero loss gradient. L2 before momentum (the paper, Caffe):
+  m1 = wd w0, m2 = mu m1 + wd w1, so the second update is -lr (mu wd w0 + wd w1).
+  Decoupled decay would give -lr wd w1: one step alone cannot tell them apart."""
   config = tiny_config()
   config.optimizer.weight_decay = 0.5  # Large, so the decay term dominates.
+  lr, mu, wd = 0.1, config.optimizer.momentum, 0.5
   trainer = make_trainer(config)
   params = trainer.init_fn(zero_norm(trainer)).params
   grads = jax.tree.map(jnp.zeros_like, params)
   opt = trainer.optimizer
   opt_state = opt.init(params)
+  w0 = params['fc']['kernel']
+  updates, opt_state = opt.update(grads, opt_state, params)
+  np.testing.assert_allclose(updates['fc']['kernel'], -lr * wd * w0, rtol=1e-6)
+  params = jax.tree.map(lambda p, u: p + u, params, updates)
+  w1 = params['fc']['kernel']
   updates, _ = opt.update(grads, opt_state, params)
-  np.testing.assert_allclose(updates['fc']['kernel'], -0.1 * 0.5 * params['fc']['kernel'],
-                             rtol=1e-6)
+  np.testing.assert_allclose(updates['fc']['kernel'], -lr * (mu * wd * w0 + wd * w1),
+                             rtol=1e-5)
+  assert not np.allclose(updates['fc']['kernel'], -lr * wd * w1, rtol=1e-3)
 
 
 def test_evaluate_counts_every_example_once():
@@ -185,14 +200,20 @@ def _final_params(workdir, config):
   return jax.device_get(state), data_state
 
 
-def test_interrupt_and_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize('warmup', [False, True])
+def test_interrupt_and_resume_equals_uninterrupted(tmp_path, warmup):
   data = tiny_splits()
-  config = tiny_config()
+  # With warm-up: still active at the interruption (step 3), ended by the cap
+  # at step 5: the resumed run must carry its state over.
+  schedule = dict(warmup_lr=0.01, warmup_until_error=1e-6, warmup_max_steps=5) if warmup else {}
+  config = tiny_config(**schedule)
   train.train_and_evaluate(config, str(tmp_path / 'straight'), data=data)
-  interrupted = tiny_config()
+  interrupted = tiny_config(**schedule)
   interrupted.stop_after_steps = 3
   train.train_and_evaluate(interrupted, str(tmp_path / 'resumed'), data=data)
   assert saved_steps(tmp_path / 'resumed', config) == [3]
+  middle, _ = _final_params(str(tmp_path / 'resumed'), config)
+  assert bool(middle.warmup_active) == warmup
   train.train_and_evaluate(config, str(tmp_path / 'resumed'), data=data)
 
   straight, straight_data = _final_params(str(tmp_path / 'straight'), config)
@@ -204,6 +225,9 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path):
   for a, b in zip(jax.tree.leaves(straight.replace(rng=None)),
                   jax.tree.leaves(resumed.replace(rng=None))):
     np.testing.assert_array_equal(a, b)
+  assert not bool(resumed.warmup_active)
+  if warmup:
+    return
   # Observability: the metrics file has train and test records.
   records = [json.loads(line) for line in open(tmp_path / 'straight' / 'metrics.jsonl')]
   assert any('train_loss' in r for r in records)
@@ -243,17 +267,31 @@ def _patch_compiled_step(monkeypatch, on_call):
   monkeypatch.setattr(train.Trainer, 'compile_train', compile_train)
 
 
-def test_sigterm_saves_and_exits(tmp_path, monkeypatch):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_saves_within_two_steps(tmp_path, monkeypatch, signum):
+  """The host never runs more than one step ahead of the device, so the
+  checkpoint taken on SIGTERM (or Ctrl-C) is at most a step or two after it."""
+  outputs = []
+
   def on_call(n, out):
-    if n == 2:
-      os.kill(os.getpid(), signal.SIGTERM)
+    # When step n is dispatched, step n-2 must be finished (not just queued).
+    if n >= 3:
+      assert outputs[n - 3][1]['train_loss'].is_ready(), f'step {n - 2} still queued'
+    outputs.append(out)
+    if n == 5:
+      os.kill(os.getpid(), signum)
     return out
 
   _patch_compiled_step(monkeypatch, on_call)
-  config = tiny_config()
+  config = tiny_config(total_steps=50, boundaries=())
+  config.checkpoint_every_steps = 100
+  previous = signal.getsignal(signum)
   train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
-  assert saved_steps(tmp_path, config) == [2]  # Saved where it stopped, not at the end.
-  assert signal.getsignal(signal.SIGTERM) is not None
+  assert saved_steps(tmp_path, config) == [5]  # Saved where it stopped, not at the end.
+  assert len(outputs) == 5  # Nothing dispatched after the signal's step.
+  assert signal.getsignal(signum) is previous  # The handler is put back.
+  # config.json holds the config that trained.
+  assert json.load(open(tmp_path / 'config.json'))['schedule']['total_steps'] == 50
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -265,9 +303,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
   _patch_compiled_step(monkeypatch, on_call)
   config = tiny_config()
-  with pytest.raises(FloatingPointError, match='non-finite training loss'):
+  # Step 5 is neither a log nor a checkpoint step: it is still caught there.
+  with pytest.raises(FloatingPointError, match=r'non-finite train_loss=nan at step 5;.*'
+                     r'last checkpoint \(step 3\) was kept'):
     train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [3]  # The good one; nothing saved after.
+
+
+def test_diverged_fresh_run_leaves_no_config(tmp_path, monkeypatch):
+  """A run that saves nothing records no config.json (it trained nothing)."""
+  def on_call(n, out):
+    state, metrics = out
+    return state, dict(metrics, train_loss=metrics['train_loss'] * jnp.nan)
+
+  _patch_compiled_step(monkeypatch, on_call)
+  with pytest.raises(FloatingPointError, match='at step 1;.*no checkpoint was saved'):
+    train.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())
+  assert not (tmp_path / 'config.json').exists()
 
 
 def test_workdir_of_another_model_fails_before_compiling(tmp_path, monkeypatch):
@@ -286,18 +338,83 @@ def test_workdir_of_another_model_fails_before_compiling(tmp_path, monkeypatch):
   assert saved_steps(tmp_path, config) == [1]
 
 
-def test_corrupt_checkpoint_error_says_what_to_do(tmp_path):
+def _truncate_data_files(step_dir):
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      if name != '_METADATA':
+        open(os.path.join(root, name), 'wb').close()
+
+
+@pytest.mark.parametrize('damage', ['truncated_state', 'corrupt_meta'])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage, capfd):
+  data = tiny_splits()
+  config = tiny_config()
+  config.stop_after_steps = 6
+  train.train_and_evaluate(config, str(tmp_path / 'straight'), data=data)
+  config.stop_after_steps = 4  # Saves 3 and 4.
+  workdir = tmp_path / 'damaged'
+  train.train_and_evaluate(config, str(workdir), data=data)
+  assert saved_steps(workdir, config) == [3, 4]
+  if damage == 'truncated_state':
+    _truncate_data_files(workdir / 'checkpoints' / '4' / 'state')
+  else:
+    (workdir / 'checkpoints' / '4' / 'meta' / 'metadata').write_text('{"struct')
+  capfd.readouterr()
+  train.train_and_evaluate(tiny_config(), str(workdir), data=data)
+  err = capfd.readouterr().err
+  assert 'warning: checkpoint 4 in' in err and 'cannot be read' in err
+  assert len([l for l in err.splitlines() if 'checkpoint 4' in l]) <= 2, err
+  # Resumed from 3 and finished; the damaged step was moved aside, not deleted.
+  assert (workdir / 'checkpoints' / '4.unreadable').is_dir()
+  assert saved_steps(workdir, config)[-1] == 6
+  straight, _ = _final_params(str(tmp_path / 'straight'), config)
+  resumed, _ = _final_params(str(workdir), config)
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_no_readable_checkpoint_fails_in_one_line_and_deletes_nothing(tmp_path):
   config = tiny_config()
   config.stop_after_steps = 1
   train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
-  state_dir = tmp_path / 'checkpoints' / '1' / 'state'
-  for root, _, files in os.walk(state_dir):
-    for name in files:
-      if name != '_METADATA':
-        open(os.path.join(root, name), 'wb').close()  # Truncate every data file.
-  with pytest.raises(ValueError, match='could not restore'):
+  _truncate_data_files(tmp_path / 'checkpoints' / '1' / 'state')
+  with pytest.raises(ValueError, match='no checkpoint .* can be read') as error:
     train.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())
-  assert (tmp_path / 'checkpoints' / '1').exists()  # Nothing deleted.
+  assert '\n' not in str(error.value)
+  assert (tmp_path / 'checkpoints' / '1').exists()  # Nothing deleted or moved.
+
+
+def test_finished_run_says_so_without_training(tmp_path, monkeypatch, capsys):
+  config = tiny_config(total_steps=3, boundaries=())
+  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+
+  def no_compile(*args, **kwargs):
+    raise AssertionError('compiled a finished run')
+
+  monkeypatch.setattr(train.Trainer, 'compile_train', no_compile)
+  capsys.readouterr()
+  assert train.train_and_evaluate(config, str(tmp_path), data=tiny_splits()) == {}
+  assert 'training is finished' in capsys.readouterr().out
+
+
+def test_config_history_keeps_each_config_that_trained(tmp_path):
+  config = tiny_config()
+  config.stop_after_steps = 3
+  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  changed = tiny_config()
+  changed.eval_every_steps = 2  # Changed on resume.
+  train.train_and_evaluate(changed, str(tmp_path), data=tiny_splits())
+  assert json.load(open(tmp_path / 'config.json'))['eval_every_steps'] == 2
+  history = [json.loads(l) for l in open(tmp_path / 'config_history.jsonl')]
+  assert [h['from_step'] for h in history] == [0, 3]
+  assert [h['config']['eval_every_steps'] for h in history] == [3, 2]
+
+
+def test_unwritable_workdir_fails_in_one_line(tmp_path):
+  (tmp_path / 'file').write_text('')  # A workdir under a file: even root cannot write.
+  with pytest.raises(OSError, match='cannot write into --workdir') as error:
+    train.train_and_evaluate(tiny_config(), str(tmp_path / 'file' / 'run'), data=tiny_splits())
+  assert '\n' not in str(error.value)
 
 
 @pytest.mark.parametrize('mutate,message', [

@@ -1,0 +1,148 @@
+"""The JAX distributed runtime: starting it, and stopping many hosts together.
+
+One process per host (TPU VM worker, GPU node or SLURM task) runs the same
+command. `initialize` starts JAX's coordination service from JAX's own flags
+(`--coordinator_address --num_processes --process_id`) or, without them, from
+the cluster JAX detects itself (TPU pods, SLURM, Open MPI); with neither, it
+is one process and nothing starts.
+
+`StopRequest` turns SIGTERM (preemption) and Ctrl-C into a step at which
+*every* process stops: with the runtime up, the coordination service's
+preemption sync point picks that step (a process that stopped alone would
+wait forever in the next collective); in one process, a signal handler.
+"""
+
+import os
+import signal
+import sys
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+# Bounds on waiting for other processes, in seconds (JAX's defaults are 300,
+# 100 and 300). A dead process makes the others fail after about
+# `HEARTBEAT_TIMEOUT` (the coordination service then aborts them, exit != 0)
+# instead of hanging; long enough for a slow host to start or to compile.
+INITIALIZATION_TIMEOUT = 300
+HEARTBEAT_TIMEOUT = 60
+SHUTDOWN_TIMEOUT = 60
+
+_state = {'initialized': False}
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, auto_detect: bool = True,
+               heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+               initialization_timeout: int = INITIALIZATION_TIMEOUT,
+               shutdown_timeout: int = SHUTDOWN_TIMEOUT) -> bool:
+  """Starts the distributed runtime if asked or if JAX detects a cluster.
+
+  Args:
+    coordinator_address: 'host:port' of process 0's coordination service.
+    num_processes, process_id: this job's process count and this process's
+      index; all three or none (then JAX's cluster detection fills them).
+    auto_detect: without explicit flags, let JAX detect a TPU pod, SLURM job
+      or Open MPI launch; off: one process.
+    heartbeat_timeout, initialization_timeout, shutdown_timeout: seconds; see
+      the module constants.
+
+  Returns:
+    Whether the runtime was started (False: a single process, nothing to do).
+  """
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in explicit) and any(v is None for v in explicit):
+    from resnet_jax import errors
+    raise errors.ConfigError(
+        'give all of --coordinator_address=HOST:PORT, --num_processes=N and '
+        '--process_id=I (or none, to let JAX detect the cluster)')
+  if _state['initialized']:
+    return True
+  # CPU processes need a collectives library to talk to each other (tests,
+  # local multi-process runs); accelerators have their own and ignore this.
+  if jax.config.jax_cpu_collectives_implementation in (None, 'none', ''):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kwargs = dict(initialization_timeout=initialization_timeout,
+                heartbeat_timeout_seconds=heartbeat_timeout,
+                shutdown_timeout_seconds=shutdown_timeout)
+  if coordinator_address is not None:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+  elif auto_detect:
+    try:
+      jax.distributed.initialize(**kwargs)
+    except ValueError as e:  # No cluster detected: one process.
+      logging.info('no cluster detected (%s): running as one process', e)
+      return False
+  else:
+    return False
+  _state['initialized'] = True
+  return True
+
+
+def is_initialized() -> bool:
+  """Whether `initialize` started the runtime in this process."""
+  return _state['initialized']
+
+
+def all_true(value: bool) -> bool:
+  """True only if `value` is True in every process (a collective)."""
+  if jax.process_count() == 1:
+    return bool(value)
+  values = multihost_utils.process_allgather(np.asarray(value, np.int32))
+  return bool(np.all(values))
+
+
+def sync(name: str):
+  """Waits until every process gets here (no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+class StopRequest:
+  """SIGTERM or Ctrl-C -> the step at which every process stops and saves.
+
+  Use as a context manager; call `reached(step)` once after each step, in
+  every process, with the same steps. The first Ctrl-C asks for a save and a
+  clean stop, like SIGTERM; a second one interrupts at once (nothing saved).
+  """
+
+  def __init__(self):
+    self.signal_name = None
+    self._distributed = is_initialized()
+    self._local = False
+    self._previous = {}
+
+  def __enter__(self):
+    signums = [signal.SIGINT] + ([] if self._distributed else [signal.SIGTERM])
+    for signum in signums:
+      try:
+        self._previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # Not the main thread: signals keep their handlers.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self.signal_name == 'Ctrl-C':
+      raise KeyboardInterrupt  # The second Ctrl-C: stop now.
+    self.signal_name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
+    print(f'{self.signal_name}: saving a checkpoint after the current step '
+          '(Ctrl-C again to stop without saving)', file=sys.stderr, flush=True)
+    if self._distributed and signum == signal.SIGINT:
+      # JAX's preemption notifier listens for SIGTERM: pass Ctrl-C on to it,
+      # so that the other processes agree on the same stopping step.
+      os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      self._local = True
+
+  def reached(self, step: int) -> bool:
+    """Whether every process stops after `step` (the same answer everywhere)."""
+    if self._distributed:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._local
+
+  def __exit__(self, *exc):
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}

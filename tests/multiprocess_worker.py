@@ -1,0 +1,109 @@
+"""One process of a multi-process test run (launched by test_multiprocess.py).
+
+Trains the tiny CIFAR problem of test_train.py into --workdir on
+--devices CPU devices, as process --process_id of --num_processes (JAX's
+distributed runtime over gloo), then scores the workdir with the evaluation
+protocol and writes its result to --result. Faults are injected at a given
+step of process --fault_process: SIGTERM (preemption) or SIGKILL (host loss).
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--workdir', required=True)
+parser.add_argument('--devices', type=int, default=2)
+parser.add_argument('--coordinator_address')
+parser.add_argument('--num_processes', type=int, default=1)
+parser.add_argument('--process_id', type=int, default=0)
+parser.add_argument('--total_steps', type=int, default=6)
+parser.add_argument('--checkpoint_every_steps', type=int, default=3)
+parser.add_argument('--fault', choices=['none', 'sigterm', 'sigkill'], default='none')
+parser.add_argument('--fault_step', type=int, default=0)
+parser.add_argument('--fault_process', type=int, default=1)
+parser.add_argument('--heartbeat_timeout', type=int, default=10)
+parser.add_argument('--result')
+args = parser.parse_args()
+
+# Before JAX starts: this process's CPU devices, and the tests' compile cache.
+os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
+os.environ['JAX_PLATFORMS'] = 'cpu'
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+
+import jax  # noqa: E402
+
+from resnet_jax import distributed  # noqa: E402
+
+if args.num_processes > 1:
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         heartbeat_timeout=args.heartbeat_timeout,
+                         initialization_timeout=60, shutdown_timeout=30)
+
+import numpy as np  # noqa: E402
+
+from resnet_jax import cifar_input, config_lib, train  # noqa: E402
+
+
+def tiny_config():
+  """test_train.tiny_config: ResNet-20 at 8x8, global batch 16."""
+  config = config_lib.cifar10('cifar_resnet20')
+  config.input.batch_size = 16
+  config.input.eval_batch_size = 16
+  config.schedule.total_steps = args.total_steps
+  config.schedule.boundaries = (3, 5) if args.total_steps > 5 else ()
+  config.log_every_steps = 2
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = args.checkpoint_every_steps
+  return config
+
+
+def tiny_data(n, seed):
+  """test_train.tiny_data: the label is the brightest of 10 bands."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, n).astype(np.int32)
+  images = rng.integers(0, 100, (n, 8, 8, 3)).astype(np.uint8)
+  images[np.arange(n), labels % 8, :, labels // 8] += 150
+  return cifar_input.ArraySplit(images, labels)
+
+
+def inject_fault():
+  """Wraps the compiled step so that the fault hits at `--fault_step`."""
+  if args.fault == 'none' or jax.process_index() != args.fault_process:
+    return
+  original = train.Trainer.compile_train
+  signum = signal.SIGTERM if args.fault == 'sigterm' else signal.SIGKILL
+
+  def compile_train(self, batch_size):
+    compiled, calls = original(self, batch_size), [0]
+
+    class Step:
+      def __call__(self, *a):
+        calls[0] += 1
+        out = compiled(*a)
+        if calls[0] == args.fault_step:
+          jax.block_until_ready(out)
+          with open(f'{args.workdir}.fault_time', 'w') as f:
+            f.write(repr(time.time()))
+          os.kill(os.getpid(), signum)
+        return out
+
+      def memory_analysis(self):
+        return compiled.memory_analysis()
+
+    return Step()
+
+  train.Trainer.compile_train = compile_train
+
+
+data = (tiny_data(64, 0), {'test': tiny_data(37, 1)})
+inject_fault()
+train.train_and_evaluate(tiny_config(), args.workdir, data=data)
+if args.result:
+  result = train.evaluate_workdir(tiny_config(), args.workdir, data=data)
+  with open(f'{args.result}.{jax.process_index()}', 'w') as f:
+    json.dump(result, f)
+print(f'process {jax.process_index()} finished', flush=True)
