@@ -42,6 +42,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  sys.unraisablehook = _quiet_closed_event_loops
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            auto_detect=FLAGS.detect_cluster)
@@ -53,6 +54,14 @@ def main(argv):
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def _quiet_closed_event_loops(unraisable):
+  """After a failed Orbax read, its async reader callbacks report 'Event loop
+  is closed': noise around the one-line error, so not printed."""
+  if not (isinstance(unraisable.exc_value, RuntimeError) and
+          'Event loop is closed' in str(unraisable.exc_value)):
+    sys.__unraisablehook__(unraisable)
 
 
 if __name__ == '__main__':

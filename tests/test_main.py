@@ -38,8 +38,26 @@ def test_readme_command_trains_and_evaluates(tmp_path):
   assert '| cifar_resnet20 | 1-crop |' in result.stdout  # The paper's table format.
 
 
-def test_bad_model_fails_fast_with_the_fix(tmp_path):
+def test_bad_model_fails_fast_in_one_line_with_the_fix(tmp_path):
   result = run_main(f'--workdir={tmp_path}', '--config.model=resnet19')
-  assert result.returncode != 0
-  assert "unknown model 'resnet19'" in result.stderr
+  assert result.returncode == 1
+  assert result.stderr.startswith("error: bad config: unknown model 'resnet19'")
   assert '--config.model' in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # No traceback.
+
+
+def test_evaluate_on_a_missing_workdir_fails_and_creates_nothing(tmp_path):
+  workdir = tmp_path / 'never_trained'
+  result = run_main(f'--workdir={workdir}', '--mode=evaluate')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f'error: no checkpoint in {workdir}/checkpoints; train first or point '
+      '--workdir at a trained run.']
+  assert not workdir.exists()
+
+
+def test_partial_distributed_flags_are_refused(tmp_path):
+  result = run_main(f'--workdir={tmp_path}', '--num_processes=2')
+  assert result.returncode == 1
+  assert '--coordinator_address=HOST:PORT' in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
