@@ -63,8 +63,8 @@ def data_order(config, process_count: int, num_workers: int | None) -> dict:
 class DataPosition:
   """An input iterator's saved position, in the form Grain's Orbax handler
   (`grain.checkpoint.CheckpointSave/Restore`) writes: one JSON file per
-  process. The loop records the position of the last batch it *used* (see
-  `data.Prefetcher`), not that of the iterator, which runs ahead."""
+  process. The loop saves the position after the last batch it *used*
+  (`data.prefetch`'s iterator), not that of the reader, which runs ahead."""
 
   def __init__(self, state=None):
     self.state = state
@@ -266,6 +266,15 @@ def _saved_norm_shapes(mngr: ocp.CheckpointManager, step: int) -> dict:
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in tree['norm'].items()}
 
 
+def require_checkpoints(workdir, any_step: bool = False):
+  """MissingError, with the fix, unless `workdir` has a checkpoint directory
+  (`any_step`: and a step in it). Checks only: creates nothing."""
+  directory = workdir_path(workdir) / CHECKPOINT_DIR
+  if not directory.is_dir() or any_step:
+    raise errors.MissingError(f'no checkpoint in {directory}; train first or point '
+                              '--workdir at a trained run.')
+
+
 def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *,
                    sharding=None):
   """A trained net from a workdir alone: for evaluation, research, notebooks.
@@ -280,18 +289,14 @@ def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *,
     latest checkpoint.
   """
   from resnet_jax import train  # The model factory and the state's variables.
-  directory = workdir_path(workdir) / CHECKPOINT_DIR
-  missing = errors.MissingError(f'no checkpoint in {directory}; train first or point '
-                                '--workdir at a trained run.')
-  if not directory.is_dir():  # Checked first: reading nothing creates nothing.
-    raise missing
+  require_checkpoints(workdir)
   config = config or read_config(workdir)
   model = train.create_model(config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with manager(workdir, create=False) as mngr:
     step = check_matches(mngr, config)
     if step is None:
-      raise missing
+      require_checkpoints(workdir, any_step=True)
     abstract = train.abstract_variables(model)
     abstract['norm'] = _saved_norm_shapes(mngr, step)
     abstract = jax.tree.map(

@@ -244,9 +244,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   group = config.model_options.get('bn_group_size')
   if group is not None and group < 1:
     fail(f'model_options.bn_group_size={group} must be a positive integer (or None)')
-  if group is not None and (config.input.batch_size // num_devices) % group:
-    fail(f'model_options.bn_group_size={group} does not divide the per-device '
-         f'batch {config.input.batch_size // num_devices}')
+  per_device = size // num_devices
+  # Groups inside one device, or over whole devices, cost XLA only all-reduces
+  # of per-channel sums; a group straddling part of a device makes it
+  # all-gather the activations themselves (checked in the compiled HLO).
+  if group is not None and not (per_device % group == 0 or
+                                (group % per_device == 0 and size % group == 0)):
+    fits = sorted({g for g in range(1, per_device + 1) if per_device % g == 0} |
+                  {per_device * k for k in range(1, num_devices + 1) if num_devices % k == 0})
+    fail(f'model_options.bn_group_size={group} does not fit input.batch_size={size} '
+         f'on {num_devices} devices (per-device batch {per_device}): a BN group must '
+         f'lie within one device or span whole devices; set it to one of '
+         f'{", ".join(map(str, fits))}')
   s = config.schedule
   if s.total_steps <= 0:
     fail(f'schedule.total_steps={s.total_steps} must be positive')

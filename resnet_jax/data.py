@@ -15,8 +15,6 @@ batches of this process's share of the data, the device side
 import abc
 import dataclasses
 import os
-import queue
-import threading
 
 import grain
 import jax
@@ -132,7 +130,8 @@ class Dataset(abc.ABC):
   @abc.abstractmethod
   def train_batches(self, local_batch_size: int, seed: int, process_index: int,
                     process_count: int):
-    """Endless checkpointable iterator of {'image': uint8, 'label': int32}."""
+    """Endless `grain.IterDataset` of {'image': uint8, 'label': int32}
+    (its iterators' get_state/set_state are the checkpointable position)."""
 
   @abc.abstractmethod
   def eval_batches(self, split: str, view: str, local_batch_size: int,
@@ -228,8 +227,8 @@ class CifarData(Dataset):
 
   def train_batches(self, local_batch_size, seed, process_index, process_count):
     from resnet_jax import cifar_input
-    return iter(cifar_input.train_dataset(self._split('train'), local_batch_size, seed,
-                                          process_index, process_count))
+    return cifar_input.train_dataset(self._split('train'), local_batch_size, seed,
+                                     process_index, process_count)
 
   def eval_batches(self, split, view, local_batch_size, process_index, process_count):
     from resnet_jax import cifar_input
@@ -302,11 +301,11 @@ class ImagenetData(Dataset):
   def train_batches(self, local_batch_size, seed, process_index, process_count):
     from resnet_jax import imagenet_input
     inp = self.config.input
-    return iter(imagenet_input.train_dataset(
+    return imagenet_input.train_dataset(
         self._source('train'), local_batch_size=local_batch_size, seed=seed,
         process_index=process_index, process_count=process_count,
         crop_size=inp.image_size, scale_range=tuple(inp.scale_range),
-        num_workers=self.num_workers))
+        num_workers=self.num_workers)
 
   def eval_batches(self, split, view, local_batch_size, process_index, process_count):
     from resnet_jax import imagenet_input
@@ -374,58 +373,10 @@ def create(config: ml_collections.ConfigDict, preloaded=None) -> Dataset:
   return ImagenetData(config)
 
 
-class Prefetcher:
-  """Keeps `depth` batches in flight ahead of the consumer, on a thread.
-
-  `convert` (e.g. putting a batch on the devices) runs on the thread, so host
-  gathering and host-to-device copies overlap the running step. The iterator's
-  checkpointable state is recorded with each batch, so `state()` is the state
-  after the last batch handed out, not after the ones still in the queue.
-  """
-
-  def __init__(self, iterator, convert, depth: int = 2):
-    self._iterator = iterator
-    self._convert = convert
-    self._queue = queue.Queue(maxsize=depth)
-    self._state = iterator.get_state()
-    self._error = None
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._fill, daemon=True)
-    self._thread.start()
-
-  def _put(self, item):
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return
-      except queue.Full:
-        continue
-
-  def _fill(self):
-    try:
-      while not self._stop.is_set():
-        batch = self._convert(next(self._iterator))
-        self._put((batch, self._iterator.get_state()))
-    except BaseException as e:  # Surface errors in the consumer's thread.
-      self._put((e, None))
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    if self._error is not None:
-      raise self._error
-    batch, state = self._queue.get()
-    if isinstance(batch, BaseException):
-      self._error = batch  # The thread has ended: raise again on every call.
-      raise batch
-    self._state = state
-    return batch
-
-  def state(self):
-    """The wrapped iterator's state after the last batch returned."""
-    return self._state
-
-  def close(self):
-    self._stop.set()
-    self._thread.join(timeout=5)
+def prefetch(batches: grain.IterDataset, convert, depth: int = 2):
+  """An iterator over `convert(batch)` (e.g. onto the devices), running
+  `depth` batches ahead on Grain's prefetch thread, so host gathering and
+  host-to-device copies overlap the running step. Its `get_state()` is the
+  position after the last batch handed out, not after those still queued."""
+  from grain.experimental import ThreadPrefetchIterDataset
+  return iter(ThreadPrefetchIterDataset(batches.map(convert), prefetch_buffer_size=depth))

@@ -243,12 +243,14 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   """
   from resnet_jax import config_lib, train  # The mesh and model factory.
   config_lib.validate(config, jax.device_count(), jax.process_count())
+  protocol = config.eval.protocol
+  if protocol != 'ensemble':
+    checkpointing.require_checkpoints(workdir)  # The workdir first: it is the likelier typo.
   if preloaded is None:
     data_lib.check_dataset(config.input.dataset, config.input.data_dir)
   dataset = data_lib.create(config, preloaded=preloaded)
   mesh = train.make_mesh()
   split = dataset.info.eval_split
-  protocol = config.eval.protocol
   if protocol == 'ensemble':
     result = evaluate_ensemble(config, dataset, mesh, split)
     step = None

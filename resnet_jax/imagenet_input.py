@@ -77,7 +77,9 @@ def open_source(name: str, split: str, data_dir: str | None):
           '--config.input.data_dir to the directory that holds it.')
   # A prepared dataset has name/[config/]version/dataset_info.json.
   # epath: data_dir may be gs:// or any other etils.epath path.
-  if not any(epath.Path(root, name).glob('**/dataset_info.json')):
+  dataset_dir = epath.Path(root, name)
+  if not any(info for pattern in ('*/dataset_info.json', '*/*/dataset_info.json')
+             for info in dataset_dir.glob(pattern)):
     raise errors.MissingError(f'dataset {name!r} not found under {root!r}: {hint}')
   try:
     return tfds.data_source(name, split=split, data_dir=root, download=False,

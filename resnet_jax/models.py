@@ -129,9 +129,21 @@ class GroupBatchNorm(nn.Module):
   """BatchNorm whose training statistics come from groups of `group_size`.
 
   Emulates the paper's per-GPU BatchNorm (statistics over each GPU's share of
-  the mini-batch) under a global-batch `jax.jit`. Variables are named as in
-  `nn.BatchNorm` (params scale/bias, batch_stats mean/var), so checkpoints are
-  interchangeable. The running statistics are updated with the mean over groups.
+  the mini-batch) under a global-batch `jax.jit`: in training, examples
+  [k*G, (k+1)*G) of the batch are normalised with the mean and (biased)
+  variance of their own group, over the group's examples and all spatial
+  positions. The result depends only on the batch, not on how it is sharded.
+  With the batch sharded over a mesh axis, a group may lie within one device
+  (G divides the per-device batch) or span whole consecutive devices (the
+  per-device batch divides G): either way XLA exchanges only per-channel
+  statistics. A group that straddles part of a device is still computed
+  correctly but makes XLA gather activations (`config_lib.validate` refuses
+  it). In eval mode the running statistics are used, as in `nn.BatchNorm`.
+
+  Variables are named as in `nn.BatchNorm` (params scale/bias, batch_stats
+  mean/var), so checkpoints are interchangeable. The running statistics are
+  updated with the mean over groups of the group means and of the group
+  (biased) variances: `ra = momentum * ra + (1 - momentum) * mean_k(stat_k)`.
   """
   group_size: int
   use_running_average: bool
@@ -156,6 +168,16 @@ class GroupBatchNorm(nn.Module):
         raise ValueError(f'batch {batch} is not divisible by bn_group_size '
                          f'{self.group_size}; pick a group size that divides '
                          'the per-step batch.')
+      # Why a separate group axis: under a batch-sharded jit the SPMD
+      # partitioner then shards either the group axis (groups within a
+      # device: statistics are local) or the within-group axis (groups over
+      # d whole devices: it all-reduces the (1, C) sums over replica groups
+      # of those d consecutive devices), forward and backward, and never
+      # moves activations. So no sharding constraint is needed: the compiled
+      # HLO for 8 devices x 2 examples, G=4, has only all-reduces of
+      # per-channel vectors over pairs of devices (plus the (C,) means over
+      # groups for the running statistics) and no all-gather. A group that
+      # straddles part of a device does make it all-gather the activations.
       groups = x.reshape((batch // self.group_size, self.group_size) + x.shape[1:])
       groups = groups.astype(jnp.float32)
       axes = tuple(range(1, groups.ndim - 1))
@@ -327,8 +349,11 @@ class ResNet(nn.Module):
     dtype: compute dtype; params stay float32, logits are float32.
     bn_momentum, bn_epsilon: BatchNorm running-average decay and epsilon.
     bn_group_size: if set, BatchNorm statistics in training are computed over
-      groups of this many examples (the paper's per-GPU BN); None: the whole
-      batch that the step sees.
+      groups of this many consecutive examples (the paper's per-GPU BN, e.g.
+      64 on CIFAR, 32 on ImageNet, on any number of devices); it must divide
+      the batch. With a sharded batch a group may lie within a device or span
+      whole devices (see `GroupBatchNorm`). None: the whole batch that the
+      step sees.
     zero_init_last_bn: zero-init the last BN scale of each residual branch
       (not in the paper; off by default).
     downsample_on_3x3: bottleneck stride on the 3x3 ("v1.5") instead of the

@@ -366,8 +366,10 @@ def _train(config, workdir, dataset, manager) -> dict:
     return {}
 
   local_batch = config.input.batch_size // jax.process_count()
-  batches = dataset.train_batches(local_batch, config.seed, jax.process_index(),
-                                  jax.process_count())
+  # Host batches -> global arrays on Grain's prefetch thread, ahead of the step.
+  batches = data_lib.prefetch(dataset.train_batches(local_batch, config.seed,
+                                                    jax.process_index(), jax.process_count()),
+                              trainer.to_global)
   if restored is not None:
     start, state, position = restored
     batches.set_state(position)
@@ -387,7 +389,6 @@ def _train(config, workdir, dataset, manager) -> dict:
 
   scorer = evaluation.Scorer(model, dataset, trainer.mesh)
   writer = metric_writers.MetricWriter(workdir, total)
-  batches = data_lib.Prefetcher(batches, trainer.to_global)
   stop_at = min(total, config.stop_after_steps or total)
   step = start
   last_eval = {}
@@ -450,7 +451,7 @@ def _train(config, workdir, dataset, manager) -> dict:
         if eval_now:
           last_eval = run_eval(step)
         if ckpt_now:
-          checkpointing.save(manager, step, state, batches.state(), config, order)
+          checkpointing.save(manager, step, state, batches.get_state(), config, order)
           if not config_recorded:  # config.json: only a config that trained.
             checkpointing.record_config(workdir, config, start)
             config_recorded = True

@@ -221,6 +221,21 @@ def test_train_dataset_shards_processes_disjointly():
   np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(n))
 
 
+@pytest.mark.parametrize('count', [2, 4])
+def test_global_batches_are_the_same_for_any_process_count(count):
+  """Process p's batch k is block p of the one-process batch k (so the global
+  batch and its order, which decides per-position crops and flips, do not
+  depend on the number of processes)."""
+  n, global_batch, num_batches = 40, 8, 12  # Across epochs.
+  one = iter(cifar_input.train_dataset(_split(n), global_batch, seed=0))
+  parts = [iter(cifar_input.train_dataset(_split(n), global_batch // count, seed=0,
+                                          process_index=p, process_count=count))
+           for p in range(count)]
+  for _ in range(num_batches):
+    np.testing.assert_array_equal(np.concatenate([_labels(it, 1) for it in parts]),
+                                  _labels(one, 1))
+
+
 def test_train_dataset_state_resumes_the_order():
   ds = cifar_input.train_dataset(_split(40), 8, seed=0)
   iterator = iter(ds)
@@ -257,181 +272,53 @@ def test_eval_batches_score_every_example_once(n, batch, count):
   np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(n))
 
 
-
-
-class _Counting:
-  """Wraps an iterator with get_state/set_state; counts the batches read."""
-
-  def __init__(self, iterator):
-    self.iterator = iterator
-    self.reads = 0
-
-  def __next__(self):
-    batch = next(self.iterator)
-    self.reads += 1
+def _map_counting(ds, reads):
+  def count(batch):
+    reads.append(1)
     return batch
-
-  def get_state(self):
-    return self.iterator.get_state()
+  return ds.map(count)
 
 
-class _Failing:
-  """Yields {'x': i} for i < fail_at, then raises."""
-
-  def __init__(self, fail_at):
-    self.i = 0
-    self.fail_at = fail_at
-
-  def __next__(self):
-    if self.i == self.fail_at:
-      raise RuntimeError(f'source failed at {self.i}')
-    self.i += 1
-    return {'x': self.i - 1}
-
-  def get_state(self):
-    return {'i': self.i}
-
-
-def test_prefetcher_yields_the_source_batches_in_order():
+def test_prefetch_yields_the_converted_source_batches_in_order():
   ds = cifar_input.train_dataset(_split(40), 8, seed=0)
   expected = _labels(iter(ds), 12)
-  prefetcher = data.Prefetcher(iter(ds), lambda b: b, depth=3)
+  batches = data.prefetch(ds, lambda b: {**b, 'tenfold': b['label'] * 10}, depth=3)
   try:
-    np.testing.assert_array_equal(_labels(prefetcher, 12), expected)
+    got = [next(batches) for _ in range(12)]
+    np.testing.assert_array_equal(np.concatenate([b['label'] for b in got]), expected)
+    np.testing.assert_array_equal(np.concatenate([b['tenfold'] for b in got]), expected * 10)
   finally:
-    prefetcher.close()
+    batches.close()
 
 
-def test_prefetcher_applies_convert():
-  prefetcher = data.Prefetcher(_Failing(100), lambda b: {'x': b['x'] * 10})
-  try:
-    assert [next(prefetcher)['x'] for _ in range(4)] == [0, 10, 20, 30]
-  finally:
-    prefetcher.close()
-
-
-def test_prefetcher_state_is_after_the_last_batch_handed_out():
+def test_prefetch_state_is_after_the_last_batch_handed_out():
   ds = cifar_input.train_dataset(_split(40), 8, seed=0)
-  source = _Counting(iter(ds))
-  depth, k = 2, 3
-  prefetcher = data.Prefetcher(source, lambda b: b, depth=depth)
+  reads, depth, k = [], 2, 3
+  batches = data.prefetch(_map_counting(ds, reads), lambda b: b, depth=depth)
   try:
-    _labels(prefetcher, k)
-    _wait_for(lambda: source.reads >= k + depth)  # The thread has read ahead.
-    state = prefetcher.state()
-    expected = _labels(prefetcher, 2)
+    initial = batches.get_state()
+    _labels(batches, k)
+    _wait_for(lambda: len(reads) >= k + depth)  # The thread has read ahead.
+    state = batches.get_state()
+    expected = _labels(batches, 2)
   finally:
-    prefetcher.close()
+    batches.close()
   resumed = iter(ds)
   resumed.set_state(state)
   np.testing.assert_array_equal(_labels(resumed, 2), expected)
+  resumed.set_state(initial)  # Before any batch: the start of the order.
+  np.testing.assert_array_equal(_labels(resumed, 1), _labels(iter(ds), 1))
 
 
-def test_prefetcher_state_before_any_batch_is_the_initial_state():
+def test_prefetch_propagates_convert_errors():
   ds = cifar_input.train_dataset(_split(40), 8, seed=0)
-  iterator = iter(ds)
-  initial = iterator.get_state()
-  prefetcher = data.Prefetcher(iterator, lambda b: b)
-  try:
-    _wait_for(lambda: iterator.get_state() != initial)
-    assert prefetcher.state() == initial
-  finally:
-    prefetcher.close()
-
-
-def test_prefetcher_propagates_source_errors():
-  prefetcher = data.Prefetcher(_Failing(2), lambda b: b)
-  try:
-    assert _next_within(prefetcher) == {'x': 0}
-    assert _next_within(prefetcher) == {'x': 1}
-    assert prefetcher.state() == {'i': 2}
-    with pytest.raises(RuntimeError, match='source failed at 2'):
-      _next_within(prefetcher)
-  finally:
-    prefetcher.close()
-
-
-def test_prefetcher_propagates_convert_errors():
 
   def convert(batch):
-    raise ValueError(f'cannot convert {batch}')
+    raise ValueError(f'cannot convert a batch of {len(batch["label"])}')
 
-  prefetcher = data.Prefetcher(_Failing(100), convert)
+  batches = data.prefetch(ds, convert)
   try:
-    with pytest.raises(ValueError, match='cannot convert'):
-      _next_within(prefetcher)
+    with pytest.raises(ValueError, match='cannot convert a batch of 8'):
+      _next_within(batches)
   finally:
-    prefetcher.close()
-
-
-def test_prefetcher_close_stops_the_thread():
-  source = _Counting(_Failing(10**9))
-  prefetcher = data.Prefetcher(source, lambda b: b, depth=2)
-  thread = prefetcher._thread  # pylint: disable=protected-access
-  next(prefetcher)
-  _wait_for(lambda: source.reads >= 4)  # Queue full: the thread waits to put.
-  assert thread.is_alive()
-  prefetcher.close()
-  thread.join(timeout=5)
-  assert not thread.is_alive()
-  reads = source.reads
-  time.sleep(0.2)
-  assert source.reads == reads
-
-
-
-
-def test_check_dataset_unknown_name():
-  with pytest.raises(ValueError, match='mnist') as error:
-    data.check_dataset('mnist', None)
-  assert 'cifar10' in str(error.value) and 'cifar10_jpeg' in str(error.value)
-
-
-def test_check_dataset_missing_data_dir(tmp_path):
-  missing = str(tmp_path / 'nowhere')
-  with pytest.raises(FileNotFoundError, match='data_dir') as error:
-    data.check_dataset('cifar10', missing)
-  assert missing in str(error.value)
-
-
-@pytest.mark.parametrize('name,fix', [('cifar10', 'tfds build'),
-                                      ('cifar10_jpeg', 'data_dir')])
-def test_check_dataset_missing_dataset(tmp_path, name, fix):
-  with pytest.raises(FileNotFoundError) as error:
-    data.check_dataset(name, str(tmp_path))
-  message = str(error.value)
-  assert name in message and str(tmp_path) in message and fix in message
-
-
-
-
-@pytest.fixture(scope='module')
-def data_dir():
-  if not os.path.isdir(os.path.join(DATA_DIR, 'cifar10_jpeg')):
-    pytest.skip(f'cifar10_jpeg not found under {DATA_DIR}')
-  return DATA_DIR
-
-
-def test_load_split_real_cifar10_jpeg(data_dir):
-  data.check_dataset('cifar10_jpeg', data_dir)
-  split = cifar_input.load_split('cifar10_jpeg', 'test[:2000]', data_dir, num_threads=2)
-  assert len(split) == 2000
-  assert split.images.shape == (2000, 32, 32, 3) and split.images.dtype == np.uint8
-  assert split.labels.shape == (2000,) and split.labels.dtype == np.int32
-  assert set(split.labels.tolist()) == set(range(10))
-  assert 20 < split.images.mean() < 235 and split.images.std() > 20  # Real pixels.
-  # In stored order, images paired with their labels.
-  import tensorflow_datasets as tfds  # Only where data is read.
-  source = tfds.data_source('cifar10_jpeg', split='test[:2000]', data_dir=data_dir)
-  for i in (0, 1, 999, 1024, 1999):
-    np.testing.assert_array_equal(split.images[i], source[i]['image'])
-    assert split.labels[i] == source[i]['label']
-
-
-def test_holdout_split_sizes_real_cifar10_jpeg(data_dir):
-  import tensorflow_datasets as tfds  # Only where data is read.
-  # Lengths come from the record index; nothing is decoded.
-  sizes = {split: len(tfds.data_source('cifar10_jpeg', split=split, data_dir=data_dir))
-           for split in ('train', 'train[:45000]', 'train[45000:]', 'test')}
-  assert sizes == {'train': 50_000, 'train[:45000]': 45_000, 'train[45000:]': 5_000,
-                   'test': 10_000}
+    batches.close()

@@ -198,7 +198,7 @@ def test_validate_accepts_the_default():
     (_set('schedule.boundaries', (0, 32_000)), 1, ['schedule.boundaries', 'positive']),
     (_set('schedule.total_steps', 0), 1, ['schedule.total_steps']),
     (_set('model_options.bn_group_size', 48), 1, ['bn_group_size=48', 'per-device batch 128']),
-    (_set('model_options.bn_group_size', 64), 4, ['bn_group_size=64', 'per-device batch 32']),
+    (_set('model_options.bn_group_size', 48), 4, ['bn_group_size=48', 'per-device batch 32']),
     (_set('log_every_steps', 0), 1, ['log_every_steps=0', 'positive']),
     (_set('log_every_steps', -5), 1, ['log_every_steps=-5', 'positive']),
     (_set('eval_every_steps', 0), 1, ['eval_every_steps']),

@@ -47,7 +47,7 @@ def test_a_few_steps_on_imagenette_lower_the_loss():
   config.schedule.reference_batch_size = None  # lr 0.1 at batch 16: a quick descent.
   dataset = data.create(config)
   trainer = train.Trainer(config, train.create_model(config), train.make_mesh(), dataset)
-  batch = next(dataset.train_batches(16, 0, 0, 1))
+  batch = next(iter(dataset.train_batches(16, 0, 0, 1)))
   assert batch['image'].shape == (16, 32, 32, 3) and batch['image'].dtype == np.uint8
   assert 20 < batch['image'].mean() < 235  # Real pixels.
   batch = trainer.to_global(batch)
