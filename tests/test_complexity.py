@@ -133,14 +133,25 @@ def test_cifar_params_round_to_table6(name):
   assert f'{_params(name) / 1e6:.{decimals}f}' == printed
 
 
-def test_paper_constants_in_complexity_module():
-  # The CLI prints these beside our counts; they must be the paper's.
-  for name, value in TORCHVISION_PARAMS.items():
-    assert complexity.PAPER_PARAMS[name] == value
-  for name, printed in TABLE6_PARAMS.items():
-    assert complexity.PAPER_PARAMS[name] == pytest.approx(float(printed) * 1e6)
-  for name, printed in TABLE1_MULT_ADDS.items():
-    assert complexity.PAPER_MULT_ADDS[name] == pytest.approx(float(printed) * 1e9)
+@pytest.mark.parametrize('name', sorted(complexity.PAPER_PARAMS))
+def test_complexity_cli_paper_params_describe_the_models(name):
+  """The CLI prints `complexity.PAPER_PARAMS` beside our counts: each must
+  be the model's own count, exactly (torchvision) or to Table 6's precision."""
+  paper = complexity.PAPER_PARAMS[name]
+  if name in TORCHVISION_PARAMS:
+    assert _params(name) == paper
+  else:
+    decimals = len(TABLE6_PARAMS[name].split('.')[1])
+    assert f'{_params(name) / 1e6:.{decimals}f}' == f'{paper / 1e6:.{decimals}f}'
+
+
+@pytest.mark.parametrize('name', sorted(complexity.PAPER_MULT_ADDS))
+def test_complexity_cli_paper_mult_adds_describe_the_models(name):
+  """Likewise `complexity.PAPER_MULT_ADDS`, within Table 1's 2% rounding
+  (see test_mult_adds_near_table1); plain nets count as option A."""
+  options = {'shortcut': 'A'} if name.startswith('resnet34') else {}
+  assert _mult_adds(name, **options) == pytest.approx(complexity.PAPER_MULT_ADDS[name],
+                                                      rel=0.02)
 
 
 @pytest.mark.parametrize('plain,residual', [

@@ -658,17 +658,104 @@ def test_bad_option_values(options):
     models.create_model('resnet18', **options)
 
 
-def test_every_listed_option_is_accepted():
-  for option, value in [('num_classes', 3), ('shortcut', 'C'),
-                        ('dtype', jnp.bfloat16), ('bn_momentum', 0.99),
-                        ('bn_epsilon', 1e-3), ('bn_group_size', 2),
-                        ('zero_init_last_bn', True),
-                        ('downsample_on_3x3', True), ('scan_blocks', False)]:
-    assert option in models.OPTIONS
-    model = models.create_model('resnet50', **{option: value})
-    assert getattr(model, option) == value
+def _tiny_apply(model, train=False, batch=4, seed=0):
+  """(logits, variables, updated batch_stats) of `model` on a random 8x8 batch."""
+  x = jax.random.normal(jax.random.key(seed), (batch, 8, 8, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  if train:
+    logits, state = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    return logits, variables, state['batch_stats']
+  return model.apply(variables, x, train=False), variables, None
 
 
+def _num_params(model, size=8):
+  return sum(p.size for p in jax.tree.leaves(_init_shapes(model, size)['params']))
+
+
+def _check_num_classes():
+  logits, _, _ = _tiny_apply(models.create_model('cifar_resnet20', num_classes=3))
+  assert logits.shape == (4, 3)
+
+
+def _check_shortcut():
+  counts = [_num_params(models.create_model('cifar_resnet20', shortcut=o)) for o in 'ABC']
+  assert counts[0] < counts[1] < counts[2]  # A: no projection; B: 2; C: every block.
+
+
+def _check_dtype():
+  model = models.create_model('cifar_resnet20', dtype=jnp.bfloat16)
+  x = jnp.zeros((1, 8, 8, 3))
+
+  def responses(x):
+    variables = model.init(jax.random.key(0), x, train=False)
+    _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+    return models.layer_responses(state['intermediates'])
+
+  assert {r.dtype for r in jax.eval_shape(responses, x)} == {jnp.dtype(jnp.bfloat16)}
+
+
+def _check_bn_momentum():
+  # From the initial running mean 0, one step leaves (1 - momentum) x batch mean.
+  stats = {m: _tiny_apply(models.create_model('cifar_resnet20', bn_momentum=m), True)[2]
+           for m in (0.0, 0.75)}
+  np.testing.assert_allclose(stats[0.75]['bn_init']['mean'],
+                             0.25 * stats[0.0]['bn_init']['mean'], rtol=1e-5, atol=1e-7)
+
+
+def _check_bn_epsilon():
+  # Eval mode at init (running mean 0, var 1): every BN divides by sqrt(1 + eps).
+  def first_response(eps):
+    model = models.create_model('cifar_resnet20', bn_epsilon=eps)
+    _, variables, _ = _tiny_apply(model)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+    _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
+    return models.layer_responses(state['intermediates'])[0]
+  # Stem BN, ReLU (positively homogeneous), conv, BN: scaled by (1 + eps)^-1.
+  np.testing.assert_allclose(first_response(3.0), first_response(0.0) / 4, rtol=1e-4,
+                             atol=1e-6)
+
+
+def _check_bn_group_size():
+  _, _, whole = _tiny_apply(models.create_model('cifar_resnet20'), True)
+  _, _, grouped = _tiny_apply(models.create_model('cifar_resnet20', bn_group_size=2), True)
+  # Running statistics: the mean over groups of group means equals the batch
+  # mean, but the mean of group variances is below the batch variance.
+  np.testing.assert_allclose(grouped['bn_init']['mean'], whole['bn_init']['mean'],
+                             rtol=1e-4, atol=1e-6)
+  assert np.all(grouped['bn_init']['var'] <= whole['bn_init']['var'] + 1e-6)
+  assert np.any(grouped['bn_init']['var'] < whole['bn_init']['var'] - 1e-6)
+
+
+def _check_zero_init_last_bn():
+  _, variables, _ = _tiny_apply(models.create_model('cifar_resnet20', zero_init_last_bn=True))
+  assert not np.any(variables['params']['stage1_block1']['bn2']['scale'])
+  assert np.all(variables['params']['stage1_block1']['bn1']['scale'] == 1)
+
+
+def _check_downsample_on_3x3():
+  # Same weights, the stride moves from the 1x1 to the 3x3: more multiply-adds.
+  from resnet_jax import complexity
+  v1, v15 = (models.create_model('resnet50', downsample_on_3x3=d) for d in (False, True))
+  assert _num_params(v1, 32) == _num_params(v15, 32)
+  assert complexity.count_mult_adds(v15, 64) > complexity.count_mult_adds(v1, 64)
+
+
+def _check_scan_blocks():
+  stacked = _init_shapes(models.create_model('cifar_resnet20'), 8)['params']
+  unrolled = _init_shapes(models.create_model('cifar_resnet20', scan_blocks=False), 8)['params']
+  assert stacked['stage1_rest']['conv1']['kernel'].shape == (2, 3, 3, 16, 16)
+  assert unrolled['stage1_block3']['conv1']['kernel'].shape == (3, 3, 16, 16)
+
+
+OPTION_CHECKS = {name[len('_check_'):]: fn for name, fn in list(globals().items())
+                 if name.startswith('_check_')}
+
+
+@pytest.mark.parametrize('option', models.OPTIONS)
+def test_every_option_has_its_effect(option):
+  """Each option of `models.OPTIONS` changes what it says (a new option
+  without a check here fails)."""
+  OPTION_CHECKS[option]()
 
 
 def test_resnet1202_forward_backward_compiles():
@@ -684,7 +771,11 @@ def test_resnet1202_forward_backward_compiles():
   lowered = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(
       variables['params'], variables['batch_stats'], x)
   compiled = lowered.compile()
-  assert compiled is not None
+  # The 199 identical blocks of each stage run as one loop body, not unrolled:
+  # the program stays small (an unrolled one has thousands of convolutions).
+  hlo = compiled.as_text()
+  assert 'while' in hlo
+  assert hlo.count('convolution(') < 200, hlo.count('convolution(')
   (loss, state), grads = lowered.out_info
   assert loss.shape == ()
   assert jax.tree.structure(grads) == jax.tree.structure(variables['params'])
