@@ -536,7 +536,8 @@ def layer_responses(intermediates) -> list[jax.Array]:
   out = []
   for name in sorted((k for k in intermediates if k.startswith('stage')), key=block_key):
     block = intermediates[name]
-    keys = sorted(block)
+    # Only the sown responses: `capture_intermediates` may add module outputs.
+    keys = sorted(k for k in block if k.startswith('response'))
     if name.endswith('_rest'):  # scanned: each response stacked along axis 0.
       length = block[keys[0]][0].shape[0]
       for j in range(length):
