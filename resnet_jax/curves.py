@@ -52,11 +52,12 @@ def plot(workdirs: list[str], out: str, labels: list[str] | None = None,
          eval_key: str | None = None):
   """Draws training (thin) and `eval_key` (bold; None: `default_eval_key`)
   error, in %, against iterations."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  # A Figure of its own (no pyplot): the caller's backend (e.g. a
+  # notebook's inline one) is left alone.
+  from matplotlib.figure import Figure
 
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   eval_key = eval_key or default_eval_key(read_metrics(workdirs[0]))
   for i, workdir in enumerate(workdirs):
     records = read_metrics(workdir)
@@ -73,7 +74,6 @@ def plot(workdirs: list[str], out: str, labels: list[str] | None = None,
   ax.legend(title=f'thin: train, bold: {eval_key.replace("_", " ")}')
   fig.tight_layout()
   fig.savefig(out, dpi=120)
-  plt.close(fig)
 
 
 def main():

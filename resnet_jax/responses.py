@@ -638,12 +638,13 @@ def workdir_responses(workdir: str, split: str | None = None, data=None,
 
 def plot_responses(results: list[dict], out: str, title: str | None = None):
   """Fig. 7: std by layer index (top) and sorted descending (bottom)."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  # A Figure of its own (no pyplot): the caller's backend (e.g. a
+  # notebook's inline one) is left alone.
   import matplotlib.ticker
+  from matplotlib.figure import Figure
 
-  fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5))
+  fig = Figure(figsize=(7, 6.5))
+  top, bottom = fig.subplots(2, 1)
   for i, r in enumerate(results):
     std = np.asarray(r['std'])
     x = np.arange(1, len(std) + 1)
@@ -662,7 +663,6 @@ def plot_responses(results: list[dict], out: str, title: str | None = None):
     top.set_title(title)
   fig.tight_layout()
   fig.savefig(out, dpi=120)
-  plt.close(fig)
 
 
 def write_json(results: list[dict], path: str):
