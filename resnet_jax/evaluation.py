@@ -19,8 +19,6 @@ Needs only a checkpoint: no optimizer, no training loop.
 """
 
 import json
-import math
-import os
 
 import jax
 import jax.numpy as jnp

@@ -30,7 +30,6 @@ non-finite loss is caught at its own step.
 import collections
 import dataclasses
 import functools
-import sys
 import time
 from typing import Any
 

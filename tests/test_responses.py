@@ -9,18 +9,10 @@ import numpy as np
 import pytest
 
 from resnet_jax import cifar_input, config_lib, data, errors, models, responses, train
+from test_models import _unscan
+from test_train import IMAGE, tiny_data  # The learnable toy problem of the train tests.
 
-IMAGE = (8, 8, 3)
 NUM_TEST = 37  # Not a multiple of any batch size used below.
-
-
-def tiny_data(n, seed):
-  """CIFAR-like uint8 images with a learnable label (as tests/test_train.py)."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, n).astype(np.int32)
-  images = rng.integers(0, 100, (n,) + IMAGE).astype(np.uint8)
-  images[np.arange(n), labels % 8, :, labels // 8] += 150
-  return cifar_input.ArraySplit(images, labels)
 
 
 def tiny_splits():
@@ -164,19 +156,7 @@ def test_names_order_and_scanned_equals_unscanned(net):
   # The same net unscanned: stacked 'stageI_rest' variables split per block.
   flat = models.create_model('cifar_resnet20', scan_blocks=False)
 
-  def unscan(tree):
-    out = {}
-    for key, value in tree.items():
-      if key.endswith('_rest'):
-        stage = key[:-len('_rest')]
-        length = jax.tree.leaves(value)[0].shape[0]
-        for j in range(length):
-          out[f'{stage}_block{j + 2}'] = jax.tree.map(lambda a, j=j: a[j], value)
-      else:
-        out[key] = value
-    return out
-
-  flat_vars = {k: unscan(v) for k, v in variables.items()}
+  flat_vars = {k: _unscan(v) for k, v in variables.items()}
   _, flat_state = flat.apply(flat_vars, x, train=False, mutable=['intermediates'])
   assert [n for n, _ in responses.named_responses(flat_state['intermediates'])] == names
   mesh = train.make_mesh(jax.devices()[:1])

@@ -1,6 +1,5 @@
 """Tests of the train step, the training loop, checkpoints and bad input."""
 
-import functools
 import json
 import os
 import signal
