@@ -75,7 +75,8 @@ def mean_image(split: ArraySplit) -> np.ndarray:
 
 
 def train_dataset(split: ArraySplit, local_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                  process_index: int = 0, process_count: int = 1,
+                  indices_only: bool = False) -> grain.IterDataset:
   """Endless, per-epoch-shuffled batches of this process's share of `split`.
 
   Every process shuffles the same global order (same seed) and takes its own
@@ -84,14 +85,19 @@ def train_dataset(split: ArraySplit, local_batch_size: int, seed: int,
   across epoch boundaries, as an iteration-counted schedule expects.
 
   Returns:
-    A Grain `IterDataset` of {'image': uint8 (B,H,W,3), 'label': int32 (B,)};
-    its iterator's `get_state`/`set_state` make the data order checkpointable.
+    A Grain `IterDataset` of {'image': uint8 (B,H,W,3), 'label': int32 (B,)},
+    or with `indices_only` of {'index': int32 (B,)} positions in `split` (for
+    a split held on the devices); its iterator's `get_state`/`set_state` make
+    the data order checkpointable.
   """
   ds = grain.MapDataset.range(len(split)).seed(seed).shuffle().repeat(None)
   from resnet_jax import data  # Import cycle: data imports this module lazily.
   ds = data.ProcessBlocks(ds, local_batch_size, process_index, process_count)
   ds = ds.batch(local_batch_size, drop_remainder=True)
-  ds = ds.map(lambda idx: {'image': split.images[idx], 'label': split.labels[idx]})
+  if indices_only:
+    ds = ds.map(lambda idx: {'index': np.asarray(idx, np.int32)})
+  else:
+    ds = ds.map(lambda idx: {'image': split.images[idx], 'label': split.labels[idx]})
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
 
 

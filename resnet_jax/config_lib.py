@@ -46,6 +46,9 @@ def _common(model: str) -> ml_collections.ConfigDict:
   # TFDS split to evaluate on instead of the dataset's whole test/validation
   # split, e.g. 'validation[:1000]' for a quick look. None: the whole split.
   config.input.eval_split = config_dict.placeholder(str)
+  # TFDS split to train on instead of the dataset's training split, e.g.
+  # 'train[:1000]' for a quick look (not with holdout_validation). None: all.
+  config.input.train_split = config_dict.placeholder(str)
   # Hold out the last `num_holdout` training examples: train on the rest and
   # report error on them as `holdout_error` (the plateau rule watches it).
   config.input.holdout_validation = False
@@ -95,6 +98,10 @@ def _common(model: str) -> ml_collections.ConfigDict:
   config.eval.ensemble_workdirs = ''
   config.eval.ensemble_protocol = 'ten_crop'
 
+  # Train steps per compiled call (`lax.scan` over K batches): on a GPU,
+  # small nets are bound by the per-step launch and host round-trip. Logging,
+  # evaluation, checkpoints and total_steps must be multiples of it.
+  config.steps_per_dispatch = 1
   config.log_every_steps = 100
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 2000
@@ -120,6 +127,9 @@ def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
   config.input.eval_batch_size = 1000
   # True: the paper's 45k/5k train/val split.
   config.input.num_holdout = 5000
+  # Keep the training images on every device (150 MB); the host then sends
+  # only example indices. For accelerators, with steps_per_dispatch > 1.
+  config.input.device_resident = False
   config.schedule.total_steps = 64_000
   config.schedule.boundaries = (32_000, 48_000)
   return config
@@ -285,12 +295,33 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
               'keep_checkpoints'):
     if config[key] <= 0:
       fail(f'{key}={config[key]} must be positive')
+  _validate_steps_per_dispatch(config, fail)
+  if config.input.get('train_split') and config.input.holdout_validation:
+    fail(f'input.train_split={config.input.train_split!r} and holdout_validation both '
+         'choose the training examples; set one of them')
   if config.input.holdout_validation and not 0 < config.input.num_holdout < info.num_train:
     fail(f'input.num_holdout={config.input.num_holdout} must be between 0 and '
          f'the training-set size {info.num_train}')
   _validate_eval(config, info, fail)
   if info.family == 'imagenet':
     _validate_imagenet_input(config, fail)
+
+
+def _validate_steps_per_dispatch(config, fail):
+  k = config.get('steps_per_dispatch', 1)
+  if not isinstance(k, int) or k < 1:
+    fail(f'steps_per_dispatch={k!r} must be a positive integer')
+  if k == 1:
+    return
+  values = {key: config[key] for key in
+            ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps')}
+  values['schedule.total_steps'] = config.schedule.total_steps
+  if config.stop_after_steps is not None:
+    values['stop_after_steps'] = config.stop_after_steps
+  bad = ', '.join(f'{key}={v}' for key, v in values.items() if v % k)
+  if bad:
+    fail(f'steps_per_dispatch={k} must divide {bad} (logs, evaluations, checkpoints '
+         'and the end fall between dispatches); pick a divisor or change those fields')
 
 
 def _validate_eval(config, info, fail):

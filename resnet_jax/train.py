@@ -18,6 +18,14 @@ batch, so by default BN statistics are computed over all examples of the step
 statistics on any number of devices (groups of 64 consecutive examples, inside
 one device or spanning whole devices; see `models.GroupBatchNorm`).
 
+Many steps per dispatch: small CIFAR nets on a GPU are bound by the per-step
+launch and host round-trip, not by FLOPs. `config.steps_per_dispatch=K` runs K
+steps inside one compiled call (`lax.scan` of the same `train_step` over K
+batches stacked on a leading axis) and `config.input.device_resident=True`
+keeps CIFAR's training images on the devices, so the host sends only K x B
+example indices per call. Results equal K single steps; logging, evaluation
+and checkpoints happen at multiples of K (`config_lib.validate` checks).
+
 Many hosts: every process runs this same loop on its own share of the data
 (`jax.make_array_from_process_local_data` builds the global batch), saves
 every checkpoint together with the others, and stops at the step they agree
@@ -210,6 +218,22 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   return new_state, metrics
 
 
+def train_steps(state: TrainState, batches, resident, *, steps: int, **step_kwargs):
+  """`steps` train steps in one call; `batches` are stacked on a leading axis.
+
+  `resident` holds the device-resident training split (empty if the batches
+  carry their images); a batch of example indices is gathered from it on the
+  device. With steps=1 this is `train_step` itself (no leading axis, no scan);
+  otherwise the metrics come back stacked, one entry per step.
+  """
+  def one_step(state, batch):
+    return train_step(state, data_lib.gather_resident(batch, resident), **step_kwargs)
+
+  if steps == 1:
+    return one_step(state, batches)
+  return jax.lax.scan(one_step, state, batches)
+
+
 def plateau_step(state: TrainState, holdout_error, *, config) -> TrainState:
   """Feeds one held-out error to the plateau rule (a no-op for 'piecewise')."""
   if config.schedule.kind != 'plateau':
@@ -228,8 +252,11 @@ class Trainer:
   # Derived from the above in __post_init__.
   image_shape: tuple = dataclasses.field(init=False)
   optimizer: optax.GradientTransformation = dataclasses.field(init=False)
+  steps_per_dispatch: int = dataclasses.field(init=False)
   state_sharding: Any = dataclasses.field(init=False)
   batch_sharding: NamedSharding = dataclasses.field(init=False)
+  # The train step's input: `batch_sharding`, behind a leading steps axis if K > 1.
+  step_batch_sharding: NamedSharding = dataclasses.field(init=False)
   replicated: NamedSharding = dataclasses.field(init=False)
   abstract_state: TrainState = dataclasses.field(init=False)
   init_fn: Any = dataclasses.field(init=False)
@@ -238,8 +265,11 @@ class Trainer:
 
   def __post_init__(self):
     self.image_shape = tuple(self.dataset.image_shape)
+    self.steps_per_dispatch = self.config.get('steps_per_dispatch', 1)
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(self.mesh, P('data'))
+    self.step_batch_sharding = NamedSharding(
+        self.mesh, P('data') if self.steps_per_dispatch == 1 else P(None, 'data'))
     dummy_params = jax.eval_shape(
         lambda: self.model.init(jax.random.key(0), jnp.zeros((1,) + self.image_shape),
                                 train=False))['params']
@@ -253,37 +283,51 @@ class Trainer:
     self.init_fn = jax.jit(init, in_shardings=self.replicated,
                            out_shardings=self.state_sharding)
     self.train_fn = jax.jit(
-        functools.partial(train_step, model=self.model, optimizer=self.optimizer,
-                          config=self.config, dataset=self.dataset),
-        in_shardings=(self.state_sharding, self.batch_sharding),
+        functools.partial(train_steps, steps=self.steps_per_dispatch, model=self.model,
+                          optimizer=self.optimizer, config=self.config,
+                          dataset=self.dataset),
+        in_shardings=(self.state_sharding, self.step_batch_sharding, self.replicated),
         out_shardings=(self.state_sharding, self.replicated),
         donate_argnums=(0,))
     self.plateau_fn = jax.jit(functools.partial(plateau_step, config=self.config),
                               in_shardings=(self.state_sharding, self.replicated),
                               out_shardings=self.state_sharding, donate_argnums=(0,))
 
-  def batch_spec(self, batch_size: int):
-    """Abstract global batch, for ahead-of-time compilation."""
-    return {'image': jax.ShapeDtypeStruct((batch_size,) + self.image_shape, jnp.uint8,
-                                          sharding=self.batch_sharding),
-            'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32,
-                                          sharding=self.batch_sharding)}
+  def batch_spec(self, batch_size: int, resident: bool = False):
+    """Abstract input of one dispatch (K stacked global batches, or one), for
+    ahead-of-time compilation; with `resident`, batches of example indices."""
+    lead = (self.steps_per_dispatch,) if self.steps_per_dispatch > 1 else ()
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(lead + shape, dtype,
+                                                     sharding=self.step_batch_sharding)
+    if resident:
+      return {'index': spec((batch_size,), jnp.int32)}
+    return {'image': spec((batch_size,) + self.image_shape, jnp.uint8),
+            'label': spec((batch_size,), jnp.int32)}
 
   def sharded_abstract_state(self):
     """`abstract_state` with its shardings: the target of a restore."""
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         self.abstract_state, self.state_sharding)
 
-  def compile_train(self, batch_size: int):
-    """Compiles the train step ahead of time; returns the compiled step."""
+  def compile_train(self, batch_size: int, resident=None):
+    """Compiles the train step (K steps if steps_per_dispatch=K) ahead of
+    time; returns it, called as `step(state, batches, resident)`."""
+    resident = resident or {}
     return self.train_fn.lower(self.sharded_abstract_state(),
-                               self.batch_spec(batch_size)).compile()
+                               self.batch_spec(batch_size, bool(resident)),
+                               resident).compile()
 
   def to_global(self, local_batch):
-    """Per-process numpy batch -> global `jax.Array` sharded over `data`."""
+    """Per-process numpy input of one dispatch -> global `jax.Array`s, the
+    batch axis sharded over `data`."""
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x),
+        lambda x: jax.make_array_from_process_local_data(self.step_batch_sharding, x),
         local_batch)
+
+  def put_resident(self, arrays: dict) -> dict:
+    """Host arrays (the same in every process) -> replicated device arrays."""
+    return {k: jax.make_array_from_callback(v.shape, self.replicated, lambda i, v=v: v[i])
+            for k, v in arrays.items()}
 
 
 def _check_finite(metrics: dict, step: int, last_saved: int | None):
@@ -297,6 +341,13 @@ def _check_finite(metrics: dict, step: int, last_saved: int | None):
         f'non-finite {", ".join(f"{k}={v}" for k, v in bad.items())} at step {step}; '
         f'training stopped there and {kept}. Lower --config.schedule.base_lr or '
         'use a warm-up (--config.schedule.warmup_lr), then resume.')
+
+
+def _per_step(metrics: dict, steps: int) -> list[dict]:
+  """One dispatch's metrics (stacked if it ran several steps) -> one dict per step."""
+  if steps == 1:
+    return [metrics]
+  return [{k: v[i] for k, v in metrics.items()} for i in range(steps)]
 
 
 def _summarize(window) -> dict:
@@ -364,11 +415,21 @@ def _train(config, workdir, dataset, manager) -> dict:
          '--config.schedule.total_steps to train further.')
     return {}
 
+  per_dispatch = trainer.steps_per_dispatch
+  if restored is not None and restored[0] % per_dispatch:
+    raise errors.ConfigError(
+        f'{workdir} holds step {restored[0]}, not a multiple of steps_per_dispatch='
+        f'{per_dispatch}; resume with a --config.steps_per_dispatch that divides '
+        f'{restored[0]} (e.g. 1), then raise it at a later checkpoint.')
   local_batch = config.input.batch_size // jax.process_count()
+  host_batches = dataset.train_batches(local_batch, config.seed, jax.process_index(),
+                                       jax.process_count())
+  if per_dispatch > 1:
+    # K batches stacked per call. Grain's position stays counted in single
+    # batches, so a checkpoint resumes under any K that divides its step.
+    host_batches = host_batches.batch(per_dispatch)
   # Host batches -> global arrays on Grain's prefetch thread, ahead of the step.
-  batches = data_lib.prefetch(dataset.train_batches(local_batch, config.seed,
-                                                    jax.process_index(), jax.process_count()),
-                              trainer.to_global)
+  batches = data_lib.prefetch(host_batches, trainer.to_global)
   if restored is not None:
     start, state, position = restored
     batches.set_state(position)
@@ -378,8 +439,12 @@ def _train(config, workdir, dataset, manager) -> dict:
     norm = jax.device_put(dataset.normalization(), trainer.replicated)
     state = trainer.init_fn(norm)
 
+  if per_dispatch > 1 and jax.default_backend() == 'cpu':
+    _log(f'Note: steps_per_dispatch={per_dispatch} is slower than 1 on CPU (XLA:CPU '
+         'computes strided-conv gradients slowly inside a loop); it is for GPUs and TPUs.')
+  resident = trainer.put_resident(dataset.resident_arrays())
   t0 = time.time()
-  compiled_step = trainer.compile_train(config.input.batch_size)
+  compiled_step = trainer.compile_train(config.input.batch_size, resident)
   compile_seconds = time.time() - t0
   memory = compiled_step.memory_analysis()
   if memory is not None:
@@ -416,21 +481,21 @@ def _train(config, workdir, dataset, manager) -> dict:
   tick, tick_step = time.time(), step
 
   def finish(keep: int):
-    """Waits for all but the last `keep` dispatched steps; checks their loss."""
+    """Waits for all but the last `keep` dispatches; checks each step's loss."""
     while len(in_flight) > keep:
       done, metrics = in_flight.popleft()
-      metrics = jax.device_get(metrics)
-      _check_finite(metrics, done, last_saved)
-      window.append(metrics)
+      for i, one in enumerate(_per_step(jax.device_get(metrics), per_dispatch)):
+        _check_finite(one, done - per_dispatch + 1 + i, last_saved)
+        window.append(one)
 
   stopped, config_recorded = False, False
   try:
     with distributed.StopRequest() as stop_request:
       while step < stop_at:
-        state, metrics = compiled_step(state, next(batches))
-        step += 1
+        state, metrics = compiled_step(state, next(batches), resident)
+        step += per_dispatch
         in_flight.append((step, metrics))
-        finish(keep=1)  # Bounded run-ahead: step-1 done while step runs.
+        finish(keep=1)  # Bounded run-ahead: one dispatch runs while the last is checked.
         stopped = stop_request.reached(step)
         is_last = step == stop_at
         log_now = step % config.log_every_steps == 0 or is_last

@@ -10,6 +10,12 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import tempfile  # noqa: E402
+# pytest imports tracemalloc lazily, inside its hook for exceptions raised in
+# finalizers. If such a finalizer runs while TFDS imports under etils'
+# `lazy_imports` (which hands out lazy stand-ins for modules), that import
+# breaks and the hook fails the test at hand (seen in CI on a tfds import).
+# Imported here, it is already loaded when the hook needs it.
+import tracemalloc  # noqa: E402,F401
 
 import jax  # noqa: E402
 

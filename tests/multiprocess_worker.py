@@ -77,8 +77,8 @@ def inject_fault():
   original = train.Trainer.compile_train
   signum = signal.SIGTERM if args.fault == 'sigterm' else signal.SIGKILL
 
-  def compile_train(self, batch_size):
-    compiled, calls = original(self, batch_size), [0]
+  def compile_train(self, batch_size, resident=None):
+    compiled, calls = original(self, batch_size, resident), [0]
 
     class Step:
       def __call__(self, *a):

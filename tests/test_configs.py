@@ -327,7 +327,7 @@ def test_plateau_rule_divides_the_lr_after_patience_evaluations():
                              rtol=1e-5)
   batch = trainer.to_global({'image': np.zeros((8, 8, 8, 3), np.uint8),
                              'label': np.zeros(8, np.int32)})
-  _, metrics = trainer.train_fn(state, batch)
+  _, metrics = trainer.train_fn(state, batch, {})
   assert float(metrics['learning_rate']) == pytest.approx(0.1 * 0.01)
 
 

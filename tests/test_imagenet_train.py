@@ -54,7 +54,7 @@ def test_a_few_steps_on_imagenette_lower_the_loss():
   state = trainer.init_fn(jax.device_put(dataset.normalization(), trainer.replicated))
   losses = []
   for _ in range(8):
-    state, metrics = trainer.train_fn(state, batch)
+    state, metrics = trainer.train_fn(state, batch, {})
     losses.append(float(metrics['train_loss']))
   assert np.mean(losses[-3:]) < 0.7 * losses[0], losses
 

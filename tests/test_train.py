@@ -62,7 +62,7 @@ def run_steps(trainer, num_steps, batch, state=None):
   state = trainer.init_fn(zero_norm(trainer)) if state is None else state
   losses = []
   for _ in range(num_steps):
-    state, metrics = trainer.train_fn(state, batch)
+    state, metrics = trainer.train_fn(state, batch, {})
     losses.append(float(metrics['train_loss']))
   return state, losses
 
@@ -111,7 +111,7 @@ def test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold():
   state = trainer.init_fn(zero_norm(trainer))
   ema, emas = float(state.train_error_ema), []
   for _ in range(8):
-    state, metrics = trainer.train_fn(state, batch)
+    state, metrics = trainer.train_fn(state, batch, {})
     assert float(metrics['learning_rate']) == pytest.approx(warmup_lr)
     ema = smoothing * ema + (1 - smoothing) * float(metrics['train_error'])
     emas.append(ema)
@@ -126,7 +126,7 @@ def test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold():
                                      total_steps=100))
   state = trainer.init_fn(zero_norm(trainer))
   for step in range(1, k + 3):
-    state, metrics = trainer.train_fn(state, batch)
+    state, metrics = trainer.train_fn(state, batch, {})
     expected_lr = warmup_lr if step <= k + 1 else 0.1  # The step that crosses still warms up.
     assert float(metrics['learning_rate']) == pytest.approx(expected_lr), step
     assert bool(state.warmup_active) == (step < k + 1), step
@@ -135,7 +135,7 @@ def test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold():
                                      warmup_max_steps=3))
   state = trainer.init_fn(zero_norm(trainer))
   for expected in (True, True, False):
-    state, metrics = trainer.train_fn(state, batch)
+    state, metrics = trainer.train_fn(state, batch, {})
     assert float(metrics['learning_rate']) == pytest.approx(warmup_lr)
     assert bool(state.warmup_active) == expected
 
@@ -260,8 +260,8 @@ def _patch_compiled_step(monkeypatch, on_call):
     def memory_analysis(self):
       return self.compiled.memory_analysis()
 
-  def compile_train(self, batch_size):
-    return Step(original(self, batch_size))
+  def compile_train(self, batch_size, resident=None):
+    return Step(original(self, batch_size, resident))
 
   monkeypatch.setattr(train.Trainer, 'compile_train', compile_train)
 

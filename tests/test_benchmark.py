@@ -1,0 +1,51 @@
+"""The train-step benchmark: K steps per call timed per step, the table, overrides."""
+
+import pytest
+
+from resnet_jax import benchmark, config_lib
+
+
+def tiny(k=1, resident=False):
+  config = config_lib.cifar10('cifar_resnet20')
+  config.input.batch_size = 8
+  config.steps_per_dispatch = k
+  config.input.device_resident = resident
+  return config
+
+
+def test_k_steps_per_call_are_timed_per_step_with_the_split_on_the_devices():
+  result = benchmark.benchmark(tiny(k=4, resident=True), steps=2, warmup=1)
+  assert result['steps_per_dispatch'] == 4 and result['device_resident']
+  assert result['model'] == 'cifar_resnet20' and result['batch_size'] == 8
+  assert result['devices'].startswith('8x')
+  # images/s is per train step (a call runs 4 of them).
+  assert result['images_per_sec'] == pytest.approx(1000 * 8 / result['step_ms'], rel=1e-3)
+  assert result['step_ms_p10'] <= result['step_ms'] <= result['step_ms_p90']
+
+
+def test_table_has_a_row_per_net_and_a_column_per_dtype():
+  rows = [dict(model=m, batch_size=b, dtype=d, images_per_sec=v, compile_s=c,
+               devices='1x NVIDIA H100 80GB HBM3', jax='0.11.2', steps_per_dispatch=1)
+          for m, b, d, v, c in [('cifar_resnet20', 128, 'float32', 20000.4, 3.2),
+                                ('cifar_resnet20', 128, 'bfloat16', 31000, 3.0),
+                                ('resnet50', 256, 'float32', 1500, 40.0)]]
+  table = benchmark.markdown_table(rows).splitlines()
+  assert table[0] == '| net | batch | float32 images/s (compile s) | bfloat16 images/s (compile s) |'
+  assert table[2] == '| cifar_resnet20 | 128 | 20,000 (3) | 31,000 (3) |'
+  assert table[3] == '| resnet50 | 256 | 1,500 (40) |  |'
+  assert 'NVIDIA H100' in table[-1]
+
+
+def test_overrides_parse_literals_and_are_type_checked():
+  config = tiny()
+  benchmark.apply_override(config, 'steps_per_dispatch=50')
+  benchmark.apply_override(config, 'input.device_resident=true')
+  benchmark.apply_override(config, 'model_options.dtype=bfloat16')
+  benchmark.apply_override(config, 'schedule.boundaries=(10, 20)')
+  assert config.steps_per_dispatch == 50 and config.input.device_resident is True
+  assert config.model_options.dtype == 'bfloat16'
+  assert tuple(config.schedule.boundaries) == (10, 20)
+  with pytest.raises(TypeError):
+    benchmark.apply_override(config, 'steps_per_dispatch=many')
+  assert benchmark.recipe('resnet50').input.dataset == 'imagenet2012'
+  assert benchmark.recipe('cifar_plain20').input.dataset == 'cifar10'
