@@ -210,6 +210,13 @@ def test_validate_accepts_the_default():
     (_set('eval.protocol', 'ensemble'), 1, ['ensemble_workdirs']),
     (_set('model', 'resnet50'), 1, ['resnet50', 'cifar_*']),
     (_set('model_options.shortcut', 'D'), 1, ['shortcut', "'D'"]),
+    (_set('steps_per_dispatch', 3), 1, ['steps_per_dispatch=3', 'log_every_steps=100',
+                                        'eval_every_steps=2000', 'schedule.total_steps=64000']),
+    (_set('steps_per_dispatch', 0), 1, ['steps_per_dispatch=0', 'positive integer']),
+    (lambda c: c.update(steps_per_dispatch=100, stop_after_steps=150), 1,
+     ['steps_per_dispatch=100', 'stop_after_steps=150']),
+    (lambda c: c.input.update(holdout_validation=True, train_split='train[:1000]'), 1,
+     ["train_split='train[:1000]'", 'holdout_validation']),
 ])
 def test_validate_rejects_bad_configs(mutate, num_devices, words):
   config = config_lib.cifar10()

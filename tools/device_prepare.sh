@@ -20,7 +20,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   grain==0.2.18 array_record==0.8.6 dm-tree==0.1.10 tensorflow-datasets==4.9.10 \
   ml_collections==1.1.0 tensorboardX==2.6.5 immutabledict==4.3.1 portpicker==1.6.0 \
   simple-parsing==0.1.9 docstring_parser==0.18.0 tensorflow-metadata==1.21.0 \
-  termcolor==3.3.0 toml==0.10.2 googleapis-common-protos==1.76.0
+  termcolor==3.3.0 toml==0.10.2 googleapis-common-protos==1.76.0 simplejpeg==1.9.0
 # promise (a TFDS requirement) is published as source only: build its wheel.
 python3 -m pip wheel -q --no-deps -w .whl promise==2.3
 rm -rf .data/tfds/cifar10_jpeg && cp -r ../shared/data/tfds/cifar10_jpeg .data/tfds/

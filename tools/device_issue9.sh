@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU half of issue 9, run ON a lent GPU through the `device` tool, from
+# the repo root, carrying the folders tools/device_prepare.sh fills here:
+#
+#   run(command="bash tools/device_issue9.sh STAGE", carry=[".whl", ".data"])
+#
+# Stages, in order (each ends inside the tool's 10-minute limit; what they
+# bring back lands in $OUT). The machine goes back 30 s after a call ends,
+# taking the detached runs with it: call the next stage straight away.
+#   bench   throughput table (issue 9's nets, float32 and bfloat16, K=1),
+#           the CIFAR nets again with K=100 steps per call and the split on
+#           the GPU, and a jax.profiler trace of ResNet-50 bfloat16.
+#   start   starts the Table 6 / Fig. 6 runs detached (setsid), all at once
+#           on the one GPU, with K=100 and the split on the GPU; returns.
+#   poll    waits until they finish or about 9 minutes pass, then brings back
+#           progress and, once finished, the collected table, figure and
+#           each run's records (tarred: $OUT keeps only 2 folder levels).
+# Set TABLE6_FLAGS to pass more flags to every run (e.g. to shorten them).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+if [ ! -f /tmp/site/.installed ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  touch /tmp/site/.installed
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
+python3 -c "import jax, flax, optax, orbax.checkpoint as o, grain, numpy; \
+print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, \
+'orbax', o.__version__, 'grain', grain.__version__, 'numpy', numpy.__version__, jax.devices())" \
+  | tee "$OUT/versions.txt"
+
+ROOT=/tmp/table6
+case "${1:-}" in
+  bench)
+    B="python3 -m resnet_jax.benchmark --table=paper --steps=20 --warmup=3 --json=$OUT/throughput.jsonl"
+    $B --table_out="$OUT/throughput.md" 2>&1 | grep -v '^[IW][0-9]' | tee "$OUT/bench.log"
+    $B --models=cifar_resnet20,cifar_resnet56,cifar_resnet110 --set=steps_per_dispatch=100 \
+      --set=input.device_resident=True --steps=5 --table_out="$OUT/throughput_k100.md" \
+      2>&1 | grep -v '^[IW][0-9]' | tee -a "$OUT/bench.log"
+    python3 -m resnet_jax.benchmark --config=configs/imagenet_r50.py \
+      --config.model_options.dtype=bfloat16 --steps=10 --profile_dir=/tmp/profile_r50 \
+      2>&1 | grep -v '^[IW][0-9]' | tee -a "$OUT/bench.log"
+    tar czf "$OUT/profile_r50.tgz" -C /tmp profile_r50
+    ;;
+  start)
+    mkdir -p "$ROOT"
+    # shellcheck disable=SC2086
+    setsid nohup python3 -m resnet_jax.cifar_table --root="$ROOT" --data_dir=.data/tfds \
+      --results="$ROOT/results" -- --config.steps_per_dispatch=100 \
+      --config.input.device_resident=True ${TABLE6_FLAGS:-} > "$ROOT/launcher.log" 2>&1 < /dev/null &
+    sleep 90  # Long enough to see each run load its data and compile.
+    cat "$ROOT/launcher.log" "$ROOT/progress.txt" 2>/dev/null
+    tail -n 3 "$ROOT"/*/train.log
+    ;;
+  poll)
+    for _ in $(seq 54); do
+      pgrep -f resnet_jax.cifar_table > /dev/null || break
+      sleep 10
+    done
+    cat "$ROOT/progress.txt"
+    tail -n 5 "$ROOT/launcher.log"
+    cp "$ROOT/progress.txt" "$ROOT/launcher.log" "$OUT/" 2>/dev/null
+    if [ -f "$ROOT/results/table6.md" ]; then
+      cp "$ROOT/results/table6.md" "$ROOT/results/table6.json" "$ROOT/results/fig6.png" "$OUT/"
+      tar czf "$OUT/table6_runs.tgz" -C "$ROOT" results
+    fi
+    ;;
+  *)
+    echo "usage: bash tools/device_issue9.sh bench|start|poll" >&2
+    exit 2
+    ;;
+esac
