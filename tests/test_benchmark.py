@@ -19,7 +19,7 @@ def test_k_steps_per_call_are_timed_per_step_with_the_split_on_the_devices():
   assert result['model'] == 'cifar_resnet20' and result['batch_size'] == 8
   assert result['devices'].startswith('8x')
   # images/s is per train step (a call runs 4 of them).
-  assert result['images_per_sec'] == pytest.approx(1000 * 8 / result['step_ms'], rel=1e-3)
+  assert result['images_per_sec'] == pytest.approx(1000 * 8 / result['step_ms'], abs=0.1)
   assert result['step_ms_p10'] <= result['step_ms'] <= result['step_ms_p90']
 
 
