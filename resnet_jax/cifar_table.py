@@ -4,9 +4,10 @@
         --data_dir=../shared/data/tfds --results=results/table6
 
 starts `python -m resnet_jax.main` for every net of `--nets` (default: the
-Table 6 ResNets 20-110 and plain-20/56 of Fig. 6) on one machine at once,
-`--concurrent` at a time, each in its own workdir `ROOT/NET` with its log in
-`ROOT/NET/train.log`; on one GPU they share it (each process gets an equal
+Table 6 ResNets 20-110 and plain-20/56 of Fig. 6) and seed of `--seeds` on
+one machine at once, `--concurrent` at a time, each in its own workdir
+`ROOT/NET` (`ROOT/NET_seedS` for seeds other than 0) with its log in
+`train.log` there; on one GPU they share it (each process gets an equal
 slice of its memory: `XLA_PYTHON_CLIENT_MEM_FRACTION`). `ROOT/progress.txt`
 is rewritten every `--poll_s` with each run's step and latest errors, for
 polling a detached launch (`setsid ... &`).
@@ -14,7 +15,8 @@ polling a detached launch (`setsid ... &`).
 Run it again to resume: finished runs are skipped and interrupted ones resume
 from their last checkpoint (what `main` does with a workdir). When every run
 has ended it collects: `RESULTS/table6.md` (measured test error beside the
-paper's, params, wall time), `table6.json`, `fig6.png` (Fig. 6's three
+paper's, params, wall time; best and mean ± std over seeds, as the paper
+gives ResNet-110), `table6.json`, `fig6.png` (Fig. 6's three
 panels: plain, ResNet, and ResNet-110 vs -1202 where run) and each run's
 `metrics.jsonl`, `eval.json`, `config.json` and `train.log`. `--collect_only`
 collects whatever has finished without starting anything.
@@ -31,6 +33,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
 from resnet_jax import curves
@@ -40,6 +43,8 @@ flags.DEFINE_string('root', 'runs/table6', 'Parent of the runs\' workdirs.')
 flags.DEFINE_list('nets', ['resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110',
                            'plain20', 'plain56'],
                   'Nets to run: the NET of configs/cifar10_NET.py.')
+flags.DEFINE_list('seeds', ['0'], 'Seeds: one run per net and seed (Table 6 gives '
+                  'ResNet-110 as best and mean+-std of 5 runs: --seeds=0,1,2,3,4).')
 flags.DEFINE_string('dataset', 'cifar10_jpeg', 'TFDS name: cifar10, or the local '
                     'cifar10_jpeg copy.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory (None: TFDS\'s default).')
@@ -61,10 +66,16 @@ PAPER_PARAMS = {'resnet20': '0.27M', 'resnet32': '0.46M', 'resnet44': '0.66M',
 class Run:
   """One net's training run: its command, workdir and process."""
   net: str
+  seed: int
   workdir: str
   command: list[str]
   process: subprocess.Popen | None = None
   returncode: int | None = None
+
+  @property
+  def name(self):
+    """The net, with the seed if it is not 0 (also the workdir's name)."""
+    return self.net if self.seed == 0 else f'{self.net}_seed{self.seed}'
 
   @property
   def log_path(self):
@@ -75,7 +86,7 @@ class Run:
     return os.path.exists(os.path.join(self.workdir, 'eval.json'))
 
 
-def make_runs(nets, root, dataset, data_dir, extra_flags) -> list[Run]:
+def make_runs(nets, seeds, root, dataset, data_dir, extra_flags) -> list[Run]:
   runs = []
   for net in nets:
     config = os.path.join(CONFIGS, f'cifar10_{net}.py')
@@ -83,12 +94,15 @@ def make_runs(nets, root, dataset, data_dir, extra_flags) -> list[Run]:
       choices = sorted(f[len('cifar10_'):-3] for f in os.listdir(CONFIGS)
                        if f.startswith('cifar10_'))
       raise app.UsageError(f'no config for net {net!r} ({config}); valid: {", ".join(choices)}')
-    workdir = os.path.join(root, net)
-    command = [sys.executable, '-m', 'resnet_jax.main', f'--config={config}',
-               f'--workdir={workdir}', f'--config.input.dataset={dataset}']
-    if data_dir:
-      command.append(f'--config.input.data_dir={data_dir}')
-    runs.append(Run(net, workdir, command + list(extra_flags)))
+    for seed in seeds:
+      name = Run(net, seed, '', []).name
+      workdir = os.path.join(root, name)
+      command = [sys.executable, '-m', 'resnet_jax.main', f'--config={config}',
+                 f'--workdir={workdir}', f'--config.input.dataset={dataset}',
+                 f'--config.seed={seed}']
+      if data_dir:
+        command.append(f'--config.input.data_dir={data_dir}')
+      runs.append(Run(net, seed, workdir, command + list(extra_flags)))
   return runs
 
 
@@ -122,7 +136,7 @@ def progress_lines(runs: list[Run]) -> list[str]:
       state = f'did not finish (exit {run.returncode}; see {run.log_path})'
     else:
       state = 'running' if run.process is not None else 'waiting'
-    parts = [f'{run.net:>10}: {state}']
+    parts = [f'{run.name:>16}: {state}']
     if train:
       parts.append(f"step {train['step']}, train error {100 * train['train_error']:.2f}%, "
                    f"{train.get('step_time_ms', float('nan')):.1f} ms/step")
@@ -149,7 +163,7 @@ def launch(runs: list[Run], concurrent: int, root: str, poll_s: float) -> list[R
         run.process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT,
                                        env=env)
       active.append(run)
-      print(f'started {run.net} (pid {run.process.pid}): {run.log_path}', flush=True)
+      print(f'started {run.name} (pid {run.process.pid}): {run.log_path}', flush=True)
     deadline = time.time() + poll_s
     while time.time() < deadline and all(r.process.poll() is None for r in active):
       time.sleep(min(1.0, poll_s))
@@ -159,12 +173,12 @@ def launch(runs: list[Run], concurrent: int, root: str, poll_s: float) -> list[R
       run.returncode = run.process.returncode
       active.remove(run)
       if run.finished():
-        print(f'{run.net} finished', flush=True)
+        print(f'{run.name} finished', flush=True)
         continue
       unfinished.append(run)
       with open(run.log_path) as log:
         tail = ''.join(log.readlines()[-5:])
-      print(f'{run.net} did not finish (exit {run.returncode}); last lines of '
+      print(f'{run.name} did not finish (exit {run.returncode}); last lines of '
             f'{run.log_path}:\n{tail}', flush=True)
     with open(os.path.join(root, 'progress.txt'), 'w') as f:
       f.write(time.strftime('%Y-%m-%d %H:%M:%S') + '\n' + '\n'.join(progress_lines(runs)) + '\n')
@@ -192,7 +206,7 @@ def collect(runs: list[Run], results: str) -> list[dict]:
   for run in runs:
     if not run.finished():
       continue
-    out = os.path.join(results, run.net)
+    out = os.path.join(results, run.name)
     os.makedirs(out, exist_ok=True)
     for name in ('metrics.jsonl', 'eval.json', 'config.json', 'train.log'):
       if os.path.exists(os.path.join(run.workdir, name)):
@@ -203,7 +217,7 @@ def collect(runs: list[Run], results: str) -> list[dict]:
     train, _ = _last_records(run.workdir)
     with open(os.path.join(run.workdir, 'config.json')) as f:
       dataset = json.load(f)['input']['dataset']
-    rows.append({'net': run.net, 'dataset': dataset, 'test_error': 100 * center['top1_error'],
+    rows.append({'run': run.name, 'net': run.net, 'seed': run.seed, 'dataset': dataset, 'test_error': 100 * center['top1_error'],
                  'count': center.get('count'), 'step': scored.get('step'),
                  'final_train_error': 100 * train['train_error'] if train else None,
                  'paper_error': PAPER_ERROR.get(run.net),
@@ -221,14 +235,24 @@ def collect(runs: list[Run], results: str) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-  lines = ['| net | params (paper) | test error % | paper % | final train error % | '
+  lines = ['| run | params (paper) | test error % | paper % | final train error % | '
            'steps | wall time |', '|---|---|---|---|---|---|---|']
   for r in rows:
     wall = f"{r['wall_s'] / 60:.1f} min" if r['wall_s'] else ''
     paper = f"{r['paper_error']:.2f}" if r['paper_error'] is not None else '(Fig. 6)'
     train = f"{r['final_train_error']:.2f}" if r['final_train_error'] is not None else ''
-    lines.append(f"| {r['net']} | {r['params'] or ''} | {r['test_error']:.2f} | {paper} | "
+    lines.append(f"| {r['run']} | {r['params'] or ''} | {r['test_error']:.2f} | {paper} | "
                  f"{train} | {r['step']} | {wall} |")
+  by_net = {}
+  for r in rows:
+    by_net.setdefault(r['net'], []).append(r['test_error'])
+  repeated = {net: errors for net, errors in by_net.items() if len(errors) > 1}
+  if repeated:
+    lines += ['', '| net | runs | best % | mean ± std % | paper % |', '|---|---|---|---|---|']
+    for net, errors in repeated.items():
+      paper = {'resnet110': '6.43 (6.61 ± 0.16, 5 runs)'}.get(net, PAPER_ERROR.get(net, ''))
+      lines.append(f'| {net} | {len(errors)} | {min(errors):.2f} | {np.mean(errors):.2f} ± '
+                   f'{np.std(errors, ddof=1):.2f} | {paper} |')
   if any(r.get('dataset') == 'cifar10_jpeg' for r in rows):
     lines.append('')
     lines.append('Trained and tested on cifar10_jpeg, CIFAR-10 stored as JPEG (quality '
@@ -239,7 +263,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 def _figure(runs: list[Run], out: str):
   """Fig. 6's panels for the finished runs: plain nets, ResNets, 110 vs 1202."""
-  done = [r for r in runs if r.finished()]
+  first = {}
+  for run in runs:  # One curve per net: its first seed.
+    if run.finished():
+      first.setdefault(run.net, run)
+  done = list(first.values())
   panels = [('plain', [r for r in done if r.net.startswith('plain')]),
             ('ResNet', [r for r in done if r.net.startswith('resnet')
                         and r.net != 'resnet1202'])]
@@ -269,7 +297,8 @@ def _figure(runs: list[Run], out: str):
 
 def main(argv):
   extra_flags = argv[1:]
-  runs = make_runs(FLAGS.nets, FLAGS.root, FLAGS.dataset, FLAGS.data_dir, extra_flags)
+  seeds = [int(seed) for seed in FLAGS.seeds]
+  runs = make_runs(FLAGS.nets, seeds, FLAGS.root, FLAGS.dataset, FLAGS.data_dir, extra_flags)
   results = FLAGS.results or os.path.join(FLAGS.root, 'results')
   unfinished = []
   if not FLAGS.collect_only:
@@ -278,7 +307,7 @@ def main(argv):
   collect(runs, results)
   if unfinished:
     raise SystemExit('error: runs did not finish: ' + ', '.join(
-        f'{r.net} (exit {r.returncode}, {r.log_path})' for r in unfinished) +
+        f'{r.name} (exit {r.returncode}, {r.log_path})' for r in unfinished) +
         '; fix the cause and run the same command again to resume them.')
 
 

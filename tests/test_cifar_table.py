@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -22,19 +23,22 @@ SHORT = ['--config.input.train_split=train[:512]', '--config.input.eval_split=te
          '--config.input.device_resident=True']
 
 
-def run_table(tmp_path, nets, *extra):
+def run_table(tmp_path, nets, *extra, seeds='0'):
   command = [sys.executable, '-m', 'resnet_jax.cifar_table', f'--root={tmp_path}/runs',
              f'--results={tmp_path}/results', f'--nets={nets}', f'--data_dir={DATA_DIR}',
-             '--poll_s=1', '--', *extra]
+             f'--seeds={seeds}', '--poll_s=1', '--', *extra]
   return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=480)
 
 
 def test_runs_concurrently_then_collects_and_a_rerun_skips_finished_runs(tmp_path):
-  result = run_table(tmp_path, 'resnet20,plain20', *SHORT)
+  result = run_table(tmp_path, 'resnet20,plain20', *SHORT, seeds='0,1')
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert result.stdout.count('started') == 2
-  rows = {r['net']: r for r in json.load(open(tmp_path / 'results' / 'table6.json'))}
-  assert set(rows) == {'resnet20', 'plain20'}
+  assert result.stdout.count('started') == 4
+  rows = {r['run']: r for r in json.load(open(tmp_path / 'results' / 'table6.json'))}
+  assert set(rows) == {'resnet20', 'plain20', 'resnet20_seed1', 'plain20_seed1'}
+  seeds = {run: json.load(open(tmp_path / 'results' / run / 'config.json'))['seed']
+           for run in rows}
+  assert seeds == {'resnet20': 0, 'plain20': 0, 'resnet20_seed1': 1, 'plain20_seed1': 1}
   for net, row in rows.items():
     assert row['step'] == 4 and row['count'] == 100
     assert 0 <= row['test_error'] <= 100
@@ -45,11 +49,14 @@ def test_runs_concurrently_then_collects_and_a_rerun_skips_finished_runs(tmp_pat
   assert rows['resnet20']['paper_error'] == 8.75 and rows['plain20']['paper_error'] is None
   table = (tmp_path / 'results' / 'table6.md').read_text()
   assert f"| resnet20 | 0.27M | {rows['resnet20']['test_error']:.2f} | 8.75 |" in table
+  errors = [rows[run]['test_error'] for run in ('resnet20', 'resnet20_seed1')]
+  assert (f'| resnet20 | 2 | {min(errors):.2f} | {np.mean(errors):.2f} ± '
+          f'{np.std(errors, ddof=1):.2f} | 8.75 |') in table
   assert (tmp_path / 'results' / 'fig6.png').stat().st_size > 10_000
   progress = (tmp_path / 'runs' / 'progress.txt').read_text()
-  assert progress.count('finished') == 2, progress
+  assert progress.count('finished') == 4, progress
 
-  again = run_table(tmp_path, 'resnet20,plain20', *SHORT)
+  again = run_table(tmp_path, 'resnet20,plain20', *SHORT, seeds='0,1')
   assert again.returncode == 0 and 'started' not in again.stdout, again.stdout
 
 

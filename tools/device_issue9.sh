@@ -5,7 +5,8 @@
 #   run(command="bash tools/device_issue9.sh STAGE", carry=[".whl", ".data"])
 #
 # Stages, in order (each ends inside the tool's 10-minute limit; what they
-# bring back lands in $OUT). The machine goes back 30 s after a call ends,
+# bring back lands in $OUT; environment variables go in front of `bash`).
+# The machine goes back 30 s after a call ends,
 # taking the detached runs with it: call the next stage straight away.
 #   bench   throughput table (issue 9's nets, float32 and bfloat16, K=1),
 #           the CIFAR nets again with K=100 steps per call and the split on
@@ -15,7 +16,8 @@
 #   poll    waits until they finish or about 9 minutes pass, then brings back
 #           progress and, once finished, the collected table, figure and
 #           each run's records (tarred: $OUT keeps only 2 folder levels).
-# Set TABLE6_FLAGS to pass more flags to every run (e.g. to shorten them).
+# Set TABLE6_FLAGS to pass more flags to every run (e.g. to shorten them),
+# TABLE6_ARGS for the launcher's own (e.g. --seeds=0,1,2,3,4 --nets=resnet110).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -36,7 +38,9 @@ ROOT=/tmp/table6
 case "${1:-}" in
   bench)
     B="python3 -m resnet_jax.benchmark --table=paper --steps=20 --warmup=3 --json=$OUT/throughput.jsonl"
-    $B --table_out="$OUT/throughput.md" 2>&1 | grep -v '^[IW][0-9]' | tee "$OUT/bench.log"
+    # BENCH_MODELS=resnet50,cifar_resnet110 (say) narrows the first table.
+    $B ${BENCH_MODELS:+--models=$BENCH_MODELS} --table_out="$OUT/throughput.md" 2>&1 \
+      | grep -v '^[IW][0-9]' | tee "$OUT/bench.log"
     $B --models=cifar_resnet20,cifar_resnet56,cifar_resnet110 --set=steps_per_dispatch=100 \
       --set=input.device_resident=True --steps=5 --table_out="$OUT/throughput_k100.md" \
       2>&1 | grep -v '^[IW][0-9]' | tee -a "$OUT/bench.log"
@@ -49,7 +53,7 @@ case "${1:-}" in
     mkdir -p "$ROOT"
     # shellcheck disable=SC2086
     setsid nohup python3 -m resnet_jax.cifar_table --root="$ROOT" --data_dir=.data/tfds \
-      --results="$ROOT/results" -- --config.steps_per_dispatch=100 \
+      --results="$ROOT/results" ${TABLE6_ARGS:-} -- --config.steps_per_dispatch=100 \
       --config.input.device_resident=True ${TABLE6_FLAGS:-} > "$ROOT/launcher.log" 2>&1 < /dev/null &
     sleep 90  # Long enough to see each run load its data and compile.
     cat "$ROOT/launcher.log" "$ROOT/progress.txt" 2>/dev/null
