@@ -279,16 +279,20 @@ def _figure(runs: list[Run], out: str):
   fig = Figure(figsize=(5 * len(panels), 4))
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
   for ax, (title, panel_runs) in zip(axes, panels):
+    final = 0.0
     for i, run in enumerate(panel_runs):
       records = curves.read_metrics(run.workdir)
       steps, values = curves.series(records, 'train_error')
       ax.plot(steps, [100 * v for v in values], color=f'C{i}', lw=0.6, alpha=0.7)
       steps, values = curves.series(records, 'test_error')
-      ax.plot(steps, [100 * v for v in values], color=f'C{i}', lw=2, label=run.net)
+      ax.plot(steps, [100 * v for v in values], color=f'C{i}', lw=2, label=run.net,
+              marker='o' if len(steps) < 3 else None)  # A lone point shows too.
+      final = max(final, 100 * values[-1]) if values else final
     ax.set_title(title)
     ax.set_xlabel('iterations')
     ax.set_ylabel('error (%)')
-    ax.set_ylim(0, 20)
+    # The paper's 0-20% where the nets trained; all of it for short runs.
+    ax.set_ylim(0, 20 if final < 15 else 100)
     ax.grid(alpha=0.3)
     ax.legend(title='thin: train, bold: test')
   fig.tight_layout()
