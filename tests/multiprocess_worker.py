@@ -26,6 +26,8 @@ parser.add_argument('--fault', choices=['none', 'sigterm', 'sigkill'], default='
 parser.add_argument('--fault_step', type=int, default=0)
 parser.add_argument('--fault_process', type=int, default=1)
 parser.add_argument('--heartbeat_timeout', type=int, default=10)
+parser.add_argument('--steps_per_dispatch', type=int, default=1)
+parser.add_argument('--device_resident', action='store_true')
 parser.add_argument('--result')
 args = parser.parse_args()
 
@@ -58,6 +60,10 @@ def tiny_config():
   config.log_every_steps = 2
   config.eval_every_steps = 3
   config.checkpoint_every_steps = args.checkpoint_every_steps
+  config.steps_per_dispatch = args.steps_per_dispatch
+  config.input.device_resident = args.device_resident
+  if args.steps_per_dispatch > 1:  # Evaluate and save only at the end.
+    config.eval_every_steps = config.checkpoint_every_steps = args.total_steps
   return config
 
 

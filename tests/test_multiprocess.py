@@ -42,7 +42,7 @@ def launch(workdir, num_processes=2, devices=2, **flags):
     args = [sys.executable, WORKER, f'--workdir={workdir}', f'--devices={devices}',
             f'--num_processes={num_processes}', f'--process_id={i}',
             f'--coordinator_address={address}']
-    args += [f'--{k}={v}' for k, v in flags.items()]
+    args += [f'--{k}' if v is True else f'--{k}={v}' for k, v in flags.items()]
     log = open(os.path.join(str(workdir) + f'.log{i}'), 'w')
     procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env))
   return procs
@@ -133,6 +133,20 @@ def test_two_processes_train_and_evaluate_like_one(reference_runs):
   assert os.path.exists(os.path.join(multi, 'config.json'))
   log0, log1 = open(multi + '.log0').read(), open(multi + '.log1').read()
   assert 'step 6/6' in log0 and 'step 6/6' not in log1
+
+
+def test_two_processes_with_k_steps_per_call_and_the_split_on_the_devices(reference_runs,
+                                                                         tmp_path):
+  # Each process puts the whole split on its 2 devices and sends only indices;
+  # 3 calls of 2 steps must train like 6 single steps of 1 process x 4 devices.
+  single, _ = reference_runs
+  workdir = str(tmp_path / 'k2')
+  run(workdir, num_processes=2, devices=2, steps_per_dispatch=2, device_resident=True)
+  a, b = final_state(single), final_state(workdir)
+  assert int(a['step']) == int(b['step']) == 6
+  for x, y in zip(jax.tree.leaves((a['params'], a['batch_stats'])),
+                  jax.tree.leaves((b['params'], b['batch_stats']))):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-5)  # Scan: float32 rounding.
 
 
 def test_sigterm_to_one_process_saves_the_same_step_everywhere(reference_runs, tmp_path):
