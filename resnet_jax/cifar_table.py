@@ -26,6 +26,7 @@ Extra flags after `--` go to every run, e.g. `-- --config.steps_per_dispatch=50
 """
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -70,12 +71,16 @@ class Run:
   workdir: str
   command: list[str]
   process: subprocess.Popen | None = None
-  returncode: int | None = None
+  returncode: int | str | None = None
 
   @property
   def name(self):
     """The net, with the seed if it is not 0 (also the workdir's name)."""
     return self.net if self.seed == 0 else f'{self.net}_seed{self.seed}'
+
+  @property
+  def outcome(self) -> str:
+    return self.returncode if isinstance(self.returncode, str) else f'exit {self.returncode}'
 
   @property
   def log_path(self):
@@ -133,7 +138,7 @@ def progress_lines(runs: list[Run]) -> list[str]:
     if run.finished():
       state = 'finished'
     elif run.returncode is not None:
-      state = f'did not finish (exit {run.returncode}; see {run.log_path})'
+      state = f'did not finish ({run.outcome}; see {run.log_path})'
     else:
       state = 'running' if run.process is not None else 'waiting'
     parts = [f'{run.name:>16}: {state}']
@@ -157,13 +162,24 @@ def launch(runs: list[Run], concurrent: int, root: str, poll_s: float) -> list[R
     while todo and len(active) < concurrent:
       run = todo.pop(0)
       os.makedirs(run.workdir, exist_ok=True)
-      with open(run.log_path, 'a') as log:
+      lock = _lock(run.workdir)
+      if lock is None:  # Two trainers in one workdir would corrupt it.
+        run.returncode = 'already running'
+        unfinished.append(run)
+        print(f'{run.name} is already running (a process holds {run.workdir}/.lock: '
+              'another launcher, or a run it left behind); not started', flush=True)
+        continue
+      with open(run.log_path, 'a') as log, lock:
         log.write(f'\n$ {" ".join(run.command)}\n')
         log.flush()
+        # The run inherits the locked file, so the lock lasts as long as it
+        # does, even if this launcher dies first.
         run.process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT,
-                                       env=env)
+                                       env=env, pass_fds=(lock.fileno(),))
       active.append(run)
       print(f'started {run.name} (pid {run.process.pid}): {run.log_path}', flush=True)
+    if not active:
+      break
     deadline = time.time() + poll_s
     while time.time() < deadline and all(r.process.poll() is None for r in active):
       time.sleep(min(1.0, poll_s))
@@ -178,11 +194,23 @@ def launch(runs: list[Run], concurrent: int, root: str, poll_s: float) -> list[R
       unfinished.append(run)
       with open(run.log_path) as log:
         tail = ''.join(log.readlines()[-5:])
-      print(f'{run.name} did not finish (exit {run.returncode}); last lines of '
+      print(f'{run.name} did not finish ({run.outcome}); last lines of '
             f'{run.log_path}:\n{tail}', flush=True)
     with open(os.path.join(root, 'progress.txt'), 'w') as f:
       f.write(time.strftime('%Y-%m-%d %H:%M:%S') + '\n' + '\n'.join(progress_lines(runs)) + '\n')
   return unfinished
+
+
+def _lock(workdir: str):
+  """The workdir's lock file, locked for this launcher; None if a process
+  (a run, or another launcher) holds it."""
+  lock = open(os.path.join(workdir, '.lock'), 'w')
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.close()
+    return None
+  return lock
 
 
 def _wall_time(workdir: str) -> float | None:
@@ -311,7 +339,7 @@ def main(argv):
   collect(runs, results)
   if unfinished:
     raise SystemExit('error: runs did not finish: ' + ', '.join(
-        f'{r.name} (exit {r.returncode}, {r.log_path})' for r in unfinished) +
+        f'{r.name} ({r.outcome}, {r.log_path})' for r in unfinished) +
         '; fix the cause and run the same command again to resume them.')
 
 

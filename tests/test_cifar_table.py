@@ -1,5 +1,6 @@
 """The Table 6 launcher: concurrent runs through main, resumable, collected into the table."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -57,7 +58,7 @@ def test_runs_concurrently_then_collects_and_a_rerun_skips_finished_runs(tmp_pat
   assert progress.count('finished') == 4, progress
 
   again = run_table(tmp_path, 'resnet20,plain20', *SHORT, seeds='0,1')
-  assert again.returncode == 0 and 'started' not in again.stdout, again.stdout
+  assert again.returncode == 0 and 'started ' not in again.stdout, again.stdout
 
 
 def test_a_run_that_fails_is_named_with_its_log(tmp_path):
@@ -66,3 +67,13 @@ def test_a_run_that_fails_is_named_with_its_log(tmp_path):
   assert 'resnet20 did not finish (exit 1)' in result.stdout
   assert 'error: bad config: input.batch_size=7' in result.stdout  # The log's last lines.
   assert 'error: runs did not finish: resnet20 (exit 1' in result.stderr
+
+
+def test_a_run_whose_workdir_is_in_use_is_not_started_twice(tmp_path):
+  (tmp_path / 'runs' / 'resnet20').mkdir(parents=True)
+  with open(tmp_path / 'runs' / 'resnet20' / '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # As a run started by another launcher holds it.
+    result = run_table(tmp_path, 'resnet20', *SHORT)
+  assert result.returncode != 0
+  assert 'resnet20 is already running' in result.stdout and 'started resnet20' not in result.stdout
+  assert 'resnet20 (already running' in result.stderr
