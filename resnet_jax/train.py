@@ -231,7 +231,8 @@ def train_steps(state: TrainState, batches, resident, *, steps: int, **step_kwar
 
   if steps == 1:
     return one_step(state, batches)
-  return jax.lax.scan(one_step, state, batches)
+  with models.step_loop():  # Keeps XLA:CPU's convolution gradients fast in the loop.
+    return jax.lax.scan(one_step, state, batches)
 
 
 def plateau_step(state: TrainState, holdout_error, *, config) -> TrainState:
@@ -439,9 +440,6 @@ def _train(config, workdir, dataset, manager) -> dict:
     norm = jax.device_put(dataset.normalization(), trainer.replicated)
     state = trainer.init_fn(norm)
 
-  if per_dispatch > 1 and jax.default_backend() == 'cpu':
-    _log(f'Note: steps_per_dispatch={per_dispatch} is slower than 1 on CPU (XLA:CPU '
-         'computes strided-conv gradients slowly inside a loop); it is for GPUs and TPUs.')
   resident = trainer.put_resident(dataset.resident_arrays())
   t0 = time.time()
   compiled_step = trainer.compile_train(config.input.batch_size, resident)

@@ -39,15 +39,17 @@ def _vdot(x, y):
                                             ((3, 3), 'SAME'),
                                             ((3, 3), ((0, 2), (1, 1))),
                                             ((3, 3), 'VALID')])
-def test_cpu_gradient_conv_matches_lax(kernel, padding):
-  """Values, gradients and tangents of the CPU conv equal XLA's own."""
+@pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
+def test_cpu_gradient_conv_matches_lax(kernel, padding, strides):
+  """Values, gradients and tangents of the CPU conv equal XLA's own; strided
+  ones as traced inside a loop of train steps (stride 1, subsampled)."""
   kx, kk, kd, ktx, ktk = jax.random.split(jax.random.key(3), 5)
   x = jax.random.normal(kx, (2, 7, 6, 3))
   k = jax.random.normal(kk, kernel + (3, 5))
   dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, NHWC)
 
   def loss(conv_fn, x, k):
-    y = conv_fn(x, k, (1, 1), padding, dimension_numbers=dn)
+    y = conv_fn(x, k, strides, padding, dimension_numbers=dn)
     return jnp.sum(y * jax.random.normal(kd, y.shape))
 
   tangents = (jax.random.normal(ktx, x.shape), jax.random.normal(ktk, k.shape))
@@ -59,7 +61,8 @@ def test_cpu_gradient_conv_matches_lax(kernel, padding):
     return (jax.grad(f, (0, 1))(x, k), jax.jvp(f, (x, k), (tx, tk)),
             jax.jvp(lambda a: f(a, k), (x,), (tx,)), jax.jvp(lambda b: f(x, b), (k,), (tk,)))
 
-  ours = derivatives(models.conv_general_dilated, x, k, *tangents)
+  with models.step_loop():
+    ours = derivatives(models.conv_general_dilated, x, k, *tangents)
   ref = derivatives(jax.lax.conv_general_dilated, x, k, *tangents)
   assert len(jax.tree.leaves(ours)) == 8
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):

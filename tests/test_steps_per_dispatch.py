@@ -9,6 +9,7 @@ bit-identical on CPU but compiles K copies of the step.
 """
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +110,18 @@ def test_resident_gather_is_local_to_each_device():
   assert 'while' in hlo  # The K steps are one loop, not K unrolled copies.
   batch = trainer.to_global({'index': np.zeros((4, 16), np.int32)})
   assert batch['index'].sharding.spec == jax.sharding.PartitionSpec(None, 'data')
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the CPU path only')
+def test_strided_convolutions_in_the_loop_take_the_fast_cpu_path():
+  """XLA:CPU runs strided-conv gradients 50-100x slower inside a loop: there
+  they are stride-1 forward convolutions, subsampled (models.step_loop).
+  A single step keeps XLA's strided convolutions."""
+  convs = lambda hlo: re.findall(r'convolution\(.*?window=\{([^}]*)\}', hlo)
+  single = make_trainer(dispatch_config(1)).compile_train(16).as_text()
+  multi = make_trainer(dispatch_config(2)).compile_train(16).as_text()
+  assert any('stride=2x2' in w for w in convs(single))  # The check can fail.
+  assert convs(multi) and not any('stride=' in w for w in convs(multi)), convs(multi)
 
 
 def test_loop_with_k_steps_and_resume_under_another_k_equals_single_steps(tmp_path):
