@@ -68,8 +68,8 @@ class Run:
   """One net's training run: its command, workdir and process."""
   net: str
   seed: int
-  workdir: str
-  command: list[str]
+  root: str
+  command: list[str] = dataclasses.field(default_factory=list)
   process: subprocess.Popen | None = None
   returncode: int | str | None = None
 
@@ -77,6 +77,10 @@ class Run:
   def name(self):
     """The net, with the seed if it is not 0 (also the workdir's name)."""
     return self.net if self.seed == 0 else f'{self.net}_seed{self.seed}'
+
+  @property
+  def workdir(self):
+    return os.path.join(self.root, self.name)
 
   @property
   def outcome(self) -> str:
@@ -90,6 +94,13 @@ class Run:
     """Trained to the end and scored (eval.json is written last)."""
     return os.path.exists(os.path.join(self.workdir, 'eval.json'))
 
+  def records(self) -> list[dict]:
+    """Its metrics.jsonl records so far ([] before the first)."""
+    try:
+      return curves.read_metrics(self.workdir)
+    except (FileNotFoundError, ValueError):  # Not written yet, or a line half-written.
+      return []
+
 
 def make_runs(nets, seeds, root, dataset, data_dir, extra_flags) -> list[Run]:
   runs = []
@@ -100,14 +111,14 @@ def make_runs(nets, seeds, root, dataset, data_dir, extra_flags) -> list[Run]:
                        if f.startswith('cifar10_'))
       raise app.UsageError(f'no config for net {net!r} ({config}); valid: {", ".join(choices)}')
     for seed in seeds:
-      name = Run(net, seed, '', []).name
-      workdir = os.path.join(root, name)
-      command = [sys.executable, '-m', 'resnet_jax.main', f'--config={config}',
-                 f'--workdir={workdir}', f'--config.input.dataset={dataset}',
-                 f'--config.seed={seed}']
+      run = Run(net, seed, root)
+      run.command = [sys.executable, '-m', 'resnet_jax.main', f'--config={config}',
+                     f'--workdir={run.workdir}', f'--config.input.dataset={dataset}',
+                     f'--config.seed={seed}']
       if data_dir:
-        command.append(f'--config.input.data_dir={data_dir}')
-      runs.append(Run(net, seed, workdir, command + list(extra_flags)))
+        run.command.append(f'--config.input.data_dir={data_dir}')
+      run.command += list(extra_flags)
+      runs.append(run)
   return runs
 
 
@@ -120,12 +131,8 @@ def _environment(concurrent: int) -> dict:
   return env
 
 
-def _last_records(workdir: str) -> tuple[dict, dict]:
-  """The latest train and eval records of a workdir's metrics.jsonl."""
-  try:
-    records = curves.read_metrics(workdir)
-  except (FileNotFoundError, ValueError):
-    return {}, {}
+def _last_records(records: list[dict]) -> tuple[dict, dict]:
+  """The latest train and eval records."""
   train = [r for r in records if 'train_loss' in r]
   evals = [r for r in records if 'test_error' in r]
   return (train[-1] if train else {}), (evals[-1] if evals else {})
@@ -134,7 +141,7 @@ def _last_records(workdir: str) -> tuple[dict, dict]:
 def progress_lines(runs: list[Run]) -> list[str]:
   lines = []
   for run in runs:
-    train, test = _last_records(run.workdir)
+    train, test = _last_records(run.records())
     if run.finished():
       state = 'finished'
     elif run.returncode is not None:
@@ -213,13 +220,9 @@ def _lock(workdir: str):
   return lock
 
 
-def _wall_time(workdir: str) -> float | None:
+def _wall_time(records: list[dict]) -> float | None:
   """Seconds from the first to the last metrics record (resumes included,
   the gaps between them not)."""
-  try:
-    records = curves.read_metrics(workdir)
-  except FileNotFoundError:
-    return None
   times = sorted(r['time'] for r in records if 'time' in r)
   if len(times) < 2:
     return None
@@ -242,14 +245,16 @@ def collect(runs: list[Run], results: str) -> list[dict]:
     with open(os.path.join(run.workdir, 'eval.json')) as f:
       scored = json.load(f)
     center = scored['protocols']['center']
-    train, _ = _last_records(run.workdir)
+    records = run.records()
+    train, _ = _last_records(records)
     with open(os.path.join(run.workdir, 'config.json')) as f:
       dataset = json.load(f)['input']['dataset']
-    rows.append({'run': run.name, 'net': run.net, 'seed': run.seed, 'dataset': dataset, 'test_error': 100 * center['top1_error'],
-                 'count': center.get('count'), 'step': scored.get('step'),
+    rows.append({'run': run.name, 'net': run.net, 'seed': run.seed, 'dataset': dataset,
+                 'test_error': 100 * center['top1_error'], 'count': center.get('count'),
+                 'step': scored.get('step'),
                  'final_train_error': 100 * train['train_error'] if train else None,
                  'paper_error': PAPER_ERROR.get(run.net),
-                 'params': PAPER_PARAMS.get(run.net), 'wall_s': _wall_time(run.workdir)})
+                 'params': PAPER_PARAMS.get(run.net), 'wall_s': _wall_time(records)})
   if not rows:
     print(f'nothing finished to collect under {FLAGS.root}', flush=True)
     return rows
@@ -309,7 +314,7 @@ def _figure(runs: list[Run], out: str):
   for ax, (title, panel_runs) in zip(axes, panels):
     final = 0.0
     for i, run in enumerate(panel_runs):
-      records = curves.read_metrics(run.workdir)
+      records = run.records()
       steps, values = curves.series(records, 'train_error')
       ax.plot(steps, [100 * v for v in values], color=f'C{i}', lw=0.6, alpha=0.7)
       steps, values = curves.series(records, 'test_error')

@@ -184,6 +184,15 @@ class Dataset(abc.ABC):
     return normalize(images, norm)
 
 
+def flatten_views(images: jax.Array) -> tuple[jax.Array, int, int]:
+  """Evaluation batches, (B, V, H, W, 3) or (B, H, W, 3) (one view each) ->
+  (B*V, H, W, 3) images, B, V."""
+  if images.ndim == 4:
+    images = images[:, None]
+  b, v = images.shape[:2]
+  return images.reshape((b * v,) + images.shape[2:]), b, v
+
+
 def normalize(images: jax.Array, norm: dict) -> jax.Array:
   """(images - mean) / std, float32; a per-pixel mean of another size than
   the images (multi-scale views) is reduced to its per-channel mean."""

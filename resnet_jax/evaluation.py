@@ -44,11 +44,8 @@ class Scorer:
     self._fn = jax.jit(self._scores, out_shardings=self.replicated)
 
   def _scores(self, variables, norm, batch):
-    images = batch['image']
-    if images.ndim == 4:  # (B, H, W, 3): one view per image.
-      images = images[:, None]
-    b, v = images.shape[:2]
-    x = self.dataset.preprocess_eval(images.reshape((b * v,) + images.shape[2:]), norm)
+    images, b, v = data_lib.flatten_views(batch['image'])
+    x = self.dataset.preprocess_eval(images, norm)
     kwargs = {}
     if 'pixel_mask' in batch:
       kwargs['mask'] = jnp.repeat(batch['pixel_mask'], v, axis=0)

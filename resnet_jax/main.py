@@ -12,7 +12,6 @@ data, checkpoint, workdir) prints one line saying what to fix and exits 1.
 All logic lives in `resnet_jax.train` and `resnet_jax.evaluation`.
 """
 
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -42,8 +41,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  sys.unraisablehook = _quiet_closed_event_loops
-  try:
+  with errors.one_line_errors():
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                            auto_detect=FLAGS.detect_cluster)
     from resnet_jax import evaluation, train  # After the runtime is up.
@@ -51,17 +49,6 @@ def main(argv):
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
       evaluation.evaluate_workdir(FLAGS.config, FLAGS.workdir)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def _quiet_closed_event_loops(unraisable):
-  """After a failed Orbax read, its async reader callbacks report 'Event loop
-  is closed': noise around the one-line error, so not printed."""
-  if not (isinstance(unraisable.exc_value, RuntimeError) and
-          'Event loop is closed' in str(unraisable.exc_value)):
-    sys.__unraisablehook__(unraisable)
 
 
 if __name__ == '__main__':

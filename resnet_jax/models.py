@@ -108,7 +108,7 @@ def step_loop():
   while loop, like those of stride-1 ones (see `_conv_cpu_gradients_jvp`).
   So inside the loop the CPU path computes a strided convolution as the
   stride-1 one, subsampled: s*s times the FLOPs of those few layers, all in
-  fast forward convolutions (ResNet-20, K=4: 1,872 -> about 680 ms/step).
+  fast forward convolutions (ResNet-20, K=4: 1,872 -> 603 ms/step).
   Outside, strided convolutions keep XLA's own, cheaper path.
   """
   token = _IN_STEP_LOOP.set(True)
@@ -127,8 +127,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   gradients computed by `_conv_cpu_gradients`, and so do strided ones traced
   under `step_loop()` (as stride-1 convolutions, subsampled); every other
   platform and case uses XLA's own convolution and gradient unchanged
-  (`lax.platform_dependent` picks at lowering time). Same values either way, and both differentiate in
-  forward mode too (`jax.jvp`, `jax.jacfwd`, `jax.linearize`).
+  (`lax.platform_dependent` picks at lowering time). Same values either way,
+  and both differentiate in forward mode too (`jax.jvp`, `jax.jacfwd`,
+  `jax.linearize`).
   """
   standard = functools.partial(
       jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,

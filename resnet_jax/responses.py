@@ -285,11 +285,7 @@ class ResponseMeter:
   BATCH_KEYS = ('image', 'mask', 'index', 'pixel_mask')  # What the device reads.
 
   def _moments(self, variables, norm, batch):
-    images = batch['image']
-    if images.ndim == 4:  # (B, H, W, 3): one view per image.
-      images = images[:, None]
-    b, v = images.shape[:2]
-    images = images.reshape((b * v,) + images.shape[2:])
+    images, _, v = data_lib.flatten_views(batch['image'])
     x = images.astype(jnp.float32) if norm is None else self.preprocess(images, norm)
     example_mask = jnp.repeat(batch['mask'], v, axis=0)
     pixel_mask = batch.get('pixel_mask')
@@ -750,11 +746,8 @@ def parse_flags(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None):
-  try:
+  with errors.one_line_errors():
     run(**parse_flags(sys.argv if argv is None else argv))
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 if __name__ == '__main__':

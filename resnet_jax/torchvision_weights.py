@@ -44,7 +44,6 @@ import sys
 
 import flax.traverse_util
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import errors, models
@@ -165,11 +164,20 @@ def infer_name(state_dict) -> str | None:
 
 def _abstract(model) -> dict:
   """Flat {path: ShapeDtypeStruct} of the model's params and batch_stats."""
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32),
-                         train=False))
-  return flax.traverse_util.flatten_dict(
-      {'params': variables['params'], 'batch_stats': variables['batch_stats']})
+  from resnet_jax import train
+  return flax.traverse_util.flatten_dict(train.abstract_variables(model))
+
+
+def _check_shapes(flat: dict, wanted: dict, what: str):
+  """WeightsError unless `flat` has exactly the paths and shapes of `wanted`."""
+  for path, s in wanted.items():
+    got = tuple(np.shape(flat[path])) if path in flat else 'nothing'
+    if got != s.shape:
+      raise WeightsError(f'{"/".join(path)}: {what} needs shape {s.shape}, the variables '
+                         f'have {got} (option B shortcuts; scanned stages stack blocks 2..n)')
+  extra = [path for path in flat if path not in wanted]
+  if extra:
+    raise WeightsError(f'{"/".join(extra[0])} is not a variable of {what}')
 
 
 def create_model(name: str, num_classes: int = 1000, scan_blocks: bool = True) -> models.ResNet:
@@ -262,17 +270,8 @@ def to_torchvision(variables, name: str) -> dict:
   scan = any(path[1].endswith('_rest') for path in flat)
   fc = flat.get(('params', 'fc', 'kernel'))
   num_classes = int(np.shape(fc)[-1]) if fc is not None else 1000
-  shapes = _abstract(create_model(name, num_classes, scan_blocks=scan))
-  for path, s in shapes.items():
-    if path not in flat:
-      raise WeightsError(f'the variables have no {"/".join(path)}: not a torchvision '
-                         f'{name} (option B shortcuts)')
-    if tuple(np.shape(flat[path])) != s.shape:
-      raise WeightsError(f'{"/".join(path)} has shape {tuple(np.shape(flat[path]))}, '
-                         f'{name} has {s.shape}')
-  extra = [path for path in flat if path not in shapes]
-  if extra:
-    raise WeightsError(f'{"/".join(extra[0])} has no counterpart in torchvision {name}')
+  _check_shapes(flat, _abstract(create_model(name, num_classes, scan_blocks=scan)),
+                f'torchvision {name}')
 
   out = {}
   for key, (path, row, kind) in key_map(name, scan_blocks=scan).items():
@@ -377,16 +376,7 @@ def write_workdir(model_name: str, variables, workdir):
                               'fresh --workdir')
   flat = flax.traverse_util.flatten_dict(
       {'params': variables['params'], 'batch_stats': variables['batch_stats']})
-  wanted = flax.traverse_util.flatten_dict(
-      train.abstract_variables(train.create_model(config)))
-  for p, s in wanted.items():
-    if p not in flat or tuple(np.shape(flat[p])) != s.shape:
-      got = tuple(np.shape(flat[p])) if p in flat else 'nothing'
-      raise WeightsError(f'{"/".join(p)}: {model_name} needs shape {s.shape}, the '
-                         f'variables have {got} (scanned stages stack blocks 2..n)')
-  extra = [p for p in flat if p not in wanted]
-  if extra:
-    raise WeightsError(f'{"/".join(extra[0])} is not a variable of {model_name}')
+  _check_shapes(flat, _abstract(train.create_model(config)), model_name)
 
   tree = flax.traverse_util.unflatten_dict(
       {p: np.asarray(jax.device_get(a), np.float32) for p, a in flat.items()})
@@ -460,21 +450,13 @@ def _define_flags():
   flags.mark_flags_as_required(['torch_file', 'workdir'])
 
 
-def _quiet_closed_event_loops(unraisable):
-  """As `main`'s: Orbax's 'Event loop is closed' noise after a failed read."""
-  if not (isinstance(unraisable.exc_value, RuntimeError) and
-          'Event loop is closed' in str(unraisable.exc_value)):
-    sys.__unraisablehook__(unraisable)
-
-
 def _main(argv):
   from absl import app, flags, logging
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO.
-  sys.unraisablehook = _quiet_closed_event_loops
-  try:
+  with errors.one_line_errors():
     if FLAGS.export:
       name, step = export_workdir(FLAGS.workdir, FLAGS.torch_file, FLAGS.model)
       print(f'wrote {FLAGS.torch_file}: torchvision {name} from step {step} of '
@@ -488,9 +470,6 @@ def _main(argv):
             f'{FLAGS.torch_file}; evaluate it with: python -m resnet_jax.main '
             f'--config=configs/imagenet_r{name[len("resnet"):]}.py {evaluate_flags(name)} '
             f'--workdir={FLAGS.workdir} --mode=evaluate', flush=True)
-  except errors.UserError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 if __name__ == '__main__':

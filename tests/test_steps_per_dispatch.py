@@ -43,11 +43,6 @@ def host_batches(n_steps, batch=16):
   return split, index
 
 
-def _tree_equal(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @pytest.mark.parametrize('resident', [False, True])
 def test_k_steps_in_one_call_equal_k_single_steps(resident):
   """Warm-up (ended by its cap at step 5) and lr boundaries (3, 6) fall inside
