@@ -25,7 +25,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from resnet_jax import distributed, errors
+from resnet_jax import distributed, errors, experiment, models
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_SUFFIX = '.unreadable'
@@ -35,6 +35,20 @@ def workdir_path(workdir) -> epath.Path:
   """`workdir` as an epath; local paths made absolute (Orbax wants them so)."""
   path = epath.Path(workdir)
   return path if '://' in str(workdir) else epath.Path(os.path.abspath(workdir))
+
+
+def prepare_workdir(workdir):
+  """Creates `workdir` and checks that every process can write into it."""
+  path = workdir_path(workdir)
+  probe = path / f'.write_test.{jax.process_index()}'
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise errors.WorkdirError(
+        f'cannot write into --workdir={workdir} ({type(e).__name__}: {e.strerror or e}); '
+        'choose a writable directory.') from e
 
 
 def manager(workdir, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
@@ -134,12 +148,43 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_position, config,
          order: dict | None = None):
   """Saves `state` and this process's data position (a state dict of the
   input iterator) as step `step`, asynchronously; every process calls it."""
-  meta = {'structure': structure(config), 'step': step, 'data_order': order,
-          'config': json.loads(config.to_json_best_effort())}
   mngr.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(DataPosition(data_position)),
-      meta=ocp.args.JsonSave(meta)), force=True)
+      meta=ocp.args.JsonSave(_meta(config, step, order))), force=True)
+
+
+def _meta(config, step: int, order: dict | None) -> dict:
+  return {'structure': structure(config), 'step': step, 'data_order': order,
+          'config': json.loads(config.to_json_best_effort())}
+
+
+def save_for_inference(workdir, config, state: dict):
+  """Makes a fresh `workdir` hold `state` (params, batch_stats, norm, step) as
+  step 0 with its `meta` and `config.json`: enough for `load_variables` and
+  `--mode=evaluate`, not for resuming training (no optimizer state, no data
+  position)."""
+  path = workdir_path(workdir)
+  if (path / 'config.json').exists() or (path / CHECKPOINT_DIR).exists():
+    raise errors.WorkdirError(f'{path} already holds a config or checkpoints; use a '
+                              'fresh --workdir')
+  with manager(workdir) as mngr:
+    # Orbax saves a subset of the manager's items: no `data` (no input position).
+    mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                         meta=ocp.args.JsonSave(_meta(config, 0, None))),
+              force=True)
+    mngr.wait_until_finished()
+  record_config(workdir, config, 0)
+
+
+def check_resumable_under(restored, steps_per_dispatch: int, workdir):
+  """ConfigError unless a restored (step, ...) can go on in calls of
+  `steps_per_dispatch` steps (its step a multiple of it)."""
+  if restored is not None and restored[0] % steps_per_dispatch:
+    raise errors.ConfigError(
+        f'{workdir} holds step {restored[0]}, not a multiple of steps_per_dispatch='
+        f'{steps_per_dispatch}; resume with a --config.steps_per_dispatch that divides '
+        f'{restored[0]} (e.g. 1), then raise it at a later checkpoint.')
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
@@ -288,16 +333,15 @@ def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *,
     (model, {'params', 'batch_stats'}, norm {'mean', 'std'}, step) of the
     latest checkpoint.
   """
-  from resnet_jax import train  # The model factory and the state's variables.
   require_checkpoints(workdir)
   config = config or read_config(workdir)
-  model = train.create_model(config)
+  model = experiment.model_from_config(config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with manager(workdir, create=False) as mngr:
     step = check_matches(mngr, config)
     if step is None:
       require_checkpoints(workdir, any_step=True)
-    abstract = train.abstract_variables(model)
+    abstract = models.abstract_variables(model)
     abstract['norm'] = _saved_norm_shapes(mngr, step)
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)

@@ -193,7 +193,6 @@ def imagenette(model: str = 'resnet18') -> ml_collections.ConfigDict:
   """
   config = imagenet(model)
   config.input.dataset = 'imagenette224'
-  config.input.data_dir = '../shared/data/tfds'
   config.input.num_holdout = 500
   config.schedule.total_steps = 6_000  # About 170 epochs.
   config.schedule.boundaries = (3_000, 4_500)

@@ -1,4 +1,5 @@
-"""The JAX distributed runtime: starting it, and stopping many hosts together.
+"""The JAX distributed runtime: starting it, the device mesh, global arrays
+from per-process data, and stopping many hosts together.
 
 One process per host (TPU VM worker, GPU node or SLURM task) runs the same
 command. `initialize` starts JAX's coordination service from JAX's own flags
@@ -20,6 +21,9 @@ import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
+
+from resnet_jax import errors
 
 # Bounds on waiting for other processes, in seconds (JAX's defaults are 300,
 # 100 and 300). A dead process makes the others fail after about
@@ -53,7 +57,6 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   """
   explicit = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
-    from resnet_jax import errors
     raise errors.ConfigError(
         'give all of --coordinator_address=HOST:PORT, --num_processes=N and '
         '--process_id=I (or none, to let JAX detect the cluster)')
@@ -83,6 +86,32 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def is_initialized() -> bool:
   """Whether `initialize` started the runtime in this process."""
   return _state['initialized']
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh with one `data` axis over all (or the given) devices.
+
+  `jax.make_mesh` orders the devices by the physical topology (TPU torus,
+  hosts), so neighbours on the axis are neighbours on the interconnect. Auto
+  axes: the step is one GSPMD program, shardings given at its boundary.
+  """
+  devices = list(devices) if devices is not None else jax.devices()
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,),
+                       devices=devices)
+
+
+def to_global(local_batch, sharding: NamedSharding):
+  """This process's numpy share of a batch -> global `jax.Array`s with
+  `sharding` (its batch axis over `data`); every process calls it."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
+                      local_batch)
+
+
+def put_replicated(arrays: dict, sharding: NamedSharding) -> dict:
+  """Host arrays, the same in every process -> device arrays with `sharding`
+  (replicated), built from each process's own copy."""
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+          for k, v in arrays.items()}
 
 
 def all_true(value: bool) -> bool:

@@ -3,7 +3,7 @@
 - `center`: one view per image (ImageNet: shorter side `eval.resize_size`,
   central `eval.crop_size` crop; CIFAR: the original image, section 4.2).
 - `ten_crop`: the 4 corner crops of the whole resized image, the centre crop,
-  and their flips; softmax scores averaged (see `imagenet_input.ten_crop_views`).
+  and their flips; softmax scores averaged (see `data.imagenet_views.ten_crop_views`).
 - `multi_scale`: the fully-convolutional form: whole images resized to each
   shorter side in `eval.scales`, and their flips; softmax scores averaged
   over scales and flips. Images of any aspect ratio are batched by padding to
@@ -24,9 +24,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpointing, data as data_lib, errors
+from resnet_jax import checkpointing, config_lib, distributed, errors
+from resnet_jax import data as data_lib
+from resnet_jax.data import core as data_core
 
 PROTOCOL_NAMES = {'center': '1-crop', 'ten_crop': '10-crop', 'multi_scale': 'multi-scale',
                   'ensemble': 'ensemble'}
@@ -44,7 +47,7 @@ class Scorer:
     self._fn = jax.jit(self._scores, out_shardings=self.replicated)
 
   def _scores(self, variables, norm, batch):
-    images, b, v = data_lib.flatten_views(batch['image'])
+    images, b, v = data_core.flatten_views(batch['image'])
     x = self.dataset.preprocess_eval(images, norm)
     kwargs = {}
     if 'pixel_mask' in batch:
@@ -60,8 +63,7 @@ class Scorer:
 
   def __call__(self, variables, norm, local_batch) -> dict:
     """Host numpy scores of this process's `local_batch` and all others'."""
-    batch = jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), local_batch)
+    batch = distributed.to_global(local_batch, self.batch_sharding)
     return jax.device_get(self._fn(variables, norm, batch))
 
 
@@ -70,23 +72,18 @@ class Scores:
 
   def __init__(self, num_examples: int, num_classes: int):
     self.total = np.zeros((num_examples, num_classes), np.float64)
-    self.count = np.zeros((num_examples,), np.int64)
+    self.counter = data_core.ExampleCounter(num_examples)
     self.label = np.full((num_examples,), -1, np.int64)
 
   def add(self, out: dict):
-    valid = out['mask'] > 0
+    valid = self.counter.add(out)
     index = out['index'][valid]
     np.add.at(self.total, index, out['probs'][valid])
-    np.add.at(self.count, index, 1)
     self.label[index] = out['label'][valid]
 
   def probabilities(self, expected_count: int) -> np.ndarray:
     """Averaged scores; raises unless every example was scored as often as expected."""
-    wrong = np.flatnonzero(self.count != expected_count)
-    if wrong.size:
-      raise AssertionError(
-          f'{wrong.size} examples were scored {sorted(set(self.count[wrong].tolist()))} '
-          f'times, expected {expected_count} (e.g. example {wrong[0]})')
+    self.counter.check(expected_count, 'scored')
     return self.total / expected_count
 
 
@@ -109,6 +106,15 @@ def _images_per_batch(config, views: int, view_pixels: int, num_devices: int) ->
   return per_device * num_devices
 
 
+def images_per_batch(config, dataset, protocol: str, num_devices: int) -> int:
+  """Images per global batch of the 'center' or 'ten_crop' protocol: CIFAR's
+  `input.eval_batch_size`, ImageNet's pixel budget; a multiple of the devices."""
+  if dataset.info.family == 'cifar':
+    return max(1, config.input.eval_batch_size // num_devices) * num_devices
+  crop = config.eval.crop_size
+  return _images_per_batch(config, 1 if protocol == 'center' else 10, crop * crop, num_devices)
+
+
 def protocol_scores(protocol: str, scorer: Scorer, variables, norm, dataset, split: str,
                     config) -> tuple[np.ndarray, np.ndarray]:
   """(averaged scores (N, C), labels (N,)) of every example of `split`."""
@@ -116,12 +122,7 @@ def protocol_scores(protocol: str, scorer: Scorer, variables, norm, dataset, spl
   scores = Scores(num, scorer.model.num_classes)
   pcount, pindex = jax.process_count(), jax.process_index()
   if protocol in ('center', 'ten_crop'):
-    views = 1 if protocol == 'center' else 10
-    crop = config.eval.crop_size
-    if dataset.info.family == 'cifar':
-      per_batch = max(1, config.input.eval_batch_size // scorer.num_devices) * scorer.num_devices
-    else:
-      per_batch = _images_per_batch(config, views, crop * crop, scorer.num_devices)
+    per_batch = images_per_batch(config, dataset, protocol, scorer.num_devices)
     for batch in dataset.eval_batches(split, protocol, per_batch // pcount, pindex, pcount):
       scores.add(scorer(variables, norm, batch))
     return scores.probabilities(1), scores.label
@@ -170,6 +171,36 @@ def evaluate_protocol(protocol: str, scorer: Scorer, variables, norm, dataset, s
   """Top-1/top-5 error, loss and count of one model under one protocol."""
   probs, labels = protocol_scores(protocol, scorer, variables, norm, dataset, split, config)
   return {'split': split, **metrics(probs, labels)}
+
+
+def evaluate_splits(scorer: Scorer, variables, norm, dataset, config) -> dict:
+  """The center protocol on every evaluation split (the held-out slice too),
+  as {'<split>_error', '<split>_top5_error', '<split>_loss'}: what training logs."""
+  results = {}
+  for split in dataset.eval_splits():
+    out = evaluate_protocol('center', scorer, variables, norm, dataset, split, config)
+    results[f'{split}_error'] = out['top1_error']
+    results[f'{split}_top5_error'] = out['top5_error']
+    results[f'{split}_loss'] = out['loss']
+  return results
+
+
+def final_protocols(scorer: Scorer, variables, norm, dataset, config,
+                    last_eval: dict) -> dict[str, dict]:
+  """`eval.final_protocols` on the reported split at the end of training, by
+  protocol name; the center one is taken from `last_eval` when it holds it."""
+  split = dataset.info.eval_split
+  out = {}
+  for protocol in config.eval.final_protocols:
+    if protocol == 'center' and f'{split}_error' in last_eval:
+      out[protocol] = {'split': split, 'top1_error': last_eval[f'{split}_error'],
+                       'top5_error': last_eval[f'{split}_top5_error'],
+                       'loss': last_eval[f'{split}_loss'],
+                       'count': dataset.num_examples(split)}
+    else:
+      out[protocol] = evaluate_protocol(protocol, scorer, variables, norm, dataset, split,
+                                        config)
+  return out
 
 
 def evaluate_ensemble(config: ml_collections.ConfigDict, dataset, mesh, split: str) -> dict:
@@ -226,8 +257,7 @@ def record(workdir: str, config, protocol: str, result: dict, step: int):
   tmp.replace(path)
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
-                     preloaded=None) -> dict:
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> dict:
   """`--mode=evaluate`: `config.eval.protocol` on the workdir's latest checkpoint.
 
   Reads no training data (the normalisation comes from the checkpoint). Writes
@@ -236,15 +266,14 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *,
   Returns:
     {'step', 'protocol', 'split', 'top1_error', 'top5_error', 'loss', 'count'}.
   """
-  from resnet_jax import config_lib, train  # The mesh and model factory.
   config_lib.validate(config, jax.device_count(), jax.process_count())
   protocol = config.eval.protocol
   if protocol != 'ensemble':
     checkpointing.require_checkpoints(workdir)  # The workdir first: it is the likelier typo.
-  if preloaded is None:
+  if data is None:
     data_lib.check_dataset(config.input.dataset, config.input.data_dir)
-  dataset = data_lib.create(config, preloaded=preloaded)
-  mesh = train.make_mesh()
+  dataset = data_lib.create(config, preloaded=data)
+  mesh = distributed.make_mesh()
   split = dataset.info.eval_split
   if protocol == 'ensemble':
     result = evaluate_ensemble(config, dataset, mesh, split)

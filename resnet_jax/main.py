@@ -8,15 +8,16 @@ Override any config field with `--config.a.b=value`. On several hosts every
 process runs the same command; the distributed runtime starts from JAX's own
 flags (`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`) or
 from the cluster JAX detects (TPU pod, SLURM, Open MPI). Bad input (config,
-data, checkpoint, workdir) prints one line saying what to fix and exits 1.
-All logic lives in `resnet_jax.train` and `resnet_jax.evaluation`.
+data, checkpoint, workdir) prints one line saying what to fix and exits 1;
+`--print_config` prints the resolved config and exits.
+All logic lives in `resnet_jax.training.loop` and `resnet_jax.evaluation`.
 """
 
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import distributed, errors
+from resnet_jax import cli, distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
@@ -34,22 +35,29 @@ flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
 flags.DEFINE_integer('process_id', None, "This process's index, 0..num_processes-1.")
 flags.DEFINE_bool('detect_cluster', True, 'Without --coordinator_address, let JAX '
                   'detect a TPU pod, SLURM job or Open MPI launch.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_bool('print_config', False, 'Print the resolved config (the file and its '
+                  '--config.* overrides) and exit without training.')
+flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.print_config:
+    print(FLAGS.config)
+    return
+  if not FLAGS.workdir:
+    cli.fail('--workdir is required: the directory for checkpoints, metrics and the config.')
   logging.set_verbosity(logging.WARNING)
-  with errors.one_line_errors():
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                           auto_detect=FLAGS.detect_cluster)
-    from resnet_jax import evaluation, train  # After the runtime is up.
-    if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      evaluation.evaluate_workdir(FLAGS.config, FLAGS.workdir)
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         auto_detect=FLAGS.detect_cluster)
+  from resnet_jax import evaluation  # After the runtime is up.
+  from resnet_jax.training import loop
+  if FLAGS.mode == 'train':
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    evaluation.evaluate_workdir(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

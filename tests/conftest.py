@@ -10,6 +10,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import tempfile  # noqa: E402
+
 # pytest imports tracemalloc lazily, inside its hook for exceptions raised in
 # finalizers. If such a finalizer runs while TFDS imports under etils'
 # `lazy_imports` (which hands out lazy stand-ins for modules), that import

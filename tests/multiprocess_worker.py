@@ -1,6 +1,6 @@
 """One process of a multi-process test run (launched by test_multiprocess.py).
 
-Trains the tiny CIFAR problem of test_train.py into --workdir on
+Trains the tiny CIFAR problem of helpers.py into --workdir on
 --devices CPU devices, as process --process_id of --num_processes (JAX's
 distributed runtime over gloo), then scores the workdir with the evaluation
 protocol and writes its result to --result. Faults are injected at a given
@@ -45,20 +45,17 @@ if args.num_processes > 1:
                          heartbeat_timeout=args.heartbeat_timeout,
                          initialization_timeout=60, shutdown_timeout=30)
 
-import numpy as np  # noqa: E402
+from resnet_jax import evaluation  # noqa: E402
+from resnet_jax.training import loop  # noqa: E402
+from resnet_jax.training import step as step_lib  # noqa: E402
 
-from resnet_jax import cifar_input, config_lib, train  # noqa: E402
+from helpers import tiny_config, tiny_splits  # noqa: E402
 
 
-def tiny_config():
-  """test_train.tiny_config: ResNet-20 at 8x8, global batch 16."""
-  config = config_lib.cifar10('cifar_resnet20')
-  config.input.batch_size = 16
-  config.input.eval_batch_size = 16
-  config.schedule.total_steps = args.total_steps
-  config.schedule.boundaries = (3, 5) if args.total_steps > 5 else ()
-  config.log_every_steps = 2
-  config.eval_every_steps = 3
+def worker_config():
+  """helpers.tiny_config with this process's steps, K and checkpoint interval."""
+  config = tiny_config(total_steps=args.total_steps,
+                       boundaries=(3, 5) if args.total_steps > 5 else ())
   config.checkpoint_every_steps = args.checkpoint_every_steps
   config.steps_per_dispatch = args.steps_per_dispatch
   config.input.device_resident = args.device_resident
@@ -67,20 +64,11 @@ def tiny_config():
   return config
 
 
-def tiny_data(n, seed):
-  """test_train.tiny_data: the label is the brightest of 10 bands."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, n).astype(np.int32)
-  images = rng.integers(0, 100, (n, 8, 8, 3)).astype(np.uint8)
-  images[np.arange(n), labels % 8, :, labels // 8] += 150
-  return cifar_input.ArraySplit(images, labels)
-
-
 def inject_fault():
   """Wraps the compiled step so that the fault hits at `--fault_step`."""
   if args.fault == 'none' or jax.process_index() != args.fault_process:
     return
-  original = train.Trainer.compile_train
+  original = step_lib.Trainer.compile_train
   signum = signal.SIGTERM if args.fault == 'sigterm' else signal.SIGKILL
 
   def compile_train(self, batch_size, resident=None):
@@ -102,14 +90,14 @@ def inject_fault():
 
     return Step()
 
-  train.Trainer.compile_train = compile_train
+  step_lib.Trainer.compile_train = compile_train
 
 
-data = (tiny_data(64, 0), {'test': tiny_data(37, 1)})
+data = tiny_splits()
 inject_fault()
-train.train_and_evaluate(tiny_config(), args.workdir, data=data)
+loop.train_and_evaluate(worker_config(), args.workdir, data=data)
 if args.result:
-  result = train.evaluate_workdir(tiny_config(), args.workdir, data=data)
+  result = evaluation.evaluate_workdir(worker_config(), args.workdir, data=data)
   with open(f'{args.result}.{jax.process_index()}', 'w') as f:
     json.dump(result, f)
 print(f'process {jax.process_index()} finished', flush=True)

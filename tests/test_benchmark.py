@@ -2,7 +2,8 @@
 
 import pytest
 
-from resnet_jax import benchmark, config_lib
+from resnet_jax import config_lib
+from resnet_jax.tools import benchmark
 
 
 def tiny(k=1, resident=False):

@@ -8,7 +8,6 @@ it is absent.
 """
 
 import json
-import os
 import threading
 import time
 
@@ -17,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import cifar_input, data
+from resnet_jax import data
+from resnet_jax.data import cifar
 
-DATA_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'tfds')
 KEY = jax.random.key(0)
 BATCH = 256  # Images per augment batch: enough to see every offset and flip.
 
@@ -29,7 +28,7 @@ def _split(n, size=2):
   labels = np.arange(n, dtype=np.int32)
   images = np.broadcast_to(labels[:, None, None, None] % 256,
                            (n, size, size, 3)).astype(np.uint8)
-  return cifar_input.ArraySplit(images, labels)
+  return cifar.ArraySplit(images, labels)
 
 
 def _labels(iterator, num_batches):
@@ -96,7 +95,7 @@ def _find_crop(image, out, pad):
 @pytest.fixture(scope='module')
 def augmented():
   images = _arange_images()
-  return images, np.asarray(cifar_input.augment(KEY, jnp.asarray(images), pad=4))
+  return images, np.asarray(cifar.augment(KEY, jnp.asarray(images), pad=4))
 
 
 def test_augment_is_a_padded_crop_possibly_flipped(augmented):
@@ -118,18 +117,18 @@ def test_augment_covers_all_offsets_and_both_flips(augmented):
 
 def test_augment_is_deterministic_given_the_rng(augmented):
   images, out = augmented
-  again = np.asarray(cifar_input.augment(KEY, jnp.asarray(images), pad=4))
+  again = np.asarray(cifar.augment(KEY, jnp.asarray(images), pad=4))
   np.testing.assert_array_equal(again, out)
-  other = np.asarray(cifar_input.augment(jax.random.key(1), jnp.asarray(images), pad=4))
+  other = np.asarray(cifar.augment(jax.random.key(1), jnp.asarray(images), pad=4))
   assert not np.array_equal(other, out)
 
 
 def test_augment_pads_with_exact_zeros_on_narrow_borders():
   # uint8 images of 5 minus a mean image of 4: all ones after normalize.
   images = jnp.full((BATCH, 32, 32, 3), 5, jnp.uint8)
-  ones = data.normalize(images, {'mean': jnp.full((32, 32, 3), 4.0, jnp.float32),
+  ones = data.core.normalize(images, {'mean': jnp.full((32, 32, 3), 4.0, jnp.float32),
                                'std': jnp.ones(3)})
-  out = np.asarray(cifar_input.augment(KEY, ones, pad=4))
+  out = np.asarray(cifar.augment(KEY, ones, pad=4))
   assert set(np.unique(out)) <= {0.0, 1.0}
   some_padding = False
   for i, image in enumerate(out):
@@ -147,7 +146,7 @@ def test_augment_pads_with_exact_zeros_on_narrow_borders():
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_augment_keeps_shape_and_dtype(dtype):
   images = jnp.ones((4, 8, 6, 3), dtype)
-  out = cifar_input.augment(KEY, images, pad=2)
+  out = cifar.augment(KEY, images, pad=2)
   assert out.shape == images.shape and out.dtype == dtype
 
 
@@ -157,15 +156,15 @@ def test_normalize_subtracts_the_mean_and_divides_by_the_std():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
   mean = rng.uniform(0, 255, (4, 6, 3)).astype(np.float32)
-  out = data.normalize(jnp.asarray(images), {'mean': mean, 'std': np.ones(3, np.float32)})
+  out = data.core.normalize(jnp.asarray(images), {'mean': mean, 'std': np.ones(3, np.float32)})
   assert out.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(out), images.astype(np.float32) - mean)
   std = np.array([2.0, 4.0, 8.0], np.float32)
-  out = data.normalize(jnp.asarray(images), {'mean': mean, 'std': std})
+  out = data.core.normalize(jnp.asarray(images), {'mean': mean, 'std': std})
   np.testing.assert_allclose(np.asarray(out), (images.astype(np.float32) - mean) / std,
                              rtol=1e-6)
   # A per-pixel mean of another size (multi-scale views): its channel means.
-  small = data.normalize(jnp.asarray(images[:, :2, :2]), {'mean': mean, 'std': std})
+  small = data.core.normalize(jnp.asarray(images[:, :2, :2]), {'mean': mean, 'std': std})
   np.testing.assert_allclose(np.asarray(small),
                              (images[:, :2, :2].astype(np.float32) - mean.mean((0, 1))) / std,
                              rtol=1e-5)
@@ -174,8 +173,8 @@ def test_normalize_subtracts_the_mean_and_divides_by_the_std():
 def test_mean_image_is_the_per_pixel_mean():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (7, 4, 5, 3), dtype=np.uint8)
-  split = cifar_input.ArraySplit(images, np.zeros(7, np.int32))
-  mean = cifar_input.mean_image(split)
+  split = cifar.ArraySplit(images, np.zeros(7, np.int32))
+  mean = cifar.mean_image(split)
   assert mean.shape == (4, 5, 3) and mean.dtype == np.float32
   np.testing.assert_allclose(mean, images.astype(np.float64).mean(0), rtol=1e-6)
 
@@ -184,16 +183,16 @@ def test_mean_image_is_the_per_pixel_mean():
 
 def test_train_dataset_is_deterministic_given_the_seed():
   split = _split(48)
-  first = _labels(iter(cifar_input.train_dataset(split, 8, seed=3)), 6)
-  again = _labels(iter(cifar_input.train_dataset(split, 8, seed=3)), 6)
-  other = _labels(iter(cifar_input.train_dataset(split, 8, seed=4)), 6)
+  first = _labels(iter(cifar.train_dataset(split, 8, seed=3)), 6)
+  again = _labels(iter(cifar.train_dataset(split, 8, seed=3)), 6)
+  other = _labels(iter(cifar.train_dataset(split, 8, seed=4)), 6)
   np.testing.assert_array_equal(first, again)
   assert not np.array_equal(first, other)
 
 
 @pytest.mark.parametrize('n,batch', [(48, 8), (50, 8), (37, 5)])
 def test_train_dataset_epoch_has_no_repeats(n, batch):
-  labels = _labels(iter(cifar_input.train_dataset(_split(n), batch, seed=0)),
+  labels = _labels(iter(cifar.train_dataset(_split(n), batch, seed=0)),
                    n // batch)
   assert len(labels) == n // batch * batch
   assert len(set(labels.tolist())) == len(labels)
@@ -202,7 +201,7 @@ def test_train_dataset_epoch_has_no_repeats(n, batch):
 
 def test_train_dataset_reshuffles_every_epoch():
   n, batch = 48, 8
-  labels = _labels(iter(cifar_input.train_dataset(_split(n), batch, seed=0)),
+  labels = _labels(iter(cifar.train_dataset(_split(n), batch, seed=0)),
                    3 * n // batch)
   epochs = labels.reshape(3, n)
   for epoch in epochs:
@@ -213,7 +212,7 @@ def test_train_dataset_reshuffles_every_epoch():
 
 def test_train_dataset_shards_processes_disjointly():
   n, batch, count = 48, 4, 2
-  shards = [_labels(iter(cifar_input.train_dataset(_split(n), batch, seed=0, process_index=p,
+  shards = [_labels(iter(cifar.train_dataset(_split(n), batch, seed=0, process_index=p,
                                                       process_count=count)),
                     n // count // batch)
             for p in range(count)]
@@ -227,8 +226,8 @@ def test_global_batches_are_the_same_for_any_process_count(count):
   batch and its order, which decides per-position crops and flips, do not
   depend on the number of processes)."""
   n, global_batch, num_batches = 40, 8, 12  # Across epochs.
-  one = iter(cifar_input.train_dataset(_split(n), global_batch, seed=0))
-  parts = [iter(cifar_input.train_dataset(_split(n), global_batch // count, seed=0,
+  one = iter(cifar.train_dataset(_split(n), global_batch, seed=0))
+  parts = [iter(cifar.train_dataset(_split(n), global_batch // count, seed=0,
                                           process_index=p, process_count=count))
            for p in range(count)]
   for _ in range(num_batches):
@@ -237,7 +236,7 @@ def test_global_batches_are_the_same_for_any_process_count(count):
 
 
 def test_train_dataset_state_resumes_the_order():
-  ds = cifar_input.train_dataset(_split(40), 8, seed=0)
+  ds = cifar.train_dataset(_split(40), 8, seed=0)
   iterator = iter(ds)
   _labels(iterator, 7)  # Into the second epoch.
   state = json.loads(json.dumps(iterator.get_state()))  # As checkpoints store it.
@@ -257,7 +256,7 @@ def test_eval_batches_score_every_example_once(n, batch, count):
   split = _split(n)
   seen, num_batches = [], set()
   for p in range(count):
-    batches = list(cifar_input.eval_batches(split, batch, p, count))
+    batches = list(cifar.eval_batches(split, batch, p, count))
     num_batches.add(len(batches))
     for b in batches:
       assert b['image'].shape == (batch, 2, 2, 3) and b['image'].dtype == np.uint8
@@ -280,9 +279,9 @@ def _map_counting(ds, reads):
 
 
 def test_prefetch_yields_the_converted_source_batches_in_order():
-  ds = cifar_input.train_dataset(_split(40), 8, seed=0)
+  ds = cifar.train_dataset(_split(40), 8, seed=0)
   expected = _labels(iter(ds), 12)
-  batches = data.prefetch(ds, lambda b: {**b, 'tenfold': b['label'] * 10}, depth=3)
+  batches = data.core.prefetch(ds, lambda b: {**b, 'tenfold': b['label'] * 10}, depth=3)
   try:
     got = [next(batches) for _ in range(12)]
     np.testing.assert_array_equal(np.concatenate([b['label'] for b in got]), expected)
@@ -292,9 +291,9 @@ def test_prefetch_yields_the_converted_source_batches_in_order():
 
 
 def test_prefetch_state_is_after_the_last_batch_handed_out():
-  ds = cifar_input.train_dataset(_split(40), 8, seed=0)
+  ds = cifar.train_dataset(_split(40), 8, seed=0)
   reads, depth, k = [], 2, 3
-  batches = data.prefetch(_map_counting(ds, reads), lambda b: b, depth=depth)
+  batches = data.core.prefetch(_map_counting(ds, reads), lambda b: b, depth=depth)
   try:
     initial = batches.get_state()
     _labels(batches, k)
@@ -311,12 +310,12 @@ def test_prefetch_state_is_after_the_last_batch_handed_out():
 
 
 def test_prefetch_propagates_convert_errors():
-  ds = cifar_input.train_dataset(_split(40), 8, seed=0)
+  ds = cifar.train_dataset(_split(40), 8, seed=0)
 
   def convert(batch):
     raise ValueError(f'cannot convert a batch of {len(batch["label"])}')
 
-  batches = data.prefetch(ds, convert)
+  batches = data.core.prefetch(ds, convert)
   try:
     with pytest.raises(ValueError, match='cannot convert a batch of 8'):
       _next_within(batches)

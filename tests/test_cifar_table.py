@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.join(os.path.dirname(__file__), '..')
-DATA_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'tfds')
+from helpers import DATA_DIR, ROOT
+
 pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, 'cifar10_jpeg')),
                                 reason='../shared/data/tfds/cifar10_jpeg is not here')
 
@@ -25,7 +25,7 @@ SHORT = ['--config.input.train_split=train[:512]', '--config.input.eval_split=te
 
 
 def run_table(tmp_path, nets, *extra, seeds='0'):
-  command = [sys.executable, '-m', 'resnet_jax.cifar_table', f'--root={tmp_path}/runs',
+  command = [sys.executable, '-m', 'resnet_jax.tools.cifar_table', f'--root={tmp_path}/runs',
              f'--results={tmp_path}/results', f'--nets={nets}', f'--data_dir={DATA_DIR}',
              f'--seeds={seeds}', '--poll_s=1', '--', *extra]
   return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=480)

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import config_lib, models, train
+from resnet_jax import config_lib, data, distributed, experiment, models
+from resnet_jax.data import cifar
+from resnet_jax.training import step as step_lib
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
@@ -69,7 +71,7 @@ def test_config_file_encodes_the_paper_recipe(path):
   config = _load(path)
   for num_devices in (1, 8):
     config_lib.validate(config, num_devices=num_devices)
-  model = train.create_model(config)
+  model = experiment.model_from_config(config)
   assert isinstance(model, models.ResNet) and model.num_classes == 10
   assert config.model == _model_name(path)
   assert config.input.batch_size == 128
@@ -91,7 +93,7 @@ def test_imagenet_config_encodes_section_3_4(path):
     config_lib.validate(config, num_devices=num_devices, num_processes=min(num_devices, 32))
   name, shortcut = IMAGENET_EXPERIMENTS[_stem(path)]
   assert config.model == name
-  model = train.create_model(config)
+  model = experiment.model_from_config(config)
   assert model.num_classes == 1000 and model.plain == name.startswith('plain')
   if shortcut:
     assert model.shortcut == shortcut
@@ -118,7 +120,7 @@ def test_imagenette_config_is_the_imagenet_recipe_on_the_local_proxy(path):
   config = _load(path)
   config_lib.validate(config, num_devices=1)
   assert config.input.dataset == 'imagenette224'
-  assert train.create_model(config).num_classes == 10
+  assert experiment.model_from_config(config).num_classes == 10
   reference = config_lib.imagenet(config.model)
   for group in ('optimizer', 'eval'):
     assert config[group].to_dict() == reference[group].to_dict()
@@ -130,7 +132,7 @@ def test_lr_scales_linearly_with_the_batch():
   config = config_lib.imagenet('resnet50')
   config.input.batch_size = 1024
   assert config_lib.scaled_lr(config) == pytest.approx(0.4)
-  assert float(train.learning_rate_schedule(config)(0)) == pytest.approx(0.4)
+  assert float(step_lib.learning_rate_schedule(config)(0)) == pytest.approx(0.4)
   config.schedule.reference_batch_size = None  # Off: base_lr as given.
   assert config_lib.scaled_lr(config) == pytest.approx(0.1)
 
@@ -147,9 +149,9 @@ def test_every_model_option_can_be_set_from_the_command_line():
   script = (
       'import json\n'
       'from absl import app\n'
-      'from resnet_jax import main, train\n'
+      'from resnet_jax import experiment, main\n'
       'def show(argv):\n'
-      '  model = train.create_model(main.FLAGS.config)\n'
+      '  model = experiment.model_from_config(main.FLAGS.config)\n'
       '  print(json.dumps({k: str(getattr(model, k)) for k in main.FLAGS.config.model_options}))\n'
       'app.run(show)\n')
   flags = [f'--config.model_options.{k}={v}' for k, v in values.items()]
@@ -250,7 +252,7 @@ def test_validate_rejects_zero_bn_group_size():
 
 
 def test_learning_rate_schedule_steps_at_the_boundaries():
-  schedule = train.learning_rate_schedule(config_lib.cifar10())
+  schedule = step_lib.learning_rate_schedule(config_lib.cifar10())
   expected = {0: 0.1, 1: 0.1, 31_999: 0.1, 32_000: 0.01, 32_001: 0.01, 47_999: 0.01,
               48_000: 0.001, 63_999: 0.001}
   got = {step: float(schedule(jnp.asarray(step, jnp.int32))) for step in expected}
@@ -273,7 +275,7 @@ def _named_leaves(tree):
 
 def test_weight_decay_mask_excluding_bn_and_bias_marks_only_kernels():
   params = _cifar20_params()
-  mask = train.weight_decay_mask(params, exclude_bn_and_bias=True)
+  mask = step_lib.weight_decay_mask(params, exclude_bn_and_bias=True)
   assert jax.tree.structure(mask) == jax.tree.structure(params)
   leaves, marks = _named_leaves(params), _named_leaves(mask)
   assert all(name.endswith(("['kernel']", "['scale']", "['bias']")) for name in leaves)
@@ -288,7 +290,7 @@ def test_weight_decay_mask_excluding_bn_and_bias_marks_only_kernels():
 
 def test_weight_decay_mask_without_exclusion_marks_everything():
   params = _cifar20_params()
-  mask = train.weight_decay_mask(params, exclude_bn_and_bias=False)
+  mask = step_lib.weight_decay_mask(params, exclude_bn_and_bias=False)
   assert jax.tree.structure(mask) == jax.tree.structure(params)
   assert all(mark is True for mark in jax.tree.leaves(mask))
 
@@ -309,7 +311,6 @@ def test_validate_rejects_bad_imagenet_input():
 
 def test_plateau_rule_divides_the_lr_after_patience_evaluations():
   """Section 3.4: lr / 10 when the held-out error stops improving."""
-  from resnet_jax import cifar_input, data
   config = config_lib.cifar10()
   config.input.batch_size = 8
   config.input.holdout_validation = True
@@ -318,9 +319,9 @@ def test_plateau_rule_divides_the_lr_after_patience_evaluations():
   config.schedule.plateau_max_decays = 2
   config_lib.validate(config, num_devices=8)
   images = np.zeros((16, 8, 8, 3), np.uint8)
-  split = cifar_input.ArraySplit(images, np.zeros(16, np.int32))
+  split = cifar.ArraySplit(images, np.zeros(16, np.int32))
   dataset = data.create(config, preloaded=(split, {'holdout': split}))
-  trainer = train.Trainer(config, train.create_model(config), train.make_mesh(), dataset)
+  trainer = step_lib.Trainer(config, experiment.model_from_config(config), distributed.make_mesh(), dataset)
   norm = jax.device_put({'mean': np.zeros((8, 8, 3), np.float32),
                          'std': np.ones(3, np.float32)}, trainer.replicated)
   state = trainer.init_fn(norm)
@@ -340,4 +341,4 @@ def test_plateau_rule_divides_the_lr_after_patience_evaluations():
 
 def test_piecewise_schedule_ignores_the_plateau_rule():
   sentinel = object()  # Not a TrainState: any use of it would raise.
-  assert train.plateau_step(sentinel, 0.5, config=config_lib.cifar10()) is sentinel
+  assert step_lib.plateau_step(sentinel, 0.5, config=config_lib.cifar10()) is sentinel

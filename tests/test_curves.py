@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from resnet_jax import curves
+from resnet_jax.research import curves
 
 
 def _workdir(tmp_path, name, eval_key):

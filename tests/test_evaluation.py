@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import checkpointing, config_lib, data, evaluation, imagenet_input, models, train
+from resnet_jax import checkpointing, config_lib, data, distributed, evaluation, models
+from resnet_jax.data import imagenet, imagenet_views
+from resnet_jax.training import loop
 
 NUM_CLASSES = 5
 # (h, w) of the fake images: not square, both orientations, odd sizes.
@@ -60,14 +62,14 @@ def setup():
   variables['batch_stats'] = jax.tree.map(
       lambda x: x + 0.3 * jax.random.uniform(jax.random.key(1), x.shape),
       variables['batch_stats'])
-  norm = {'mean': imagenet_input.MEAN_RGB, 'std': imagenet_input.STDDEV_RGB}
-  mesh = train.make_mesh()
+  norm = {'mean': imagenet.MEAN_RGB, 'std': imagenet.STDDEV_RGB}
+  mesh = distributed.make_mesh()
   return config, dataset, model, variables, norm, evaluation.Scorer(model, dataset, mesh)
 
 
 def _direct_scores(model, variables, norm, views):
   """Softmax of each unpadded view, averaged: (V, h, w, 3) uint8 -> (C,)."""
-  x = data.normalize(jnp.asarray(views), norm)
+  x = data.core.normalize(jnp.asarray(views), norm)
   logits = model.apply(variables, x, train=False)
   return np.asarray(jax.nn.softmax(logits).mean(0))
 
@@ -79,9 +81,9 @@ def test_crop_protocols_score_every_image_once_as_computed_directly(setup, proto
                                              'validation', config)
   assert probs.shape == (len(SIZES), NUM_CLASSES)
   np.testing.assert_array_equal(labels, [ex['label'] for ex in FAKE_SOURCE])
-  view = imagenet_input.center_view if protocol == 'center' else imagenet_input.ten_crop_views
+  view = imagenet_views.center_view if protocol == 'center' else imagenet_views.ten_crop_views
   for i, example in enumerate(FAKE_SOURCE):
-    image = imagenet_input.decode(example['image'])
+    image = imagenet_views.decode(example['image'])
     views = view(image, resize_size=40, crop_size=32)
     views = views[None] if views.ndim == 3 else views
     np.testing.assert_allclose(probs[i], _direct_scores(model, variables, norm, views),
@@ -93,10 +95,10 @@ def test_multi_scale_equals_the_unpadded_whole_image_computation(setup):
   probs, _ = evaluation.protocol_scores('multi_scale', scorer, variables, norm, dataset,
                                         'validation', config)
   for i, example in enumerate(FAKE_SOURCE):
-    image = imagenet_input.decode(example['image'])
+    image = imagenet_views.decode(example['image'])
     per_scale = []
     for scale in config.eval.scales:
-      resized = imagenet_input.resize_shorter(image, scale)
+      resized = imagenet_views.resize_shorter(image, scale)
       views = np.stack([resized, resized[:, ::-1]])  # The whole image and its flip.
       per_scale.append(_direct_scores(model, variables, norm, views))
     np.testing.assert_allclose(probs[i], np.mean(per_scale, 0), atol=2e-5,
@@ -139,23 +141,23 @@ def test_ensemble_averages_the_members_scores(tmp_path):
   for seed, model in ((0, 'cifar_resnet20'), (1, 'cifar_plain20')):
     config = tiny_config(total_steps=2, boundaries=())
     config.model, config.seed = model, seed
-    train.train_and_evaluate(config, str(tmp_path / model), data=splits)
+    loop.train_and_evaluate(config, str(tmp_path / model), data=splits)
     members.append(str(tmp_path / model))
   singles = []
   for workdir in members:
     config = tiny_config(total_steps=2, boundaries=())
     config.model = json.load(open(f'{workdir}/config.json'))['model']
-    singles.append(train.evaluate_workdir(config, workdir, data=splits))
+    singles.append(evaluation.evaluate_workdir(config, workdir, data=splits))
   config = tiny_config(total_steps=2, boundaries=())
   config.eval.protocol = 'ensemble'
   config.eval.ensemble_protocol = 'center'
   config.eval.ensemble_workdirs = ','.join(members)
-  result = train.evaluate_workdir(config, str(tmp_path / 'ensemble'), data=splits)
+  result = evaluation.evaluate_workdir(config, str(tmp_path / 'ensemble'), data=splits)
   assert result['count'] == len(splits[1]['test']) and result['members'] == members
   # The ensemble's scores are the mean of the members' (checked on the loss
   # through the per-example probabilities).
   dataset = data.create(config, preloaded=splits)
-  mesh = train.make_mesh()
+  mesh = distributed.make_mesh()
   probs = []
   for workdir in members:
     member_model, variables, norm, _ = checkpointing.load_variables(

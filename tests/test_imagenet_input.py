@@ -17,9 +17,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from resnet_jax import imagenet_input
+from resnet_jax.data import imagenet, imagenet_views
 
-DATA_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'tfds')
+from helpers import DATA_DIR
 
 
 def _ramp(h, w):
@@ -57,7 +57,7 @@ def test_train_view_is_a_scaled_crop_within_the_image(h, w):
   rng = np.random.default_rng(0)
   scales, flips = [], []
   for _ in range(200):
-    view = imagenet_input.train_view(image, rng)
+    view = imagenet_views.train_view(image, rng)
     assert view.shape == (224, 224, 3) and view.dtype == np.uint8
     # Source pixels per output pixel, from the ramps; S = shorter / that.
     dx, x0 = _fit(view[:, :, 0].mean(0).astype(np.float64), w)
@@ -80,21 +80,21 @@ def test_train_view_is_a_scaled_crop_within_the_image(h, w):
 def test_train_flip_is_a_mirror_image():
   image = np.random.default_rng(1).integers(0, 256, (300, 400, 3), np.uint8)
   for seed in range(10):
-    crop = imagenet_input.sample_train_crop(300, 400, np.random.default_rng(seed))
-    plain = imagenet_input.render_train_crop(
-        image, imagenet_input.TrainCrop(**{**vars(crop), 'flip': False}))
-    mirrored = imagenet_input.render_train_crop(
-        image, imagenet_input.TrainCrop(**{**vars(crop), 'flip': True}))
+    crop = imagenet_views.sample_train_crop(300, 400, np.random.default_rng(seed))
+    plain = imagenet_views.render_train_crop(
+        image, imagenet_views.TrainCrop(**{**vars(crop), 'flip': False}))
+    mirrored = imagenet_views.render_train_crop(
+        image, imagenet_views.TrainCrop(**{**vars(crop), 'flip': True}))
     np.testing.assert_array_equal(mirrored, plain[:, ::-1])
 
 
 def test_train_example_decodes_reduced_and_matches_train_view():
   jpeg = _jpeg(_ramp(1100, 1400))  # Shorter 1100: decoded at 1/2 or 1/4.
   for seed in range(5):
-    crop = imagenet_input.sample_train_crop(1100, 1400, np.random.default_rng(seed))
-    assert imagenet_input.dct_factor(1100, 1400, crop.scale) in (2, 4)
-    reduced = imagenet_input.train_example(jpeg, np.random.default_rng(seed))
-    full = imagenet_input.train_view(imagenet_input.decode(jpeg),
+    crop = imagenet_views.sample_train_crop(1100, 1400, np.random.default_rng(seed))
+    assert imagenet_views.dct_factor(1100, 1400, crop.scale) in (2, 4)
+    reduced = imagenet_views.train_example(jpeg, np.random.default_rng(seed))
+    full = imagenet_views.train_view(imagenet_views.decode(jpeg),
                                      np.random.default_rng(seed))
     assert reduced.shape == (224, 224, 3)
     assert np.abs(reduced.astype(int) - full).mean() < 2
@@ -103,41 +103,41 @@ def test_train_example_decodes_reduced_and_matches_train_view():
 def test_decode_reduced_scale_and_odd_files():
   image = _ramp(600, 800)
   jpeg = _jpeg(image)
-  for name in imagenet_input.DECODERS:
-    decoder = imagenet_input.DECODERS[name]
+  for name in imagenet_views.DECODERS:
+    decoder = imagenet_views.DECODERS[name]
     assert decoder(jpeg, None).shape == (600, 800, 3), name
     assert decoder(jpeg, 256).shape == (300, 400, 3), name  # 1/4 is too small.
     assert decoder(jpeg, 100).shape == (150, 200, 3), name
     assert decoder(jpeg, 1).shape == (75, 100, 3), name
-  assert np.abs(imagenet_input.decode(jpeg).astype(int) - image).mean() < 2
-  grey = imagenet_input.decode(_jpeg(image, mode='L'))
+  assert np.abs(imagenet_views.decode(jpeg).astype(int) - image).mean() < 2
+  grey = imagenet_views.decode(_jpeg(image, mode='L'))
   assert grey.shape == (600, 800, 3)
   np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
-  assert imagenet_input.decode(_jpeg(image, mode='L'), 256).shape == (300, 400, 3)
-  cmyk = imagenet_input.decode(_jpeg(image, mode='CMYK'))
+  assert imagenet_views.decode(_jpeg(image, mode='L'), 256).shape == (300, 400, 3)
+  cmyk = imagenet_views.decode(_jpeg(image, mode='CMYK'))
   assert cmyk.shape == (600, 800, 3)
   assert np.abs(cmyk.astype(int) - image).mean() < 4
   png = _jpeg(image, fmt='PNG')  # A PNG in a .JPEG file, as ImageNet has.
-  assert imagenet_input.image_size(png) == (600, 800)
-  np.testing.assert_array_equal(imagenet_input.decode(png, 256), image)
-  assert imagenet_input.image_size(jpeg) == (600, 800)
-  sizes = imagenet_input.image_sizes([{'image': jpeg}, {'image': png}], [1, 0])
+  assert imagenet_views.image_size(png) == (600, 800)
+  np.testing.assert_array_equal(imagenet_views.decode(png, 256), image)
+  assert imagenet_views.image_size(jpeg) == (600, 800)
+  sizes = imagenet.image_sizes([{'image': jpeg}, {'image': png}], [1, 0])
   np.testing.assert_array_equal(sizes, [[600, 800], [600, 800]])
 
 
 def test_resize_shorter_keeps_aspect():
   image = np.zeros((300, 401, 3), np.uint8)
-  assert imagenet_input.resize_shorter(image, 256).shape == (256, 342, 3)
-  assert imagenet_input.resize_shorter(image.transpose(1, 0, 2), 256).shape == (342, 256, 3)
+  assert imagenet_views.resize_shorter(image, 256).shape == (256, 342, 3)
+  assert imagenet_views.resize_shorter(image.transpose(1, 0, 2), 256).shape == (342, 256, 3)
 
 
 @pytest.mark.parametrize('h, w', [(300, 400), (410, 290)])
 def test_ten_crops_and_center_view_geometry(h, w):
   image = np.random.default_rng(2).integers(0, 256, (h, w, 3), np.uint8)
-  resized = imagenet_input.resize_shorter(image, 256)
+  resized = imagenet_views.resize_shorter(image, 256)
   rh, rw = resized.shape[:2]
   assert min(rh, rw) == 256
-  crops = imagenet_input.ten_crop_views(image)
+  crops = imagenet_views.ten_crop_views(image)
   assert crops.shape == (10, 224, 224, 3) and crops.dtype == np.uint8
   ct, cl = (rh - 224) // 2, (rw - 224) // 2
   expected = [resized[:224, :224], resized[:224, -224:], resized[-224:, :224],
@@ -145,14 +145,14 @@ def test_ten_crops_and_center_view_geometry(h, w):
   for i, crop in enumerate(expected):
     np.testing.assert_array_equal(crops[i], crop)
     np.testing.assert_array_equal(crops[5 + i], crop[:, ::-1])
-  np.testing.assert_array_equal(imagenet_input.center_view(image), expected[4])
+  np.testing.assert_array_equal(imagenet_views.center_view(image), expected[4])
 
 
 def test_multi_scale_views_place_the_whole_image_top_left():
   image = np.random.default_rng(3).integers(0, 256, (300, 400, 3), np.uint8)
-  canvas = imagenet_input.canvas_shape(300, 400, 224)
-  views, (h, w) = imagenet_input.multi_scale_views(image, 224, canvas)
-  resized = imagenet_input.resize_shorter(image, 224)
+  canvas = imagenet_views.canvas_shape(300, 400, 224)
+  views, (h, w) = imagenet_views.multi_scale_views(image, 224, canvas)
+  resized = imagenet_views.resize_shorter(image, 224)
   assert (h, w) == resized.shape[:2] == (224, 299)
   assert views.shape == (2,) + canvas + (3,)
   np.testing.assert_array_equal(views[0, :h, :w], resized)
@@ -168,8 +168,8 @@ def test_canvas_shape_contains_the_image_with_few_shapes():
       shorter = int(rng.integers(50, 1500))
       longer = int(round(shorter * np.exp(rng.uniform(0, np.log(6)))))
       h, w = (shorter, longer) if rng.random() < 0.5 else (longer, shorter)
-      rh, rw = imagenet_input.resized_shape(h, w, scale)
-      hc, wc = imagenet_input.canvas_shape(h, w, scale)
+      rh, rw = imagenet_views.resized_shape(h, w, scale)
+      hc, wc = imagenet_views.canvas_shape(h, w, scale)
       assert hc >= rh and wc >= rw and hc % 32 == 0 and wc % 32 == 0
       assert (hc >= wc) == (h > w) or hc == wc
       shapes.add((hc, wc))
@@ -179,12 +179,12 @@ def test_canvas_shape_contains_the_image_with_few_shapes():
 def test_lighting_matches_pca_noise_statistics():
   n, std = 20000, 0.1
   images = jnp.full((n, 2, 3, 3), 100.0)
-  out = np.asarray(imagenet_input.lighting(jax.random.key(0), images, std))
+  out = np.asarray(imagenet.lighting(jax.random.key(0), images, std))
   offsets = out[:, 0, 0] - 100
   # One offset per image, the same at every pixel.
   np.testing.assert_allclose(out - 100, np.broadcast_to(offsets[:, None, None], out.shape),
                              atol=1e-4)
-  vec, val = imagenet_input.PCA_EIGVEC.astype(np.float64), imagenet_input.PCA_EIGVAL
+  vec, val = imagenet.PCA_EIGVEC.astype(np.float64), imagenet.PCA_EIGVAL
   expected_cov = 255**2 * std**2 * vec @ np.diag(val**2) @ vec.T
   sd = np.sqrt(np.diag(expected_cov))
   np.testing.assert_allclose(offsets.mean(0), 0, atol=float(4 * sd.max() / np.sqrt(n)))
@@ -202,7 +202,7 @@ def test_eval_dataset_scores_every_example_once():
     for count in (1, 3):
       seen, num_batches = [], set()
       for index in range(count):
-        batches = list(imagenet_input.eval_dataset(
+        batches = list(imagenet.eval_dataset(
             source, view='center', local_batch_size=batch, process_index=index,
             process_count=count, resize_size=40, crop_size=32))
         num_batches.add(len(batches))
@@ -220,18 +220,18 @@ def test_eval_dataset_scores_every_example_once():
 
 def test_eval_dataset_ten_crop_views():
   source = _source(5)
-  batch = next(iter(imagenet_input.eval_dataset(
+  batch = next(iter(imagenet.eval_dataset(
       source, view='ten_crop', local_batch_size=4, resize_size=40, crop_size=32)))
   assert batch['image'].shape == (4, 10, 32, 32, 3)
-  image = imagenet_input.decode(source[2]['image'])
+  image = imagenet_views.decode(source[2]['image'])
   np.testing.assert_array_equal(batch['image'][2],
-                                imagenet_input.ten_crop_views(image, 40, 32))
+                                imagenet_views.ten_crop_views(image, 40, 32))
 
 
 def test_multi_scale_dataset_pads_to_num_batches():
   source = _source(9)
-  canvas = imagenet_input.canvas_shape(48, 64, 40)
-  batches = list(imagenet_input.multi_scale_dataset(
+  canvas = imagenet_views.canvas_shape(48, 64, 40)
+  batches = list(imagenet.multi_scale_dataset(
       source, [8, 2, 5], scale=40, canvas_hw=canvas, local_batch_size=2,
       num_batches=3))
   assert len(batches) == 3
@@ -246,7 +246,7 @@ def test_multi_scale_dataset_pads_to_num_batches():
 
 
 def _train(source, **kwargs):
-  return imagenet_input.train_dataset(
+  return imagenet.train_dataset(
       source, local_batch_size=4, seed=7, crop_size=32, scale_range=(36, 60),
       **kwargs)
 
@@ -296,21 +296,21 @@ def test_datasets_same_for_any_num_workers():
   finally:
     iterator.close()
   kwargs = dict(view='center', local_batch_size=5, resize_size=40, crop_size=32)
-  expected = list(imagenet_input.eval_dataset(source, **kwargs))
-  _assert_same(list(imagenet_input.eval_dataset(source, num_workers=2, **kwargs)),
+  expected = list(imagenet.eval_dataset(source, **kwargs))
+  _assert_same(list(imagenet.eval_dataset(source, num_workers=2, **kwargs)),
                expected)
 
 
 def test_open_source_missing_dataset_says_how_to_prepare(tmp_path):
   with pytest.raises(FileNotFoundError, match='tfds build imagenet2012'):
-    imagenet_input.open_source('imagenet2012', 'train', str(tmp_path))
+    imagenet.open_source('imagenet2012', 'train', str(tmp_path))
 
 
 @pytest.fixture(scope='module')
 def imagenette():
   if not os.path.isdir(os.path.join(DATA_DIR, 'imagenette224')):
     pytest.skip(f'imagenette224 not found under {DATA_DIR}')
-  return imagenet_input.open_source('imagenette224', 'validation[:12]', DATA_DIR)
+  return imagenet.open_source('imagenette224', 'validation[:12]', DATA_DIR)
 
 
 def test_imagenette_examples_decode_and_pass_through_views(imagenette):
@@ -318,15 +318,15 @@ def test_imagenette_examples_decode_and_pass_through_views(imagenette):
   for i in range(len(imagenette)):
     example = imagenette[i]
     assert isinstance(example['image'], bytes)
-    image = imagenet_input.decode(example['image'])
+    image = imagenet_views.decode(example['image'])
     assert image.dtype == np.uint8 and image.shape[2] == 3
-    assert imagenet_input.image_size(example['image']) == image.shape[:2]
-    view = imagenet_input.train_example(example['image'], rng)
+    assert imagenet_views.image_size(example['image']) == image.shape[:2]
+    view = imagenet_views.train_example(example['image'], rng)
     assert view.shape == (224, 224, 3) and view.dtype == np.uint8
-  batch = next(iter(imagenet_input.train_dataset(imagenette, local_batch_size=4,
+  batch = next(iter(imagenet.train_dataset(imagenette, local_batch_size=4,
                                                  seed=0)))
   assert batch['image'].shape == (4, 224, 224, 3)
-  batch = next(iter(imagenet_input.eval_dataset(imagenette, view='ten_crop',
+  batch = next(iter(imagenet.eval_dataset(imagenette, view='ten_crop',
                                                 local_batch_size=5)))
   assert batch['image'].shape == (5, 10, 224, 224, 3) and batch['mask'].all()
   assert 'tensorflow' not in sys.modules

@@ -11,9 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import config_lib, data, evaluation, train
+from resnet_jax import config_lib, data, distributed, evaluation, experiment
+from resnet_jax.training import loop
+from resnet_jax.training import step as step_lib
 
-DATA_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'tfds')
+from helpers import DATA_DIR
+
 pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, 'imagenette224')),
                                 reason='../shared/data/tfds/imagenette224 is not here')
 
@@ -46,7 +49,7 @@ def test_a_few_steps_on_imagenette_lower_the_loss():
   config = small_config()
   config.schedule.reference_batch_size = None  # lr 0.1 at batch 16: a quick descent.
   dataset = data.create(config)
-  trainer = train.Trainer(config, train.create_model(config), train.make_mesh(), dataset)
+  trainer = step_lib.Trainer(config, experiment.model_from_config(config), distributed.make_mesh(), dataset)
   batch = next(iter(dataset.train_batches(16, 0, 0, 1)))
   assert batch['image'].shape == (16, 32, 32, 3) and batch['image'].dtype == np.uint8
   assert 20 < batch['image'].mean() < 235  # Real pixels.
@@ -61,7 +64,7 @@ def test_a_few_steps_on_imagenette_lower_the_loss():
 
 def test_imagenette_trains_and_scores_every_protocol(tmp_path):
   config = small_config()
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   saved = json.load(open(tmp_path / 'eval.json'))
   assert saved['step'] == 3
   assert set(saved['protocols']) == {'center', 'ten_crop', 'multi_scale'}

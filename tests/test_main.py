@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(__file__), '..')
-DATA_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'tfds')
+from helpers import DATA_DIR, ROOT
 
 
 def run_main(*flags):

@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 
 from resnet_jax import models
+from resnet_jax.models import complexity
+from resnet_jax.research import activations
+
+from helpers import layer_responses, unscan
 
 KEY = jax.random.key(0)
 
@@ -41,22 +45,8 @@ def _cifar20_variables():
 @functools.cache
 def _cifar20_unrolled():
   """cifar_resnet20 with scan_blocks=False and the same (renamed) variables."""
-  variables = {col: _unscan(tree) for col, tree in _cifar20_variables().items()}
+  variables = {col: unscan(tree) for col, tree in _cifar20_variables().items()}
   return models.create_model('cifar_resnet20', scan_blocks=False), variables
-
-
-def _unscan(tree):
-  """Renames stacked 'stageI_rest' variables to scan_blocks=False blocks."""
-  out = {}
-  for name, sub in tree.items():
-    if name.endswith('_rest'):
-      stage = name[:-len('_rest')]
-      length = jax.tree.leaves(sub)[0].shape[0]
-      for j in range(length):
-        out[f'{stage}_block{j + 2}'] = jax.tree.map(lambda a, j=j: a[j], sub)
-    else:
-      out[name] = sub
-  return out
 
 
 def _paths(tree):
@@ -116,7 +106,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(dtype):
     logits, state = model.apply(variables, x, train=True,
                                 mutable=['batch_stats', 'intermediates'])
     return (variables, logits, state['batch_stats'],
-            models.layer_responses(state['intermediates']))
+            layer_responses(state['intermediates']))
 
   variables, logits, stats, responses = jax.eval_shape(forward, _spec(32))
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
@@ -313,7 +303,7 @@ def _response_shapes(model, size, batch=2):
   def responses(x):
     variables = model.init(KEY, x, train=False)
     _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
-    return models.layer_responses(state['intermediates'])
+    return layer_responses(state['intermediates'])
 
   return [r.shape for r in jax.eval_shape(responses, _spec(size, batch))]
 
@@ -330,7 +320,7 @@ def test_layer_response_shapes_cifar(name, options):
   expected = ([(2, 32, 32, 16)] * 2 * n + [(2, 16, 16, 32)] * 2 * n +
               [(2, 8, 8, 64)] * 2 * n)
   assert _response_shapes(model, 32) == expected
-  assert models.num_layer_responses(model) == 6 * n
+  assert len(activations.response_names(model)) == 6 * n
 
 
 @pytest.mark.parametrize('name,options', [
@@ -348,7 +338,7 @@ def test_layer_response_shapes_imagenet(name, options):
     expected += [(1, side, side, 64 * 2**i)] * blocks * per_block
   assert len(expected) == 16
   assert _response_shapes(model, 64, batch=1) == expected
-  assert models.num_layer_responses(model) == 16
+  assert len(activations.response_names(model)) == 16
 
 
 def _conv_calls_and_response_shapes(model, x_spec):
@@ -363,7 +353,7 @@ def _conv_calls_and_response_shapes(model, x_spec):
   def responses(x):
     variables = model.init(KEY, x, train=False)
     _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
-    return models.layer_responses(state['intermediates'])
+    return layer_responses(state['intermediates'])
 
   with nn.intercept_methods(record):
     shapes = [r.shape for r in jax.eval_shape(responses, x_spec)]
@@ -390,7 +380,7 @@ def test_symmetric_padding_and_ceil_halving(name):
   expected = []
   for i, blocks in enumerate(model.stage_sizes):
     side = half(side) if i else side
-    expected += [side] * blocks * (models.num_layer_responses(model) // sum(model.stage_sizes))
+    expected += [side] * blocks * (len(activations.response_names(model)) // sum(model.stage_sizes))
   assert [s[1:3] for s in shapes] == expected
 
 
@@ -452,7 +442,7 @@ def test_layer_responses_values():
   variables = {'params': variables['params'], 'batch_stats': state['batch_stats']}
   logits, state = model.apply(variables, x, train=False, mutable=['intermediates'])
   assert set(state) == {'intermediates'}
-  responses = models.layer_responses(state['intermediates'])
+  responses = layer_responses(state['intermediates'])
   assert len(responses) == 18
   for r in responses:
     assert np.all(np.isfinite(r)) and float(r.std()) > 0
@@ -520,14 +510,14 @@ def test_scan_blocks_false_is_the_same_network():
   out_s, state_s = scanned.apply(variables, x, train=True, mutable=mutable)
   out_u, state_u = unrolled.apply(converted, x, train=True, mutable=mutable)
   np.testing.assert_allclose(out_s, out_u, rtol=1e-4, atol=1e-4)
-  stats_s = _unscan(state_s['batch_stats'])
+  stats_s = unscan(state_s['batch_stats'])
   assert jax.tree.structure(stats_s) == jax.tree.structure(state_u['batch_stats'])
   for a, b in zip(jax.tree.leaves(stats_s), jax.tree.leaves(state_u['batch_stats'])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   # Responses come out in the same (depth) order; each block has its own
   # weights, so a misordering would show.
-  resp_s = models.layer_responses(state_s['intermediates'])
-  resp_u = models.layer_responses(state_u['intermediates'])
+  resp_s = layer_responses(state_s['intermediates'])
+  resp_u = layer_responses(state_u['intermediates'])
   assert len(resp_s) == len(resp_u) == 18
   for a, b in zip(resp_s, resp_u):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -544,7 +534,7 @@ def test_layer_responses_order():
   for j in range(2, 10):
     unrolled[f'stage1_block{j}'] = {'response1': r(2 * j - 2),
                                     'response2': r(2 * j - 1)}
-  got = [float(a[0]) for a in models.layer_responses(unrolled)]
+  got = [float(a[0]) for a in layer_responses(unrolled)]
   assert got == list(range(22))
 
   def stacked(*values):  # scanned: (length, ...) per response.
@@ -554,7 +544,7 @@ def test_layer_responses_order():
              'stage1_rest': {'response2': stacked(3, 5, 7),
                              'response1': stacked(2, 4, 6)},
              'stage1_block1': {'response1': r(0), 'response2': r(1)}}
-  got = [float(a[0]) for a in models.layer_responses(scanned)]
+  got = [float(a[0]) for a in layer_responses(scanned)]
   assert got == list(range(10))
 
 
@@ -580,7 +570,7 @@ def test_zero_init_last_bn_basic():
     np.testing.assert_array_equal(scale, 0.0 if path.endswith('bn2') else 1.0)
   # The residual branches are switched off: their last responses are zero.
   _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
-  responses = models.layer_responses(state['intermediates'])
+  responses = layer_responses(state['intermediates'])
   for r in responses[1::2]:
     np.testing.assert_array_equal(r, 0.0)
   assert float(jnp.abs(responses[0]).max()) > 0
@@ -689,7 +679,7 @@ def _check_dtype():
   def responses(x):
     variables = model.init(jax.random.key(0), x, train=False)
     _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
-    return models.layer_responses(state['intermediates'])
+    return layer_responses(state['intermediates'])
 
   assert {r.dtype for r in jax.eval_shape(responses, x)} == {jnp.dtype(jnp.bfloat16)}
 
@@ -709,7 +699,7 @@ def _check_bn_epsilon():
     _, variables, _ = _tiny_apply(model)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
     _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
-    return models.layer_responses(state['intermediates'])[0]
+    return layer_responses(state['intermediates'])[0]
   # Stem BN, ReLU (positively homogeneous), conv, BN: scaled by (1 + eps)^-1.
   np.testing.assert_allclose(first_response(3.0), first_response(0.0) / 4, rtol=1e-4,
                              atol=1e-6)
@@ -734,7 +724,6 @@ def _check_zero_init_last_bn():
 
 def _check_downsample_on_3x3():
   # Same weights, the stride moves from the 1x1 to the 3x3: more multiply-adds.
-  from resnet_jax import complexity
   v1, v15 = (models.create_model('resnet50', downsample_on_3x3=d) for d in (False, True))
   assert _num_params(v1, 32) == _num_params(v15, 32)
   assert complexity.count_mult_adds(v15, 64) > complexity.count_mult_adds(v1, 64)

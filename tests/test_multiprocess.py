@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, config_lib, train
+from resnet_jax import checkpointing, config_lib, experiment, models
 
 WORKER = os.path.join(os.path.dirname(__file__), 'multiprocess_worker.py')
 TIME_LIMIT = 240  # Seconds per run: a hang fails the test instead of CI.
@@ -77,10 +77,10 @@ def run(workdir, num_processes=2, devices=2, **flags):
 def final_state(workdir, step=None):
   """The saved train state (host numpy) of `step` (default the latest)."""
   config = config_lib.cifar10('cifar_resnet20')
-  model = train.create_model(config)
+  model = experiment.model_from_config(config)
   with checkpointing.manager(workdir, create=False) as mngr:
     step = mngr.latest_step() if step is None else step
-    abstract = jax.eval_shape(lambda: train.abstract_variables(model))
+    abstract = jax.eval_shape(lambda: models.abstract_variables(model))
     abstract['step'] = jax.ShapeDtypeStruct((), np.int32)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
@@ -115,7 +115,7 @@ def reference_runs(tmp_path_factory):
 
 def test_two_processes_train_and_evaluate_like_one(reference_runs):
   single, multi = reference_runs
-  # Same global batches in the same order (data.ProcessBlocks), same devices:
+  # Same global batches in the same order (data.core.ProcessBlocks), same devices:
   # only the gradient all-reduce differs (gloo across processes vs in-process),
   # which may round differently; bounded at float32 resolution.
   assert_same_state(final_state(single), final_state(multi), exact=False)

@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-ROOT = os.path.join(os.path.dirname(__file__), '..')
+from helpers import DATA_DIR, ROOT
+
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, 'notebooks', '*.ipynb')))
-DATA_DIR = os.path.join(ROOT, '..', 'shared', 'data', 'tfds')
 
 
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=os.path.basename)

@@ -1,4 +1,4 @@
-"""Tests of the Fig. 7 layer-response statistics (`resnet_jax.responses`)."""
+"""Tests of the Fig. 7 layer-response statistics (`resnet_jax.research.responses`, `fig7`)."""
 
 import json
 import os
@@ -7,27 +7,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 
-from resnet_jax import cifar_input, config_lib, data, errors, models, responses, train
-from test_models import _unscan
-from test_train import IMAGE, tiny_data  # The learnable toy problem of the train tests.
+from resnet_jax import checkpointing, data, distributed, errors, models
+from resnet_jax.data import cifar
+from resnet_jax.research import activations, fig7, responses
+from resnet_jax.training import loop
+
+from helpers import IMAGE, layer_responses, tiny_config, tiny_data, tiny_splits, unscan
 
 NUM_TEST = 37  # Not a multiple of any batch size used below.
 
 
-def tiny_splits():
-  return tiny_data(64, 0), {'test': tiny_data(NUM_TEST, 1)}
-
-
-def tiny_config(model='cifar_resnet20'):
-  config = config_lib.cifar10(model)
-  config.input.batch_size = 16
-  config.input.eval_batch_size = 16
-  config.schedule.total_steps = 2
-  config.schedule.boundaries = ()
-  config.log_every_steps = 2
-  config.eval_every_steps = 2
-  config.checkpoint_every_steps = 2
+def responses_config(model='cifar_resnet20'):
+  """Two steps, evaluated and saved at the end."""
+  config = tiny_config(model, total_steps=2, boundaries=())
+  config.eval_every_steps = config.checkpoint_every_steps = 2
   return config
 
 
@@ -74,7 +69,7 @@ def direct_stats(arrays, example_count=NUM_TEST):
 
 
 def whole_split_input(split):
-  return data.normalize(jnp.asarray(split.images), NORM)
+  return data.core.normalize(jnp.asarray(split.images), NORM)
 
 
 def assert_stats_equal(got: list, want: list, rtol=2e-5):
@@ -103,23 +98,23 @@ def test_streaming_stats_match_whole_split_sharded_and_single_device(net):
   split = tiny_splits()[1]['test']
   _, state = model.apply(variables, whole_split_input(split), train=False,
                          mutable=['intermediates'])
-  want = direct_stats(models.layer_responses(state['intermediates']))
+  want = direct_stats(layer_responses(state['intermediates']))
   # 8 devices, batches of 16 (the last holds 5 examples and 11 padding ones),
   # through the dataset's own padded evaluation batches.
   assert jax.device_count() == 8
-  dataset = data.create(tiny_config(), preloaded=tiny_splits())
+  dataset = data.create(responses_config(), preloaded=tiny_splits())
   sharded = responses.dataset_stats(model, variables, NORM, dataset, 'test',
-                                    mesh=train.make_mesh(), batch_size=16)
+                                    mesh=distributed.make_mesh(), batch_size=16)
   assert_stats_equal(list(sharded.values()), want)
   # 1 device, batches of 5 with poisoned padding.
   single = responses.response_stats(
-      model, variables, poisoned(cifar_input.eval_batches(split, 5)), NORM,
-      mesh=train.make_mesh(jax.devices()[:1]), num_examples=NUM_TEST)
+      model, variables, poisoned(cifar.eval_batches(split, 5)), NORM,
+      mesh=distributed.make_mesh(jax.devices()[:1]), num_examples=NUM_TEST)
   assert_stats_equal(list(single.values()), want)
   assert list(single) == list(sharded)
   # The per-channel float64 sums too.
   layer = sharded['stage2_block1/response2']
-  flat = np.asarray(models.layer_responses(state['intermediates'])[7], np.float64)
+  flat = np.asarray(layer_responses(state['intermediates'])[7], np.float64)
   flat = flat.reshape(-1, flat.shape[-1])
   np.testing.assert_allclose(layer.sum, flat.sum(0), rtol=1e-4, atol=1e-3)
   np.testing.assert_allclose(layer.sum_sq, (flat ** 2).sum(0), rtol=1e-5)
@@ -131,16 +126,16 @@ def test_streaming_stats_match_whole_split_sharded_and_single_device(net):
 def test_every_example_is_counted_once(net):
   model, variables = net
   split = tiny_data(10, 2)
-  mesh = train.make_mesh(jax.devices()[:1])
-  twice = list(cifar_input.eval_batches(split, 4)) + list(cifar_input.eval_batches(split, 4))[:1]
+  mesh = distributed.make_mesh(jax.devices()[:1])
+  twice = list(cifar.eval_batches(split, 4)) + list(cifar.eval_batches(split, 4))[:1]
   with pytest.raises(AssertionError, match='counted'):
     responses.response_stats(model, variables, twice, NORM, mesh=mesh, num_examples=10)
 
 
 def test_names_order_and_scanned_equals_unscanned(net):
   model, variables = net
-  names = responses.response_names(model)
-  assert len(names) == models.num_layer_responses(model) == 18
+  names = activations.response_names(model)
+  assert len(names) == len(activations.response_names(model)) == 18
   assert names[:4] == ['stage1_block1/response1', 'stage1_block1/response2',
                        'stage1_block2/response1', 'stage1_block2/response2']
   assert names[6:8] == ['stage2_block1/response1', 'stage2_block1/response2']
@@ -148,19 +143,19 @@ def test_names_order_and_scanned_equals_unscanned(net):
   split = tiny_data(12, 3)
   x = whole_split_input(split)
   _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
-  named = responses.named_responses(state['intermediates'])
+  named = activations.named_responses(state['intermediates'])
   assert [n for n, _ in named] == names
-  for (_, a), b in zip(named, models.layer_responses(state['intermediates'])):
+  for (_, a), b in zip(named, layer_responses(state['intermediates'])):
     np.testing.assert_array_equal(a, b)
 
   # The same net unscanned: stacked 'stageI_rest' variables split per block.
   flat = models.create_model('cifar_resnet20', scan_blocks=False)
 
-  flat_vars = {k: _unscan(v) for k, v in variables.items()}
+  flat_vars = {k: unscan(v) for k, v in variables.items()}
   _, flat_state = flat.apply(flat_vars, x, train=False, mutable=['intermediates'])
-  assert [n for n, _ in responses.named_responses(flat_state['intermediates'])] == names
-  mesh = train.make_mesh(jax.devices()[:1])
-  batches = list(cifar_input.eval_batches(split, 8))
+  assert [n for n, _ in activations.named_responses(flat_state['intermediates'])] == names
+  mesh = distributed.make_mesh(jax.devices()[:1])
+  batches = list(cifar.eval_batches(split, 8))
   scanned = responses.response_stats(model, variables, batches, NORM, mesh=mesh)
   unscanned = responses.response_stats(flat, flat_vars, batches, NORM, mesh=mesh)
   assert list(scanned) == list(unscanned) == names
@@ -178,8 +173,8 @@ def test_collect_named_modules_matches_direct_capture(net):
   inter = state['intermediates']
   logits = model.apply(variables, x, train=False)
   pattern = r'stage1_block1/conv1|stage2_block3/conv1|output|stage\d_block\d/bn[12]'
-  got = responses.collect(model, variables, cifar_input.eval_batches(split, 16), NORM,
-                          names=pattern, mesh=train.make_mesh(), num_examples=NUM_TEST)
+  got = responses.collect(model, variables, cifar.eval_batches(split, 16), NORM,
+                          names=pattern, mesh=distributed.make_mesh(), num_examples=NUM_TEST)
   names = list(got)
   # Network order: a module's outputs in call order, the root last.
   assert names[:3] == ['stage1_block1/conv1', 'stage1_block1/bn1', 'stage1_block1/bn2']
@@ -193,23 +188,23 @@ def test_collect_named_modules_matches_direct_capture(net):
   assert_stats_equal([got['stage1_block1/conv1'], got['stage1_block1/bn1'],
                       got['stage2_block3/conv1'], got['output']], want)
   # For basic blocks the responses of Fig. 7 are the bn1 / bn2 outputs.
-  fig7 = responses.response_stats(model, variables, cifar_input.eval_batches(split, 16), NORM,
-                                  mesh=train.make_mesh())
+  fig7 = responses.response_stats(model, variables, cifar.eval_batches(split, 16), NORM,
+                                  mesh=distributed.make_mesh())
   bns = [n for n in names if '/bn' in n]
   assert [n.replace('/bn', '/response') for n in bns] == list(fig7)
   for n in bns:
     np.testing.assert_allclose(got[n].channel_std, fig7[n.replace('/bn', '/response')].channel_std,
                                rtol=1e-6)
   # A callable filter, and a name that matches nothing.
-  one = responses.collect(model, variables, cifar_input.eval_batches(split, 40), NORM,
+  one = responses.collect(model, variables, cifar.eval_batches(split, 40), NORM,
                           names=lambda n: n == 'stage3_block2/bn2',
-                          mesh=train.make_mesh(jax.devices()[:1]))
+                          mesh=distributed.make_mesh(jax.devices()[:1]))
   assert list(one) == ['stage3_block2/bn2']
   np.testing.assert_allclose(one['stage3_block2/bn2'].channel_std,
                              got['stage3_block2/bn2'].channel_std, rtol=1e-5)
   with pytest.raises(ValueError, match='no activation matched'):
-    responses.collect(model, variables, cifar_input.eval_batches(split, 40), NORM,
-                      names='stage9_block1/bn1', mesh=train.make_mesh(jax.devices()[:1]))
+    responses.collect(model, variables, cifar.eval_batches(split, 40), NORM,
+                      names='stage9_block1/bn1', mesh=distributed.make_mesh(jax.devices()[:1]))
 
 
 def test_pixel_mask_counts_only_each_image(net):
@@ -222,10 +217,10 @@ def test_pixel_mask_counts_only_each_image(net):
   pixel_mask[:, :8, :8] = True
   batch = {'image': canvas, 'mask': np.ones(4, np.float32), 'pixel_mask': pixel_mask,
            'index': np.arange(4, dtype=np.int32)}
-  mesh = train.make_mesh(jax.devices()[:1])
+  mesh = distributed.make_mesh(jax.devices()[:1])
   padded = responses.response_stats(model, variables, [batch], NORM, mesh=mesh,
                                     num_examples=4)
-  plain = responses.response_stats(model, variables, cifar_input.eval_batches(split, 4), NORM,
+  plain = responses.response_stats(model, variables, cifar.eval_batches(split, 4), NORM,
                                     mesh=mesh)
   for a, b in zip(padded.values(), plain.values()):
     assert a.count == b.count
@@ -254,10 +249,10 @@ def test_cli_end_to_end_on_two_trained_workdirs(tmp_path, capsys):
   workdirs = []
   for name in ('cifar_resnet20', 'cifar_plain20'):
     workdir = str(tmp_path / name)
-    train.train_and_evaluate(tiny_config(name), workdir, data=splits)
+    loop.train_and_evaluate(responses_config(name), workdir, data=splits)
     workdirs.append(workdir)
   out = str(tmp_path / 'fig7.png')
-  results = responses.run(workdirs, out, data=splits)
+  results = fig7.run(workdirs, out, data=splits)
   assert os.path.getsize(out) > 0
   saved = json.loads((tmp_path / 'fig7.json').read_text())
   assert [r['label'] for r in saved['results']] == ['ResNet-20', 'plain-20']
@@ -272,27 +267,33 @@ def test_cli_end_to_end_on_two_trained_workdirs(tmp_path, capsys):
   table = capsys.readouterr().out
   assert '| ResNet-20 | 18 |' in table and '| plain-20 | 18 |' in table
   # The numbers match a direct computation on the loaded checkpoint.
-  from resnet_jax import checkpointing
   model, variables, norm, _ = checkpointing.load_variables(workdirs[0])
   direct = responses.response_stats(model, variables,
-                                    cifar_input.eval_batches(splits[1]['test'], 37), norm,
-                                    mesh=train.make_mesh(jax.devices()[:1]))
+                                    cifar.eval_batches(splits[1]['test'], 37), norm,
+                                    mesh=distributed.make_mesh(jax.devices()[:1]))
   np.testing.assert_allclose(saved['results'][0]['std'], [s.std for s in direct.values()],
                              rtol=1e-5)
   # --data_dir overrides the workdir config's input (and is checked first).
   with pytest.raises(errors.MissingError, match='does not exist'):
-    responses.run(workdirs[:1], str(tmp_path / 'x.png'), data_dir=str(tmp_path / 'nowhere'))
+    fig7.run(workdirs[:1], str(tmp_path / 'x.png'), data_dir=str(tmp_path / 'nowhere'))
+
+
+def _parsed(*argv):
+  values = flags.FlagValues()
+  fig7.define_flags(values)
+  values(['prog', *argv])
+  return values
 
 
 def test_flags():
-  kwargs = responses.parse_flags(['prog', '--workdir=a', '--workdir=b', '--out=f.png',
-                                  '--data_dir=../shared/data/tfds', '--dataset=cifar10_jpeg'])
+  kwargs = fig7.run_kwargs(_parsed('--workdir=a', '--workdir=b', '--out=f.png',
+                                   '--data_dir=/data/tfds', '--dataset=cifar10_jpeg'))
   assert kwargs['workdirs'] == ['a', 'b'] and kwargs['out'] == 'f.png'
-  assert kwargs['json_path'] is None and kwargs['data_dir'] == '../shared/data/tfds'
+  assert kwargs['json_path'] is None and kwargs['data_dir'] == '/data/tfds'
   assert kwargs['dataset'] == 'cifar10_jpeg'
-  with pytest.raises(SystemExit):
-    responses.main(['prog', '--workdir=a'])  # No --out: one line and exit 1.
-  assert responses.model_label('cifar_plain56') == 'plain-56'
-  assert responses.model_label('resnet152') == 'ResNet-152'
-  config = responses.override_input(tiny_config(), data_dir='/d', dataset='cifar10_jpeg')
+  with pytest.raises(errors.ConfigError, match='--out'):
+    fig7.run_kwargs(_parsed('--workdir=a'))
+  assert fig7.model_label('cifar_plain56') == 'plain-56'
+  assert fig7.model_label('resnet152') == 'ResNet-152'
+  config = fig7.override_input(responses_config(), data_dir='/d', dataset='cifar10_jpeg')
   assert config.input.data_dir == '/d' and config.input.dataset == 'cifar10_jpeg'

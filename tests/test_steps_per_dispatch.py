@@ -3,9 +3,9 @@
 K steps in one `lax.scan` do the same arithmetic on the same batches with the
 same random numbers as K calls, but XLA compiles the loop body as its own
 computation and may order a reduction differently (and on CPU, strided
-convolutions in the loop are stride-1 ones subsampled: `models.step_loop`):
+convolutions in the loop are stride-1 ones subsampled: `ResNet.in_step_loop`):
 results agree to float32 rounding (measured: 1-ulp loss differences, params
-within 1.5e-6 after 8 steps), not bit for bit. Before `step_loop`, a fully
+within 1.5e-6 after 8 steps), not bit for bit. Before that CPU path, a fully
 unrolled scan was bit-identical on CPU, but it compiles K copies of the step.
 """
 
@@ -18,9 +18,19 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import config_lib, errors, train
-from test_train import (_final_params, _patch_compiled_step, make_trainer, saved_steps,
-                        tiny_config, tiny_data, tiny_splits, zero_norm)
+from resnet_jax import config_lib, errors
+from resnet_jax.training import loop
+
+from helpers import (
+  final_params,
+  make_trainer,
+  patch_compiled_step,
+  saved_steps,
+  tiny_config,
+  tiny_data,
+  tiny_splits,
+  zero_norm,
+)
 
 
 def dispatch_config(k=1, resident=False, **schedule):
@@ -111,7 +121,7 @@ def test_resident_gather_is_local_to_each_device():
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the CPU path only')
 def test_strided_convolutions_in_the_loop_take_the_fast_cpu_path():
   """XLA:CPU runs strided-conv gradients 50-100x slower inside a loop: there
-  they are stride-1 forward convolutions, subsampled (models.step_loop).
+  they are stride-1 forward convolutions, subsampled (`ResNet.in_step_loop`).
   A single step keeps XLA's strided convolutions."""
   convs = lambda hlo: re.findall(r'convolution\(.*?window=\{([^}]*)\}', hlo)
   single = make_trainer(dispatch_config(1)).compile_train(16).as_text()
@@ -122,18 +132,18 @@ def test_strided_convolutions_in_the_loop_take_the_fast_cpu_path():
 
 def test_loop_with_k_steps_and_resume_under_another_k_equals_single_steps(tmp_path):
   data = tiny_splits()
-  train.train_and_evaluate(dispatch_config(1), str(tmp_path / 'single'), data=data)
+  loop.train_and_evaluate(dispatch_config(1), str(tmp_path / 'single'), data=data)
   # K=2 with the split on the devices, stopped at 4; resumed with K=4.
   first = dispatch_config(2, resident=True)
   first.stop_after_steps = 4
-  train.train_and_evaluate(first, str(tmp_path / 'multi'), data=data)
+  loop.train_and_evaluate(first, str(tmp_path / 'multi'), data=data)
   assert saved_steps(tmp_path / 'multi', first) == [4]
-  train.train_and_evaluate(dispatch_config(4, resident=True), str(tmp_path / 'multi'),
+  loop.train_and_evaluate(dispatch_config(4, resident=True), str(tmp_path / 'multi'),
                            data=data)
 
   config = dispatch_config(1)
-  single, single_data = _final_params(str(tmp_path / 'single'), config)
-  multi, multi_data = _final_params(str(tmp_path / 'multi'), config)
+  single, single_data = final_params(str(tmp_path / 'single'), config)
+  multi, multi_data = final_params(str(tmp_path / 'multi'), config)
   assert int(single.step) == int(multi.step) == 8
   assert single_data == multi_data  # Grain's position counts single batches.
   _assert_same_state(single, multi)
@@ -161,11 +171,11 @@ def test_non_finite_loss_is_caught_at_its_own_step_inside_a_call(tmp_path, monke
       metrics = dict(metrics, train_loss=metrics['train_loss'].at[1].set(jnp.nan))
     return state, metrics
 
-  _patch_compiled_step(monkeypatch, on_call)
+  patch_compiled_step(monkeypatch, on_call)
   config = dispatch_config(2)
   config.checkpoint_every_steps = 2
   with pytest.raises(errors.DivergedError, match=r'train_loss=nan at step 4;.*step 2\)'):
-    train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+    loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [2]
 
 
@@ -184,8 +194,8 @@ def test_intervals_that_k_does_not_divide_are_refused():
 def test_resume_at_a_step_that_k_does_not_divide_is_refused(tmp_path):
   config = dispatch_config(1)
   config.stop_after_steps = 2
-  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   with pytest.raises(errors.ConfigError, match='holds step 2, not a multiple of '
                      'steps_per_dispatch=4'):
-    train.train_and_evaluate(dispatch_config(4), str(tmp_path), data=tiny_splits())
+    loop.train_and_evaluate(dispatch_config(4), str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [2]

@@ -9,62 +9,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, cifar_input, config_lib, data, evaluation, train
+from resnet_jax import (
+  data,
+  evaluation,
+)
+from resnet_jax.training import loop
+from resnet_jax.training import step as step_lib
 
-IMAGE = (8, 8, 3)  # CIFAR nets run on any size >= 4 px; tiny keeps compiles short.
-
-
-def tiny_config(**schedule):
-  config = config_lib.cifar10('cifar_resnet20')
-  config.input.batch_size = 16
-  config.input.eval_batch_size = 16
-  config.schedule.total_steps = schedule.pop('total_steps', 6)
-  config.schedule.boundaries = schedule.pop('boundaries', (3, 5))
-  config.schedule.update(schedule)
-  config.log_every_steps = 2
-  config.eval_every_steps = 3
-  config.checkpoint_every_steps = 3
-  return config
-
-
-def tiny_data(n=64, seed=0):
-  """A learnable toy problem: the label is the brightest of 10 bands."""
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, n).astype(np.int32)
-  images = rng.integers(0, 100, (n,) + IMAGE).astype(np.uint8)
-  images[np.arange(n), labels % 8, :, labels // 8] += 150
-  return cifar_input.ArraySplit(images, labels)
-
-
-def tiny_splits():
-  return tiny_data(64, 0), {'test': tiny_data(37, 1)}
-
-
-def make_trainer(config, devices=None):
-  model = train.create_model(config)
-  dataset = data.create(config, preloaded=tiny_splits())
-  return train.Trainer(config, model, train.make_mesh(devices), dataset)
-
-
-def zero_norm(trainer):
-  """Normalisation to about [-2, 2], as real training's (raw 0..255 pixels
-  make logits of hundreds: saturated softmax ties, amplified rounding)."""
-  return jax.device_put({'mean': np.full(IMAGE, 127.5, np.float32),
-                         'std': np.full(3, 64.0, np.float32)}, trainer.replicated)
-
-
-def fixed_batch(trainer, n=16):
-  split = tiny_data(n)
-  return trainer.to_global({'image': split.images, 'label': split.labels})
-
-
-def run_steps(trainer, num_steps, batch, state=None):
-  state = trainer.init_fn(zero_norm(trainer)) if state is None else state
-  losses = []
-  for _ in range(num_steps):
-    state, metrics = trainer.train_fn(state, batch, {})
-    losses.append(float(metrics['train_loss']))
-  return state, losses
+from helpers import (
+  final_params,
+  fixed_batch,
+  make_trainer,
+  patch_compiled_step,
+  run_steps,
+  saved_steps,
+  tiny_config,
+  tiny_data,
+  tiny_splits,
+  zero_norm,
+)
 
 
 def test_a_few_steps_lower_the_loss():
@@ -183,22 +146,6 @@ def test_evaluate_counts_every_example_once():
   assert out['top5_error'] == pytest.approx(expected5, abs=1e-6)
 
 
-def saved_steps(workdir, config):
-  manager = checkpointing.manager(str(workdir))
-  steps = manager.all_steps()
-  manager.close()
-  return sorted(steps)
-
-
-def _final_params(workdir, config):
-  manager = checkpointing.manager(workdir)
-  trainer = make_trainer(config)
-  state, data_state = checkpointing.restore(manager, manager.latest_step(),
-                                            trainer.sharded_abstract_state())
-  manager.close()
-  return jax.device_get(state), data_state
-
-
 @pytest.mark.parametrize('warmup', [False, True])
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, warmup):
   data = tiny_splits()
@@ -206,17 +153,17 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, warmup):
   # at step 5: the resumed run must carry its state over.
   schedule = dict(warmup_lr=0.01, warmup_until_error=1e-6, warmup_max_steps=5) if warmup else {}
   config = tiny_config(**schedule)
-  train.train_and_evaluate(config, str(tmp_path / 'straight'), data=data)
+  loop.train_and_evaluate(config, str(tmp_path / 'straight'), data=data)
   interrupted = tiny_config(**schedule)
   interrupted.stop_after_steps = 3
-  train.train_and_evaluate(interrupted, str(tmp_path / 'resumed'), data=data)
+  loop.train_and_evaluate(interrupted, str(tmp_path / 'resumed'), data=data)
   assert saved_steps(tmp_path / 'resumed', config) == [3]
-  middle, _ = _final_params(str(tmp_path / 'resumed'), config)
+  middle, _ = final_params(str(tmp_path / 'resumed'), config)
   assert bool(middle.warmup_active) == warmup
-  train.train_and_evaluate(config, str(tmp_path / 'resumed'), data=data)
+  loop.train_and_evaluate(config, str(tmp_path / 'resumed'), data=data)
 
-  straight, straight_data = _final_params(str(tmp_path / 'straight'), config)
-  resumed, resumed_data = _final_params(str(tmp_path / 'resumed'), config)
+  straight, straight_data = final_params(str(tmp_path / 'straight'), config)
+  resumed, resumed_data = final_params(str(tmp_path / 'resumed'), config)
   assert int(straight.step) == int(resumed.step) == 6
   assert straight_data == resumed_data  # Same position in the data order.
   np.testing.assert_array_equal(jax.random.key_data(straight.rng),
@@ -234,36 +181,13 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, warmup):
   assert os.listdir(tmp_path / 'straight' / 'tensorboard')
   assert json.load(open(tmp_path / 'straight' / 'config.json'))['model'] == 'cifar_resnet20'
   # Evaluate-only mode on the finished workdir.
-  results = train.evaluate_workdir(config, str(tmp_path / 'straight'), data=data)
+  results = evaluation.evaluate_workdir(config, str(tmp_path / 'straight'), data=data)
   assert results['step'] == 6 and results['count'] == 37 and results['split'] == 'test'
   last = [r for r in records if 'test_error' in r][-1]
   assert results['top1_error'] == pytest.approx(last['test_error'])
   saved = json.load(open(tmp_path / 'straight' / 'eval.json'))
   assert saved['step'] == 6
   assert saved['protocols']['center']['top1_error'] == pytest.approx(last['test_error'])
-
-
-def _patch_compiled_step(monkeypatch, on_call):
-  """Wraps the compiled train step so that `on_call(n, out)` sees each call."""
-  original = train.Trainer.compile_train
-
-  class Step:
-    """Calls the compiled step, then `on_call`; otherwise behaves like it."""
-
-    def __init__(self, compiled):
-      self.compiled, self.calls = compiled, 0
-
-    def __call__(self, *args):
-      self.calls += 1
-      return on_call(self.calls, self.compiled(*args))
-
-    def memory_analysis(self):
-      return self.compiled.memory_analysis()
-
-  def compile_train(self, batch_size, resident=None):
-    return Step(original(self, batch_size, resident))
-
-  monkeypatch.setattr(train.Trainer, 'compile_train', compile_train)
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
@@ -281,11 +205,11 @@ def test_stop_signal_saves_within_two_steps(tmp_path, monkeypatch, signum):
       os.kill(os.getpid(), signum)
     return out
 
-  _patch_compiled_step(monkeypatch, on_call)
+  patch_compiled_step(monkeypatch, on_call)
   config = tiny_config(total_steps=50, boundaries=())
   config.checkpoint_every_steps = 100
   previous = signal.getsignal(signum)
-  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [5]  # Saved where it stopped, not at the end.
   assert len(outputs) == 5  # Nothing dispatched after the signal's step.
   assert signal.getsignal(signum) is previous  # The handler is put back.
@@ -300,12 +224,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
       metrics = dict(metrics, train_loss=metrics['train_loss'] * jnp.nan)
     return state, metrics
 
-  _patch_compiled_step(monkeypatch, on_call)
+  patch_compiled_step(monkeypatch, on_call)
   config = tiny_config()
   # Step 5 is neither a log nor a checkpoint step: it is still caught there.
   with pytest.raises(FloatingPointError, match=r'non-finite train_loss=nan at step 5;.*'
                      r'last checkpoint \(step 3\) was kept'):
-    train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+    loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [3]  # The good one; nothing saved after.
 
 
@@ -315,25 +239,25 @@ def test_diverged_fresh_run_leaves_no_config(tmp_path, monkeypatch):
     state, metrics = out
     return state, dict(metrics, train_loss=metrics['train_loss'] * jnp.nan)
 
-  _patch_compiled_step(monkeypatch, on_call)
+  patch_compiled_step(monkeypatch, on_call)
   with pytest.raises(FloatingPointError, match='at step 1;.*no checkpoint was saved'):
-    train.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())
+    loop.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())
   assert not (tmp_path / 'config.json').exists()
 
 
 def test_workdir_of_another_model_fails_before_compiling(tmp_path, monkeypatch):
   config = tiny_config()
   config.stop_after_steps = 1
-  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   other = tiny_config()
   other.model = 'cifar_plain20'
 
   def no_compile(*args, **kwargs):
     raise AssertionError('compiled before checking the workdir')
 
-  monkeypatch.setattr(train.Trainer, 'compile_train', no_compile)
+  monkeypatch.setattr(step_lib.Trainer, 'compile_train', no_compile)
   with pytest.raises(ValueError, match='fresh --workdir'):
-    train.train_and_evaluate(other, str(tmp_path), data=tiny_splits())
+    loop.train_and_evaluate(other, str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [1]
 
 
@@ -349,25 +273,25 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage, 
   data = tiny_splits()
   config = tiny_config()
   config.stop_after_steps = 6
-  train.train_and_evaluate(config, str(tmp_path / 'straight'), data=data)
+  loop.train_and_evaluate(config, str(tmp_path / 'straight'), data=data)
   config.stop_after_steps = 4  # Saves 3 and 4.
   workdir = tmp_path / 'damaged'
-  train.train_and_evaluate(config, str(workdir), data=data)
+  loop.train_and_evaluate(config, str(workdir), data=data)
   assert saved_steps(workdir, config) == [3, 4]
   if damage == 'truncated_state':
     _truncate_data_files(workdir / 'checkpoints' / '4' / 'state')
   else:
     (workdir / 'checkpoints' / '4' / 'meta' / 'metadata').write_text('{"struct')
   capfd.readouterr()
-  train.train_and_evaluate(tiny_config(), str(workdir), data=data)
+  loop.train_and_evaluate(tiny_config(), str(workdir), data=data)
   err = capfd.readouterr().err
   assert 'warning: checkpoint 4 in' in err and 'cannot be read' in err
   assert len([l for l in err.splitlines() if 'checkpoint 4' in l]) <= 2, err
   # Resumed from 3 and finished; the damaged step was moved aside, not deleted.
   assert (workdir / 'checkpoints' / '4.unreadable').is_dir()
   assert saved_steps(workdir, config)[-1] == 6
-  straight, _ = _final_params(str(tmp_path / 'straight'), config)
-  resumed, _ = _final_params(str(workdir), config)
+  straight, _ = final_params(str(tmp_path / 'straight'), config)
+  resumed, _ = final_params(str(workdir), config)
   for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(a, b)
 
@@ -375,34 +299,34 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage, 
 def test_no_readable_checkpoint_fails_in_one_line_and_deletes_nothing(tmp_path):
   config = tiny_config()
   config.stop_after_steps = 1
-  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   _truncate_data_files(tmp_path / 'checkpoints' / '1' / 'state')
   with pytest.raises(ValueError, match='no checkpoint .* can be read') as error:
-    train.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())
+    loop.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())
   assert '\n' not in str(error.value)
   assert (tmp_path / 'checkpoints' / '1').exists()  # Nothing deleted or moved.
 
 
 def test_finished_run_says_so_without_training(tmp_path, monkeypatch, capsys):
   config = tiny_config(total_steps=3, boundaries=())
-  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
 
   def no_compile(*args, **kwargs):
     raise AssertionError('compiled a finished run')
 
-  monkeypatch.setattr(train.Trainer, 'compile_train', no_compile)
+  monkeypatch.setattr(step_lib.Trainer, 'compile_train', no_compile)
   capsys.readouterr()
-  assert train.train_and_evaluate(config, str(tmp_path), data=tiny_splits()) == {}
+  assert loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits()) == {}
   assert 'training is finished' in capsys.readouterr().out
 
 
 def test_config_history_keeps_each_config_that_trained(tmp_path):
   config = tiny_config()
   config.stop_after_steps = 3
-  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   changed = tiny_config()
   changed.eval_every_steps = 2  # Changed on resume.
-  train.train_and_evaluate(changed, str(tmp_path), data=tiny_splits())
+  loop.train_and_evaluate(changed, str(tmp_path), data=tiny_splits())
   assert json.load(open(tmp_path / 'config.json'))['eval_every_steps'] == 2
   history = [json.loads(l) for l in open(tmp_path / 'config_history.jsonl')]
   assert [h['from_step'] for h in history] == [0, 3]
@@ -412,7 +336,7 @@ def test_config_history_keeps_each_config_that_trained(tmp_path):
 def test_unwritable_workdir_fails_in_one_line(tmp_path):
   (tmp_path / 'file').write_text('')  # A workdir under a file: even root cannot write.
   with pytest.raises(OSError, match='cannot write into --workdir') as error:
-    train.train_and_evaluate(tiny_config(), str(tmp_path / 'file' / 'run'), data=tiny_splits())
+    loop.train_and_evaluate(tiny_config(), str(tmp_path / 'file' / 'run'), data=tiny_splits())
   assert '\n' not in str(error.value)
 
 
@@ -426,7 +350,7 @@ def test_bad_config_fails_before_anything_runs(tmp_path, mutate, message):
   config = tiny_config()
   mutate(config)
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists()
 
 
@@ -435,21 +359,21 @@ def test_missing_data_dir_names_the_fix(tmp_path):
   config.input.dataset = 'cifar10_jpeg'
   config.input.data_dir = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='data_dir'):
-    train.train_and_evaluate(config, str(tmp_path / 'workdir'))
+    loop.train_and_evaluate(config, str(tmp_path / 'workdir'))
 
 
 def test_resume_with_another_data_order_is_refused(tmp_path):
   """A saved data position means other batches under another batch or seed."""
   config = tiny_config()
   config.stop_after_steps = 1
-  train.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   for field, value in (('input.batch_size', 8), ('seed', 3)):
     other = tiny_config()
     group, _, key = field.rpartition('.')
     (other[group] if group else other)[key] = value
     with pytest.raises(ValueError, match='data order') as error:
-      train.train_and_evaluate(other, str(tmp_path), data=tiny_splits())
+      loop.train_and_evaluate(other, str(tmp_path), data=tiny_splits())
     assert 'fresh --workdir' in str(error.value)
   assert saved_steps(tmp_path, config) == [1]  # Nothing lost.
-  train.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())  # Same: resumes.
+  loop.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())  # Same: resumes.
   assert saved_steps(tmp_path, config)[-1] == 6

@@ -1,33 +1,35 @@
 #!/usr/bin/env bash
-# The GPU half of issue 9, run ON a lent GPU through the `device` tool, from
-# the repo root, carrying the folders tools/device_prepare.sh fills here:
+# The paper's GPU measurements on a host without internet, from the repo root
+# of a checkout that holds .bundle/ (made by scripts/offline_bundle.sh):
 #
-#   run(command="bash tools/device_issue9.sh STAGE", carry=[".whl", ".data"])
+#   bash scripts/gpu_reproduce.sh bench|start|poll
 #
-# Stages, in order (each ends inside the tool's 10-minute limit; what they
-# bring back lands in $OUT; environment variables go in front of `bash`).
-# The machine goes back 30 s after a call ends,
-# taking the detached runs with it: call the next stage straight away.
-#   bench   throughput table (issue 9's nets, float32 and bfloat16, K=1),
+# Results go to $OUT (default results/gpu). Stages:
+#   bench   the throughput table (the paper's nets, float32 and bfloat16, K=1),
 #           the CIFAR nets again with K=100 steps per call and the split on
 #           the GPU, and a jax.profiler trace of ResNet-50 bfloat16.
-#   start   starts the Table 6 / Fig. 6 runs detached (setsid), all at once
-#           on the one GPU, with K=100 and the split on the GPU; returns.
-#   poll    waits until they finish or about 9 minutes pass, then brings back
-#           progress and, once finished, the collected table, figure and
-#           each run's records (tarred: $OUT keeps only 2 folder levels).
-# Set TABLE6_FLAGS to pass more flags to every run (e.g. to shorten them),
-# TABLE6_ARGS for the launcher's own (e.g. --seeds=0,1,2,3,4 --nets=resnet110).
+#   start   starts the Table 6 / Fig. 6 runs in the background (setsid), all
+#           at once on the one GPU, with K=100 and the split on the GPU.
+#   poll    waits until they finish or about 9 minutes pass, then collects
+#           progress and, once finished, the table, the figure and each run's
+#           records (as one tarball).
+# Knobs: BENCH_MODELS (e.g. resnet50,cifar_resnet110) narrows the first
+# table; TABLE6_ARGS goes to the launcher (e.g. --seeds=0,1,2,3,4
+# --nets=resnet110), TABLE6_FLAGS to every run (e.g. to shorten them);
+# TFDS_DATA_DIR is where the data is (default .bundle/tfds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/out}
+OUT=${OUT:-results/gpu}
+DATA=${TFDS_DATA_DIR:-.bundle/tfds}
+SITE=${SITE:-/tmp/resnet_jax_site}
 mkdir -p "$OUT"
-if [ ! -f /tmp/site/.installed ]; then
+# The bundled wheels go into their own folder, ahead of the image's packages.
+if [ ! -f "$SITE/.installed" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  touch /tmp/site/.installed
+    --target "$SITE" .bundle/wheels/*.whl || exit 1
+  touch "$SITE/.installed"
 fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$SITE:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 python3 -c "import jax, flax, optax, orbax.checkpoint as o, grain, numpy; \
 print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, \
@@ -37,14 +39,14 @@ print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version
 ROOT=/tmp/table6
 case "${1:-}" in
   bench)
-    B="python3 -m resnet_jax.benchmark --table=paper --steps=20 --warmup=3 --json=$OUT/throughput.jsonl"
+    B="python3 -m resnet_jax.tools.benchmark --table=paper --steps=20 --warmup=3 --json=$OUT/throughput.jsonl"
     # BENCH_MODELS=resnet50,cifar_resnet110 (say) narrows the first table.
     $B ${BENCH_MODELS:+--models=$BENCH_MODELS} --table_out="$OUT/throughput.md" 2>&1 \
       | grep -v '^[IW][0-9]' | tee "$OUT/bench.log"
     $B --models=cifar_resnet20,cifar_resnet56,cifar_resnet110 --set=steps_per_dispatch=100 \
       --set=input.device_resident=True --steps=5 --table_out="$OUT/throughput_k100.md" \
       2>&1 | grep -v '^[IW][0-9]' | tee -a "$OUT/bench.log"
-    python3 -m resnet_jax.benchmark --config=configs/imagenet_r50.py \
+    python3 -m resnet_jax.tools.benchmark --config=configs/imagenet_r50.py \
       --config.model_options.dtype=bfloat16 --steps=10 --profile_dir=/tmp/profile_r50 \
       2>&1 | grep -v '^[IW][0-9]' | tee -a "$OUT/bench.log"
     tar czf "$OUT/profile_r50.tgz" -C /tmp profile_r50
@@ -52,7 +54,7 @@ case "${1:-}" in
   start)
     mkdir -p "$ROOT"
     # shellcheck disable=SC2086
-    setsid nohup python3 -m resnet_jax.cifar_table --root="$ROOT" --data_dir=.data/tfds \
+    setsid nohup python3 -m resnet_jax.tools.cifar_table --root="$ROOT" --data_dir="$DATA" \
       --results="$ROOT/results" ${TABLE6_ARGS:-} -- --config.steps_per_dispatch=100 \
       --config.input.device_resident=True ${TABLE6_FLAGS:-} > "$ROOT/launcher.log" 2>&1 < /dev/null &
     sleep 90  # Long enough to see each run load its data and compile.
@@ -61,7 +63,7 @@ case "${1:-}" in
     ;;
   poll)
     for _ in $(seq 54); do
-      pgrep -f resnet_jax.cifar_table > /dev/null || break
+      pgrep -f resnet_jax.tools.cifar_table > /dev/null || break
       sleep 10
     done
     cat "$ROOT/progress.txt"
@@ -73,7 +75,7 @@ case "${1:-}" in
     fi
     ;;
   *)
-    echo "usage: bash tools/device_issue9.sh bench|start|poll" >&2
+    echo "usage: bash scripts/gpu_reproduce.sh bench|start|poll" >&2
     exit 2
     ;;
 esac

@@ -1,8 +1,8 @@
 """Host input throughput of the ImageNet pipeline, on real JPEGs.
 
-    python -m resnet_jax.input_benchmark --config=configs/imagenette_r50.py \
+    python -m resnet_jax.tools.input_benchmark --config=configs/imagenette_r50.py \
         [--decoders] [--num_workers=2]
-    python -m resnet_jax.input_benchmark --dataset=imagenette224 \
+    python -m resnet_jax.tools.input_benchmark --dataset=imagenette224 \
         --data_dir=../shared/data/tfds [--decoders] [--num_workers=2]
 
 With --config, the dataset, data directory and view sizes come from the
@@ -26,7 +26,8 @@ import simplejpeg
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import imagenet_input
+from resnet_jax import cli
+from resnet_jax.data import imagenet, imagenet_views
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config: dataset and view sizes.',
@@ -76,7 +77,7 @@ def rate(fn, items, min_seconds=2.0, rounds=5):
 
 def reencode(jpeg: bytes, hw: tuple[int, int], quality: int) -> bytes:
   """The image resized (bicubic) to hw and JPEG-encoded again, 4:2:0."""
-  image = imagenet_input.decode(jpeg)
+  image = imagenet_views.decode(jpeg)
   image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
   return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality,
                                 colorspace='RGB', colorsubsampling='420')
@@ -87,22 +88,22 @@ def view_fn(view: str):
   crop, scales = FLAGS.crop_size, (FLAGS.scale_min, FLAGS.scale_max)
   rng = np.random.default_rng(0)
   if view == 'train':
-    return lambda jpeg: imagenet_input.train_example(jpeg, rng, crop, scales)
+    return lambda jpeg: imagenet_views.train_example(jpeg, rng, crop, scales)
   size = FLAGS.resize_size
-  views = {'center': imagenet_input.center_view,
-           'ten_crop': imagenet_input.ten_crop_views}[view]
-  return lambda jpeg: views(imagenet_input.decode(jpeg, size), size, crop)
+  views = {'center': imagenet_views.center_view,
+           'ten_crop': imagenet_views.ten_crop_views}[view]
+  return lambda jpeg: views(imagenet_views.decode(jpeg, size), size, crop)
 
 
 def decoder_table(jpegs: list[bytes]) -> list[dict]:
   """Per-core images/s of each decoder: full, 1/2 DCT scale, train view."""
-  sizes = [imagenet_input.image_size(j) for j in jpegs]
+  sizes = [imagenet_views.image_size(j) for j in jpegs]
   half = [(-(-min(hw) // 2)) for hw in sizes]  # Shorter side at 1/2 scale.
   rows = []
-  default = imagenet_input.DECODER
+  default = imagenet_views.DECODER
   try:
-    for name, fn in imagenet_input.DECODERS.items():
-      imagenet_input.DECODER = name
+    for name, fn in imagenet_views.DECODERS.items():
+      imagenet_views.DECODER = name
       pairs = list(zip(jpegs, half))
       rows.append({
           'decoder': name,
@@ -111,7 +112,7 @@ def decoder_table(jpegs: list[bytes]) -> list[dict]:
           'train_view': rate(view_fn('train'), jpegs),
       })
   finally:
-    imagenet_input.DECODER = default
+    imagenet_views.DECODER = default
   return rows
 
 
@@ -124,12 +125,12 @@ def pipeline_rate(source) -> tuple[float, float]:
   """
   b = FLAGS.batch_size
   if FLAGS.view == 'train':
-    ds = imagenet_input.train_dataset(
+    ds = imagenet.train_dataset(
         source, local_batch_size=b, seed=0, crop_size=FLAGS.crop_size,
         scale_range=(FLAGS.scale_min, FLAGS.scale_max),
         num_workers=FLAGS.num_workers)
   else:
-    ds = imagenet_input.eval_dataset(
+    ds = imagenet.eval_dataset(
         source, view=FLAGS.view, local_batch_size=b,
         num_workers=FLAGS.num_workers, resize_size=FLAGS.resize_size,
         crop_size=FLAGS.crop_size)
@@ -163,7 +164,7 @@ def main(argv):
   if FLAGS.config is not None:
     _use_config(FLAGS.config)
   cv2.setNumThreads(1)  # Per-core numbers: one thread.
-  source = imagenet_input.open_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
+  source = imagenet.open_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
   n = min(FLAGS.images, len(source))
   indices = np.random.default_rng(0).permutation(len(source))[:n].tolist()
   jpegs = [source[i]['image'] for i in indices]
@@ -171,12 +172,12 @@ def main(argv):
   if FLAGS.reencode_hw:
     hw = tuple(int(v) for v in FLAGS.reencode_hw)
     jpegs = [reencode(j, hw, FLAGS.reencode_quality) for j in jpegs]
-  sizes = np.array([imagenet_input.image_size(j) for j in jpegs])
+  sizes = np.array([imagenet_views.image_size(j) for j in jpegs])
   result = {
       'dataset': FLAGS.dataset, 'split': FLAGS.split, 'images': n,
       'reencode_hw': FLAGS.reencode_hw or None,
       'reencode_quality': FLAGS.reencode_quality if FLAGS.reencode_hw else None,
-      'view': FLAGS.view, 'decoder': imagenet_input.DECODER,
+      'view': FLAGS.view, 'decoder': imagenet_views.DECODER,
       'crop_size': FLAGS.crop_size,
       'scale_range': [FLAGS.scale_min, FLAGS.scale_max],
       'mean_jpeg_bytes': float(np.mean([len(j) for j in jpegs])),
@@ -191,7 +192,7 @@ def main(argv):
         + f': mean JPEG {result["mean_jpeg_bytes"]:,.0f} bytes, mean '
         f'{result["mean_hw"][0]:.0f}x{result["mean_hw"][1]:.0f} px')
   print(f'records read (1 thread, page cache warm): {read_rate:,.0f} /s')
-  print(f'{FLAGS.view} view, decoder {imagenet_input.DECODER}: '
+  print(f'{FLAGS.view} view, decoder {imagenet_views.DECODER}: '
         f'{result["images_per_s_per_core"]:,.0f} images/s per core')
   if FLAGS.decoders:
     rows = decoder_table(jpegs)
@@ -216,4 +217,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

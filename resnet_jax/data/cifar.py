@@ -1,12 +1,12 @@
-"""CIFAR-10 input pipeline: TFDS data sources read with Grain, no TensorFlow.
+"""CIFAR family (section 4.2): TFDS data sources read with Grain, no TensorFlow.
 
 CIFAR-10 fits in memory, so the split is decoded once (in parallel, by Grain)
 into uint8 arrays. Training batches are drawn by a checkpointable Grain
 iterator (per-epoch shuffles, deterministic given the seed, sharded per
 process); the paper's augmentation (4-pixel zero padding, random 32x32 crop,
 random horizontal flip) and the per-pixel mean subtraction run on the device
-inside the compiled train step (`augment`, and `data.normalize`), so the host
-only gathers indices.
+inside the compiled train step (`augment`, and `core.normalize`), so the host
+only gathers indices. `CifarData` is the family's `core.Dataset`.
 
 Works the same for TFDS `cifar10` and for `cifar10_jpeg` (same feature keys).
 """
@@ -19,6 +19,8 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from resnet_jax.data import core
 
 PAD = 4  # Section 4.2: 4 pixels padded on each side.
 
@@ -91,8 +93,7 @@ def train_dataset(split: ArraySplit, local_batch_size: int, seed: int,
     the data order checkpointable.
   """
   ds = grain.MapDataset.range(len(split)).seed(seed).shuffle().repeat(None)
-  from resnet_jax import data  # Import cycle: data imports this module lazily.
-  ds = data.ProcessBlocks(ds, local_batch_size, process_index, process_count)
+  ds = core.ProcessBlocks(ds, local_batch_size, process_index, process_count)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   if indices_only:
     ds = ds.map(lambda idx: {'index': np.asarray(idx, np.int32)})
@@ -114,10 +115,8 @@ def eval_batches(split: ArraySplit, local_batch_size: int, process_index: int = 
     {'image': uint8 (B,H,W,3), 'label': int32 (B,), 'mask': float32 (B,),
      'index': int32 (B,) position in the split, -1 for padding}.
   """
-  per_process = -(-len(split) // process_count)
-  start = min(process_index * per_process, len(split))
-  stop = min(start + per_process, len(split))
-  num_batches = -(-per_process // local_batch_size)
+  start, stop, num_batches = core.eval_shard(len(split), process_index, process_count,
+                                             local_batch_size)
   for b in range(num_batches):
     lo = min(start + b * local_batch_size, stop)
     hi = min(lo + local_batch_size, stop)
@@ -156,3 +155,79 @@ def augment(rng: jax.Array, images: jax.Array, pad: int = PAD) -> jax.Array:
     return jnp.where(flip, crop[:, ::-1], crop)
 
   return jax.vmap(one)(padded, offsets, flips)
+
+
+class CifarData(core.Dataset):
+  """CIFAR-10 (section 4.2): in memory, per-pixel mean, augmented on device."""
+
+  def __init__(self, config, preloaded=None):
+    super().__init__(config)
+    # (train ArraySplit, {eval name: ArraySplit}); each split decoded on first use.
+    self._splits = preloaded
+    self._loaded = {}
+
+  def _split(self, name):
+    if self._splits is not None:
+      train, evals = self._splits
+      if name == 'train':
+        return train
+      if name not in evals:
+        raise ValueError(f'no {name!r} split loaded; have {sorted(evals)}')
+      return evals[name]
+    if name not in self._loaded:
+      inp = self.config.input
+      core.check_dataset(inp.dataset, inp.data_dir)
+      self._loaded[name] = load_split(inp.dataset, self.tfds_split(name),
+                                                  inp.data_dir)
+    return self._loaded[name]
+
+  @property
+  def image_shape(self):
+    if self._splits is not None:
+      return tuple(self._splits[0].images.shape[1:])
+    return (32, 32, 3)
+
+  def normalization(self):
+    mean = mean_image(self._split('train'))
+    return {'mean': mean, 'std': np.ones((3,), np.float32)}  # Mean only, as the paper.
+
+  def normalization_shapes(self):
+    return {'mean': self.image_shape, 'std': (3,)}
+
+  def train_batches(self, local_batch_size, seed, process_index, process_count):
+    return train_dataset(self._split('train'), local_batch_size, seed,
+                                     process_index, process_count,
+                                     indices_only=self._device_resident)
+
+  @property
+  def _device_resident(self) -> bool:
+    return bool(self.config.input.get('device_resident'))
+
+  def resident_arrays(self):
+    # 50k CIFAR images are 150 MB of uint8: small next to any accelerator's
+    # memory, and gathering them on the device spares a copy per step.
+    if not self._device_resident:
+      return {}
+    split = self._split('train')
+    return {'image': split.images, 'label': split.labels}
+
+  def eval_batches(self, split, view, local_batch_size, process_index, process_count):
+    if view != 'center':
+      raise ValueError(f'CIFAR is tested on the single original view, not {view!r}')
+    for batch in eval_batches(self._split(split), local_batch_size, process_index,
+                                          process_count):
+      batch['image'] = batch['image'][:, None]  # One view per image.
+      yield batch
+
+  def eval_splits(self):
+    if self._splits is not None:  # Preloaded (tests, notebooks): what is there.
+      return {name: len(split) for name, split in self._splits[1].items()}
+    return super().eval_splits()
+
+  def num_examples(self, split):
+    return len(self._split(split))
+
+  @staticmethod
+  def preprocess_train(rng, images, norm, config):
+    del config
+    return augment(rng, core.normalize(images, norm))

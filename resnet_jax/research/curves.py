@@ -1,15 +1,16 @@
 """Training curves in the style of the paper's Fig. 1 / Fig. 6, from metrics.jsonl.
 
-    python -m resnet_jax.curves WORKDIR [WORKDIR ...] --out curves.png
+    python -m resnet_jax.research.curves --out=curves.png WORKDIR [WORKDIR ...]
 
 Thin lines: training error (mean over each logging interval); bold lines: test
 error (CIFAR), or validation error of the center crop (ImageNet, as Fig. 4).
 Needs matplotlib (`pip install -e ".[notebooks]"`).
 """
 
-import argparse
 import json
 import os
+
+from resnet_jax import errors
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -76,17 +77,25 @@ def plot(workdirs: list[str], out: str, labels: list[str] | None = None,
   fig.savefig(out, dpi=120)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('workdirs', nargs='+')
-  parser.add_argument('--out', required=True)
-  parser.add_argument('--labels', nargs='*')
-  parser.add_argument('--eval_key', choices=EVAL_KEYS, default=None,
-                      help='the bold curve; default: test_error if logged, else validation_error')
-  args = parser.parse_args()
-  plot(args.workdirs, args.out, args.labels, args.eval_key)
-  print(f'wrote {args.out}')
+def main(argv):
+  from absl import flags
+  FLAGS = flags.FLAGS
+  workdirs = argv[1:]
+  if not workdirs:
+    raise errors.ConfigError('give one or more training workdirs after the flags')
+  labels = FLAGS.labels.split(',') if FLAGS.labels else None
+  if labels and len(labels) != len(workdirs):
+    raise errors.ConfigError(f'--labels has {len(labels)} names for {len(workdirs)} workdirs')
+  plot(workdirs, FLAGS.out, labels, FLAGS.eval_key)
+  print(f'wrote {FLAGS.out}')
 
 
 if __name__ == '__main__':
-  main()
+  from absl import flags
+
+  from resnet_jax import cli
+  flags.DEFINE_string('out', None, 'The figure (png).', required=True)
+  flags.DEFINE_string('labels', None, 'Comma-separated legend labels, one per workdir.')
+  flags.DEFINE_enum('eval_key', None, EVAL_KEYS, 'The bold curve; default: test_error if '
+                    'logged, else validation_error.')
+  cli.run(main)

@@ -1,8 +1,8 @@
 """Train-step benchmark on synthetic data: one config, or a table of nets.
 
-    python -m resnet_jax.benchmark --config=configs/cifar10_resnet20.py \
+    python -m resnet_jax.tools.benchmark --config=configs/cifar10_resnet20.py \
         --config.input.batch_size=32 --config.model_options.dtype=bfloat16
-    python -m resnet_jax.benchmark --table=paper --table_out=results/throughput.md
+    python -m resnet_jax.tools.benchmark --table=paper --table_out=results/throughput.md
 
 Compiles the real train step (same code as training: augmentation, BN, SGD,
 sharding over every device, K steps per call with
@@ -16,7 +16,7 @@ resnet18/34/50/101/152 at batch 256, each in float32 and bfloat16, each from
 its paper recipe (`--models`, `--dtypes` and `--set` change the list or the
 recipes). `--profile_dir` writes a `jax.profiler` trace of a few steps of
 each benchmark (open it with TensorBoard's profile plugin or Perfetto).
-The input pipeline has its own benchmark: `python -m resnet_jax.input_benchmark`.
+The input pipeline has its own benchmark: `python -m resnet_jax.tools.input_benchmark`.
 """
 
 import ast
@@ -31,7 +31,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import config_lib, data, models, train
+from resnet_jax import cli, config_lib, data, distributed, experiment, models
+from resnet_jax.training import step as step_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (one benchmark).',
@@ -103,9 +104,9 @@ def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -
     images_per_sec and the setting (model, batch, dtype, K, devices, versions).
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
-  model = train.create_model(config)
+  model = experiment.model_from_config(config)
   dataset = data.create(config)
-  trainer = train.Trainer(config, model, train.make_mesh(), dataset)
+  trainer = step_lib.Trainer(config, model, distributed.make_mesh(), dataset)
   k = trainer.steps_per_dispatch
   batch_size = config.input.batch_size
   norm = {key: np.full(s, 1.0 if key == 'std' else 120.0, np.float32)
@@ -214,4 +215,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -13,17 +13,16 @@ H to ceil(H/2).
 
 Stages of identical blocks are run with `nn.scan`, so the compiled graph holds
 one block per stage whatever the depth (cifar_resnet1202 compiles in seconds).
-Scanned parameters carry a leading `block` axis; `layer_responses` unstacks the
-recorded responses back into one entry per layer. On CPU the convolutions
+Scanned parameters carry a leading `block` axis (`research.activations`
+names the recorded responses one entry per layer). On CPU the convolutions
 inside scans take gradients written as forward convolutions
-(`conv_general_dilated`); forward and reverse mode both work everywhere.
+(`cpu_conv.conv_general_dilated`); forward and reverse mode both work
+everywhere.
 
 In eval mode, an optional `mask` batches images of different sizes padded to
 one canvas, with each image's logits those of the image alone (see `ResNet`).
 """
 
-import contextlib
-import contextvars
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +30,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from resnet_jax.models import cpu_conv
 
 ModuleDef = Any
 
@@ -42,119 +43,6 @@ he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
 fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 SHORTCUTS = ('A', 'B', 'C')
-
-
-def _conv(x, k, pads, precision):
-  return jax.lax.conv_general_dilated(x, k, (1, 1), pads, precision=precision,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
-def _input_gradient(k, pads, precision, dy):
-  """The gradient of `_conv` in x as a forward convolution (flipped kernel)."""
-  kh, kw = k.shape[:2]
-  (lo_h, hi_h), (lo_w, hi_w) = pads
-  k_flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
-  return _conv(dy, k_flipped, ((kh - 1 - lo_h, kh - 1 - hi_h),
-                               (kw - 1 - lo_w, kw - 1 - hi_w)), precision)
-
-
-def _kernel_gradient(x, pads, precision, dy):
-  """The gradient of `_conv` in k as a forward convolution.
-
-  dk[i, j, c, o] = sum_{b,h,w} x[b, h+i, w+j, c] dy[b, h, w, o]: a convolution
-  with the input channels as the batch and the batch as the channels.
-  """
-  dk = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pads, precision)
-  return dk.transpose(1, 2, 0, 3)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv_cpu_gradients(x, k, pads, precision):
-  return _conv(x, k, pads, precision)
-
-
-@functools.partial(_conv_cpu_gradients.defjvp, symbolic_zeros=True)
-def _conv_cpu_gradients_jvp(pads, precision, primals, tangents):
-  # XLA:CPU runs its own gradient convolutions (kernel and lhs in transposed
-  # layouts) 50-100x slower inside a while loop (a scanned stage) than outside;
-  # forward convolutions run at full speed there. So the tangent map
-  # dy = conv(dx, k) + conv(x, dk) is written as the transpose of the two
-  # gradients above: reverse mode transposes it back and gets exactly those
-  # forward convolutions, while forward mode (jvp, jacfwd) evaluates it as is.
-  x, k = primals
-  dx, dk = tangents
-  y = _conv(x, k, pads, precision)
-  y_type = jax.ShapeDtypeStruct(y.shape, y.dtype)
-  dy = None
-  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
-    dy, = jax.linear_transpose(
-        functools.partial(_input_gradient, k, pads, precision), y_type)(dx)
-  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
-    dy_k, = jax.linear_transpose(
-        functools.partial(_kernel_gradient, x, pads, precision), y_type)(dk)
-    dy = dy_k if dy is None else dy + dy_k
-  return y, jnp.zeros_like(y) if dy is None else dy
-
-
-# True while `train.train_steps` traces several train steps as one loop.
-_IN_STEP_LOOP = contextvars.ContextVar('in_step_loop', default=False)
-
-
-@contextlib.contextmanager
-def step_loop():
-  """Convolutions traced inside are taken inside a loop of train steps.
-
-  XLA:CPU runs the gradients of strided convolutions 50-100x slower inside a
-  while loop, like those of stride-1 ones (see `_conv_cpu_gradients_jvp`).
-  So inside the loop the CPU path computes a strided convolution as the
-  stride-1 one, subsampled: s*s times the FLOPs of those few layers, all in
-  fast forward convolutions (ResNet-20, K=4: 1,872 -> 603 ms/step).
-  Outside, strided convolutions keep XLA's own, cheaper path.
-  """
-  token = _IN_STEP_LOOP.set(True)
-  try:
-    yield
-  finally:
-    _IN_STEP_LOOP.reset(token)
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated` with CPU-friendly gradients for stride-1 convs.
-
-  On CPU, stride-1 NHWC convolutions (all those inside scanned stages) take
-  gradients computed by `_conv_cpu_gradients`, and so do strided ones traced
-  under `step_loop()` (as stride-1 convolutions, subsampled); every other
-  platform and case uses XLA's own convolution and gradient unchanged
-  (`lax.platform_dependent` picks at lowering time). Same values either way,
-  and both differentiate in forward mode too (`jax.jvp`, `jax.jacfwd`,
-  `jax.linearize`).
-  """
-  standard = functools.partial(
-      jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      precision=precision, **kwargs)
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
-  simple = (feature_group_count == 1 and not kwargs
-            and all(d == 1 for d in (lhs_dilation or (1,)))
-            and all(d == 1 for d in (rhs_dilation or (1,)))
-            and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
-  strided = any(s != 1 for s in window_strides)
-  if not simple or (strided and not _IN_STEP_LOOP.get()):
-    return standard(lhs, rhs)
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  pads = tuple(tuple(int(p) for p in pair) for pair in padding)
-
-  def cpu(x, k):
-    y = _conv_cpu_gradients(x, k, pads, precision)
-    # Output i of a stride-s conv is output s*i of the stride-1 conv with the
-    # same padding (the same window and products).
-    return y[:, ::window_strides[0], ::window_strides[1]] if strided else y
-
-  return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=standard)
 
 
 class GroupBatchNorm(nn.Module):
@@ -241,7 +129,7 @@ def zero_pad_shortcut(x, features: int, strides: int):
   return x
 
 
-def _mask_at(mask, height_width):
+def mask_at(mask, height_width):
   """The valid region `mask` (B, H, W) at a lower resolution (h, w).
 
   Every stride-2 layer maps a valid extent n to ceil(n/2), its output i centred
@@ -260,7 +148,7 @@ def _zero_outside(x, mask):
   if mask is None:
     return x
   # `where`, not a product: the padding may hold anything, inf and nan included.
-  return jnp.where(_mask_at(mask, x.shape[1:3])[..., None], x, jnp.zeros((), x.dtype))
+  return jnp.where(mask_at(mask, x.shape[1:3])[..., None], x, jnp.zeros((), x.dtype))
 
 
 class Shortcut(nn.Module):
@@ -391,6 +279,10 @@ class ResNet(nn.Module):
     downsample_on_3x3: bottleneck stride on the 3x3 ("v1.5") instead of the
       first 1x1 (the paper's models).
     scan_blocks: run each stage's identical blocks with `nn.scan`.
+    in_step_loop: the model is traced inside a loop of train steps (K steps
+      per call); on CPU its strided convolutions then take the path whose
+      gradients stay fast in a while loop (`cpu_conv`). Same values; set by
+      the train step, not a config option.
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -406,6 +298,7 @@ class ResNet(nn.Module):
   zero_init_last_bn: bool = False
   downsample_on_3x3: bool = False
   scan_blocks: bool = True
+  in_step_loop: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool, mask=None):
@@ -420,7 +313,9 @@ class ResNet(nn.Module):
       mask = mask.astype(bool)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=he_normal,
-                             conv_general_dilated=conv_general_dilated)
+                             conv_general_dilated=functools.partial(
+                                 cpu_conv.conv_general_dilated,
+                                 strided_as_stride1=self.in_step_loop))
     if self.bn_group_size:
       norm = functools.partial(GroupBatchNorm, group_size=self.bn_group_size,
                                use_running_average=not train,
@@ -472,7 +367,7 @@ class ResNet(nn.Module):
       x = jnp.mean(x, axis=(1, 2))
     else:
       total = _zero_outside(x, mask).sum(axis=(1, 2), dtype=jnp.float32)
-      count = _mask_at(mask, x.shape[1:3]).sum(axis=(1, 2), dtype=jnp.float32)
+      count = mask_at(mask, x.shape[1:3]).sum(axis=(1, 2), dtype=jnp.float32)
       # An empty mask (a batch-padding example) pools to zeros, not nan.
       x = (total / jnp.maximum(count, 1)[:, None]).astype(self.dtype)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
@@ -541,39 +436,16 @@ def create_model(name: str, **options) -> ResNet:
   return ResNet(**{**MODELS[name], **options})
 
 
-def num_layer_responses(model: ResNet) -> int:
-  """How many 3x3 layers `layer_responses` returns for `model`."""
-  per_block = 2 if model.block_cls is BasicBlock else 1
-  return per_block * sum(model.stage_sizes)
+def init_variables(model: ResNet, image_shape, rng) -> tuple[Any, Any]:
+  """(params, batch_stats) of a fresh `model` for images of `image_shape` (H, W, 3)."""
+  variables = model.init(rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  return variables['params'], variables.get('batch_stats', {})
 
 
-def layer_responses(intermediates) -> list[jax.Array]:
-  """Orders recorded responses by network depth, one array per 3x3 layer.
-
-  Args:
-    intermediates: the `intermediates` collection returned by
-      `model.apply(variables, x, train=False, mutable=['intermediates'])`.
-
-  Returns:
-    Outputs of every 3x3 conv after its BN and before the addition and
-    nonlinearity (what Fig. 7 of the paper measures), in network order, each
-    of shape (batch, height, width, channels).
-  """
-
-  def block_key(name):
-    stage, _, block = name.partition('_')
-    return int(stage[len('stage'):]), (0 if block == 'block1' else
-                                        int(block[len('block'):]) if block.startswith('block') else 1)
-
-  out = []
-  for name in sorted((k for k in intermediates if k.startswith('stage')), key=block_key):
-    block = intermediates[name]
-    # Only the sown responses: `capture_intermediates` may add module outputs.
-    keys = sorted(k for k in block if k.startswith('response'))
-    if name.endswith('_rest'):  # scanned: each response stacked along axis 0.
-      length = block[keys[0]][0].shape[0]
-      for j in range(length):
-        out.extend(block[k][0][j] for k in keys)
-    else:
-      out.extend(block[k][0] for k in keys)
-  return out
+def abstract_variables(model: ResNet, image_shape=(64, 64, 3)) -> dict:
+  """Shapes of the model's {'params', 'batch_stats'}, computed without FLOPs
+  (any input size gives the same: the nets are fully convolutional up to the
+  global pool)."""
+  params, batch_stats = jax.eval_shape(
+      functools.partial(init_variables, model, image_shape), jax.random.key(0))
+  return {'params': params, 'batch_stats': batch_stats}

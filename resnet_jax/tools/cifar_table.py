@@ -1,6 +1,6 @@
 """Table 6 and Fig. 6 in one command: the CIFAR-10 runs side by side, then their results.
 
-    python -m resnet_jax.cifar_table --root=runs/table6 \
+    python -m resnet_jax.tools.cifar_table --root=runs/table6 \
         --data_dir=../shared/data/tfds --results=results/table6
 
 starts `python -m resnet_jax.main` for every net of `--nets` (default: the
@@ -37,7 +37,8 @@ import time
 import numpy as np
 from absl import app, flags
 
-from resnet_jax import curves
+from resnet_jax import cli
+from resnet_jax.research import curves
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('root', 'runs/table6', 'Parent of the runs\' workdirs.')
@@ -54,8 +55,8 @@ flags.DEFINE_string('results', None, 'Where to collect; None: ROOT/results.')
 flags.DEFINE_bool('collect_only', False, 'Only collect the finished runs.')
 flags.DEFINE_integer('poll_s', 30, 'Seconds between progress updates.')
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       'configs')
+# The repository's configs/ (this file is resnet_jax/tools/cifar_table.py).
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'configs')
 # Table 6's test errors (%), and Fig. 6's plain nets (no table entry).
 PAPER_ERROR = {'resnet20': 8.75, 'resnet32': 7.51, 'resnet44': 7.17, 'resnet56': 6.97,
                'resnet110': 6.43, 'resnet1202': 7.93}
@@ -349,4 +350,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

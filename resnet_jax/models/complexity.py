@@ -5,8 +5,10 @@ convolution and every matrix product (dot_general), scaled by the trip count of
 the scans that contain them. This is what the paper's Table 1 counts as FLOPs
 (conv and fc multiply-adds; BN, ReLU, pooling and additions are left out).
 
-    python -m resnet_jax.complexity
-prints every model of the zoo beside the paper's figures.
+    python -m resnet_jax.models.complexity [--models=resnet50,cifar_resnet110]
+
+prints layers, parameters and multiply-adds of every model of the zoo (or of
+`--models`) beside the paper's figures.
 """
 
 import math
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jax_core
 
-from resnet_jax import models
+from resnet_jax import errors, models
 
 # The paper's figures: Table 1 multiply-adds at 224x224 (option B), the exact
 # option-B parameter counts of torchvision, Table 6 parameters of the CIFAR nets.
@@ -65,20 +67,16 @@ def _jaxpr_mult_adds(jaxpr) -> int:
   return total
 
 
-def _init_shapes(model, image_size: int):
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x), x
-
-
 def count_params(model, image_size: int = 224) -> int:
   """Number of trainable parameters (BN running statistics excluded)."""
-  variables, _ = _init_shapes(model, image_size)
+  variables = models.abstract_variables(model, (image_size, image_size, 3))
   return sum(math.prod(p.shape) for p in jax.tree.leaves(variables['params']))
 
 
 def count_mult_adds(model, image_size: int = 224) -> int:
   """Multiply-adds of one eval-mode forward pass on one image of this size."""
-  variables, x = _init_shapes(model, image_size)
+  variables = models.abstract_variables(model, (image_size, image_size, 3))
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
   return _jaxpr_mult_adds(jaxpr.jaxpr)
 
@@ -88,7 +86,7 @@ def count_layers(model, image_size: int = 224) -> int:
 
   Projection shortcuts are not counted, as in the paper's model names.
   """
-  variables, _ = _init_shapes(model, image_size)
+  variables = models.abstract_variables(model, (image_size, image_size, 3))
   layers = 0
   for path, leaf in jax.tree_util.tree_leaves_with_path(variables['params']):
     keys = [getattr(k, 'key', '') for k in path]
@@ -117,12 +115,24 @@ def _fmt(value, scale, digits, unit=''):
   return '-' if value is None else f'{value / scale:.{digits}f}{unit}'
 
 
-def main():
+def main(argv):
+  del argv
+  from absl import flags
+  names = flags.FLAGS.models.split(',') if flags.FLAGS.models else None
+  unknown = sorted(set(names or ()) - set(models.MODELS))
+  if unknown:
+    raise errors.ConfigError(f'unknown model(s) {unknown} in --models; valid: '
+                             f'{", ".join(models.MODELS)}')
+  print_table(names)
+
+
+def print_table(names=None):
+  """Prints `summary(names)` beside the paper's figures."""
   header = (f'{"model":18s} {"input":>5s} {"layers":>6s} {"params":>12s} '
             f'{"paper":>12s} {"mult-adds":>10s} {"paper":>6s}')
   print(header)
   print('-' * len(header))
-  for r in summary():
+  for r in summary(names):
     paper_params = r['paper_params']
     if paper_params is not None and r['image_size'] == 32:  # Table 6 rounds.
       paper_params_str = f'{paper_params / 1e6:g}M'
@@ -139,4 +149,8 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  from absl import flags
+
+  from resnet_jax import cli
+  flags.DEFINE_string('models', None, 'Comma-separated model names (default: every model).')
+  cli.run(main)

@@ -1,10 +1,10 @@
 r"""Torchvision ResNet weights <-> this project's Flax variables and workdirs.
 
     # A torchvision state dict -> a workdir that `--mode=evaluate` runs on:
-    python -m resnet_jax.torchvision_weights --model=resnet50 \
+    python -m resnet_jax.research.torchvision_weights --model=resnet50 \
         --torch_file=resnet50.pth --workdir=DIR
     # A workdir's latest checkpoint -> a torchvision state dict:
-    python -m resnet_jax.torchvision_weights --export --workdir=DIR \
+    python -m resnet_jax.research.torchvision_weights --export --workdir=DIR \
         --torch_file=out.safetensors
 
 torchvision's resnet18/34/50/101/152 are this project's nets of the same name
@@ -27,7 +27,7 @@ epsilon 1e-5, global average pool, fc. So the weights map one to one:
 `num_batches_tracked` (BN's step counter, unused in eval mode) is accepted and
 ignored on import and written as int64 zeros on export. Inputs: torchvision
 normalises x/255 with mean (0.485, 0.456, 0.406) and std (0.229, 0.224,
-0.225); an imported workdir stores `imagenet_input.MEAN_RGB`/`STDDEV_RGB`, the
+0.225); an imported workdir stores `imagenet.MEAN_RGB`/`STDDEV_RGB`, the
 same constants on the 0..255 scale, so `evaluation` feeds it what torchvision
 would.
 
@@ -37,7 +37,6 @@ Torch is imported lazily, inside the functions that need it, and never by the
 training code. Install with `pip install -e ".[torch]"`.
 """
 
-import json
 import os
 import re
 import sys
@@ -46,7 +45,8 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from resnet_jax import errors, models
+from resnet_jax import checkpointing, config_lib, errors, experiment, models
+from resnet_jax.data import imagenet
 
 TORCHVISION_MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 TORCHVISION_BN_EPSILON = 1e-5  # nn.BatchNorm2d's default, used by torchvision.
@@ -54,8 +54,12 @@ _TORCH_SUFFIXES = ('.pth', '.pt')
 _SAFETENSORS_SUFFIX = '.safetensors'
 
 # torchvision BN field -> (Flax collection, Flax leaf).
-_BN_FIELDS = (('weight', 'params', 'scale'), ('bias', 'params', 'bias'),
-              ('running_mean', 'batch_stats', 'mean'), ('running_var', 'batch_stats', 'var'))
+_BN_FIELDS = (
+  ('weight', 'params', 'scale'),
+  ('bias', 'params', 'bias'),
+  ('running_mean', 'batch_stats', 'mean'),
+  ('running_var', 'batch_stats', 'var'),
+)
 
 
 class WeightsError(errors.UserError, ValueError):
@@ -64,8 +68,9 @@ class WeightsError(errors.UserError, ValueError):
 
 def _check_name(name):
   if name not in TORCHVISION_MODELS:
-    raise WeightsError(f'model {name!r} has no torchvision counterpart; use one of '
-                       f'{", ".join(TORCHVISION_MODELS)}')
+    raise WeightsError(
+      f'model {name!r} has no torchvision counterpart; use one of {", ".join(TORCHVISION_MODELS)}'
+    )
 
 
 def _is_bottleneck(name: str) -> bool:
@@ -135,6 +140,7 @@ def _as_numpy(value, key=None) -> np.ndarray:
   """A numpy array of `value` (a numpy/jax array or a torch tensor)."""
   if type(value).__module__.split('.')[0] == 'torch':  # Tested without importing torch.
     import torch
+
     if isinstance(value, torch.Tensor):
       value = value.detach().cpu()
       if value.dtype == torch.bfloat16:  # numpy has no bfloat16.
@@ -156,16 +162,14 @@ def infer_name(state_dict) -> str | None:
   sizes = tuple(blocks.get(i, 0) for i in range(1, 5))
   bottleneck = any('.conv3.' in key for key in state_dict)
   for name in TORCHVISION_MODELS:
-    if (tuple(models.MODELS[name]['stage_sizes']) == sizes and
-        _is_bottleneck(name) == bottleneck):
+    if tuple(models.MODELS[name]['stage_sizes']) == sizes and _is_bottleneck(name) == bottleneck:
       return name
   return None
 
 
 def _abstract(model) -> dict:
   """Flat {path: ShapeDtypeStruct} of the model's params and batch_stats."""
-  from resnet_jax import train
-  return flax.traverse_util.flatten_dict(train.abstract_variables(model))
+  return flax.traverse_util.flatten_dict(models.abstract_variables(model))
 
 
 def _check_shapes(flat: dict, wanted: dict, what: str):
@@ -173,21 +177,28 @@ def _check_shapes(flat: dict, wanted: dict, what: str):
   for path, s in wanted.items():
     got = tuple(np.shape(flat[path])) if path in flat else 'nothing'
     if got != s.shape:
-      raise WeightsError(f'{"/".join(path)}: {what} needs shape {s.shape}, the variables '
-                         f'have {got} (option B shortcuts; scanned stages stack blocks 2..n)')
+      raise WeightsError(
+        f'{"/".join(path)}: {what} needs shape {s.shape}, the variables '
+        f'have {got} (option B shortcuts; scanned stages stack blocks 2..n)'
+      )
   extra = [path for path in flat if path not in wanted]
   if extra:
     raise WeightsError(f'{"/".join(extra[0])} is not a variable of {what}')
 
 
-def create_model(name: str, num_classes: int = 1000, scan_blocks: bool = True) -> models.ResNet:
+def torchvision_model(
+  name: str, num_classes: int = 1000, scan_blocks: bool = True
+) -> models.ResNet:
   """The Flax twin of torchvision's `name` (v1.5 bottlenecks, BN eps 1e-5)."""
   _check_name(name)
-  model = models.create_model(name, downsample_on_3x3=_is_bottleneck(name),
-                              num_classes=num_classes, scan_blocks=scan_blocks)
+  model = models.create_model(
+    name, downsample_on_3x3=_is_bottleneck(name), num_classes=num_classes, scan_blocks=scan_blocks
+  )
   if model.bn_epsilon != TORCHVISION_BN_EPSILON or model.shortcut != 'B':
-    raise WeightsError(f'{name} has bn_epsilon={model.bn_epsilon}, shortcut='
-                       f'{model.shortcut!r}; torchvision uses 1e-5 and option B')
+    raise WeightsError(
+      f'{name} has bn_epsilon={model.bn_epsilon}, shortcut='
+      f'{model.shortcut!r}; torchvision uses 1e-5 and option B'
+    )
   return model
 
 
@@ -213,20 +224,22 @@ def from_torchvision(state_dict, name: str | None = None):
   guess = infer_name(state_dict)
   name = name or guess
   if name is None:
-    raise WeightsError('the state dict is not of a torchvision ResNet '
-                       f'({", ".join(TORCHVISION_MODELS)}); pass its name')
+    raise WeightsError(
+      'the state dict is not of a torchvision ResNet '
+      f'({", ".join(TORCHVISION_MODELS)}); pass its name'
+    )
   _check_name(name)
   hint = f' (its keys are those of {guess})' if guess and guess != name else ''
   fc = state_dict.get('fc.weight')
   num_classes = int(np.shape(fc)[0]) if fc is not None and np.ndim(fc) == 2 else 1000
-  model = create_model(name, num_classes)
+  model = torchvision_model(name, num_classes)
   shapes = _abstract(model)
   keys = key_map(name)
   if {path for path, _, _ in keys.values()} != set(shapes):  # A bug here, not bad input.
     raise AssertionError(f'key_map({name!r}) does not cover the Flax variables')
 
   flat = {path: np.zeros(s.shape, np.float32) for path, s in shapes.items()}
-  bn_prefixes = {key[:-len('.running_mean')] for key in keys if key.endswith('.running_mean')}
+  bn_prefixes = {key[: -len('.running_mean')] for key in keys if key.endswith('.running_mean')}
   for key, value in state_dict.items():
     if key not in keys:
       prefix, _, field = key.rpartition('.')
@@ -239,8 +252,10 @@ def from_torchvision(state_dict, name: str | None = None):
     array = _as_numpy(value, key)
     target = shapes[path].shape if row is None else shapes[path].shape[1:]
     if tuple(array.shape) != _torch_shape(kind, target):
-      raise WeightsError(f'{key!r} has shape {tuple(array.shape)}, torchvision {name} '
-                         f'has {_torch_shape(kind, target)}{hint}')
+      raise WeightsError(
+        f'{key!r} has shape {tuple(array.shape)}, torchvision {name} '
+        f'has {_torch_shape(kind, target)}{hint}'
+      )
     array = np.ascontiguousarray(_to_flax(kind, array.astype(np.float32)))
     if row is None:
       flat[path] = array
@@ -249,8 +264,7 @@ def from_torchvision(state_dict, name: str | None = None):
   missing = [key for key in keys if key not in state_dict]
   if missing:
     more = f' and {len(missing) - 1} more' if len(missing) > 1 else ''
-    raise WeightsError(f'missing key {missing[0]!r}{more} in a torchvision {name} '
-                       f'state dict{hint}')
+    raise WeightsError(f'missing key {missing[0]!r}{more} in a torchvision {name} state dict{hint}')
   return model, flax.traverse_util.unflatten_dict(flat)
 
 
@@ -266,12 +280,14 @@ def to_torchvision(variables, name: str) -> dict:
   """
   _check_name(name)
   flat = flax.traverse_util.flatten_dict(
-      {'params': variables['params'], 'batch_stats': variables['batch_stats']})
+    {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  )
   scan = any(path[1].endswith('_rest') for path in flat)
   fc = flat.get(('params', 'fc', 'kernel'))
   num_classes = int(np.shape(fc)[-1]) if fc is not None else 1000
-  _check_shapes(flat, _abstract(create_model(name, num_classes, scan_blocks=scan)),
-                f'torchvision {name}')
+  _check_shapes(
+    flat, _abstract(torchvision_model(name, num_classes, scan_blocks=scan)), f'torchvision {name}'
+  )
 
   out = {}
   for key, (path, row, kind) in key_map(name, scan_blocks=scan).items():
@@ -279,7 +295,44 @@ def to_torchvision(variables, name: str) -> dict:
     array = array if row is None else array[row]
     out[key] = np.ascontiguousarray(_to_torch(kind, array))
     if key.endswith('.running_var'):
-      out[key[:-len('running_var')] + 'num_batches_tracked'] = np.zeros((), np.int64)
+      out[key[: -len('running_var')] + 'num_batches_tracked'] = np.zeros((), np.int64)
+  return out
+
+
+def synthetic_state_dict(name: str, num_classes: int = 1000, seed: int = 0) -> dict:
+  """A torchvision `name` state dict of seeded random numpy arrays.
+
+  For tests, and for checking a weight pipeline without downloading weights:
+  exactly torchvision's keys, in its order, with its shapes and dtypes
+  (`num_batches_tracked` int64 0-d zeros), drawn from
+  `np.random.default_rng(seed)`. Convolutions are N(0, 2 / fan_out) and fc
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torchvision initialises them; BN gets
+  weight U(0.5, 1.5), bias N(0, 0.2), running mean N(0, 0.2) and running var
+  U(0.5, 2.0), so that no BN is the identity (torchvision's init would leave
+  a BN bug unseen).
+  """
+  model = torchvision_model(name, num_classes)
+  shapes = _abstract(model)
+  fc_fan_in = shapes[('params', 'fc', 'kernel')].shape[0]
+  rng = np.random.default_rng(seed)
+  out = {}
+  for key, (path, row, kind) in key_map(name).items():
+    shape = _torch_shape(kind, shapes[path].shape if row is None else shapes[path].shape[1:])
+    field = key.rpartition('.')[2]
+    if kind == 'conv':  # kaiming_normal_(mode='fan_out', nonlinearity='relu').
+      array = rng.normal(0.0, np.sqrt(2.0 / (shape[0] * shape[2] * shape[3])), shape)
+    elif key.startswith('fc.'):  # nn.Linear's default init, weight and bias alike.
+      bound = 1.0 / np.sqrt(fc_fan_in)
+      array = rng.uniform(-bound, bound, shape)
+    elif field == 'weight':
+      array = rng.uniform(0.5, 1.5, shape)
+    elif field == 'running_var':
+      array = rng.uniform(0.5, 2.0, shape)
+    else:  # BN bias and running_mean.
+      array = rng.normal(0.0, 0.2, shape)
+    out[key] = array.astype(np.float32)
+    if field == 'running_var':
+      out[key[: -len('running_var')] + 'num_batches_tracked'] = np.zeros((), np.int64)
   return out
 
 
@@ -298,18 +351,24 @@ def load_file(path) -> dict:
     raise errors.MissingError(f'{path} does not exist')
   if path.endswith(_SAFETENSORS_SUFFIX):
     from safetensors.numpy import load_file as load
+
     return dict(load(path))
   import torch
+
   try:
     loaded = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # Pickled objects other than tensors, corrupt files.
     first_line = (str(e).strip().splitlines() or [''])[0][:200]
-    raise WeightsError(f'{path} cannot be read as a state dict ({type(e).__name__}: '
-                       f'{first_line})') from e
+    raise WeightsError(
+      f'{path} cannot be read as a state dict ({type(e).__name__}: {first_line})'
+    ) from e
   if not isinstance(loaded, dict) or not all(
-      isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
-    raise WeightsError(f'{path} is not a state dict (a mapping of names to tensors); '
-                       "save the model's state_dict() alone")
+    isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+  ):
+    raise WeightsError(
+      f'{path} is not a state dict (a mapping of names to tensors); '
+      "save the model's state_dict() alone"
+    )
   return {key: _as_numpy(value, key) for key, value in loaded.items()}
 
 
@@ -318,13 +377,14 @@ def save_file(state_dict, path):
   path = _check_suffix(path)
   # np.array, not ascontiguousarray (which makes 0-d arrays 1-d): C-ordered,
   # writable copies (torch.from_numpy warns about read-only arrays).
-  arrays = {key: np.array(_as_numpy(value, key), order='C')
-            for key, value in state_dict.items()}
+  arrays = {key: np.array(_as_numpy(value, key), order='C') for key, value in state_dict.items()}
   if path.endswith(_SAFETENSORS_SUFFIX):
     from safetensors.numpy import save_file as save
+
     save(arrays, path)
   else:
     import torch
+
     torch.save({key: torch.from_numpy(a) for key, a in arrays.items()}, path)
 
 
@@ -332,7 +392,6 @@ def imagenet_config(name: str, num_classes: int = 1000):
   """The ImageNet config of torchvision's `name`: option B, v1.5 bottlenecks,
   per-channel mean/std input normalisation. Its structure is that of
   `configs/imagenet_rN.py` with `evaluate_flags(name)`."""
-  from resnet_jax import config_lib
   _check_name(name)
   config = config_lib.imagenet(name)
   # Explicit, as in configs/imagenet_r*.py: a saved structure names the options set.
@@ -365,33 +424,26 @@ def write_workdir(model_name: str, variables, workdir):
   Returns:
     The config written.
   """
-  from orbax import checkpoint as ocp
-
-  from resnet_jax import checkpointing, imagenet_input, train
   bias = variables['params']['fc']['bias']
   config = imagenet_config(model_name, int(np.shape(bias)[0]))
-  path = checkpointing.workdir_path(workdir)
-  if (path / 'config.json').exists() or (path / checkpointing.CHECKPOINT_DIR).exists():
-    raise errors.WorkdirError(f'{path} already holds a config or checkpoints; use a '
-                              'fresh --workdir')
   flat = flax.traverse_util.flatten_dict(
-      {'params': variables['params'], 'batch_stats': variables['batch_stats']})
-  _check_shapes(flat, _abstract(train.create_model(config)), model_name)
+    {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  )
+  _check_shapes(flat, _abstract(experiment.model_from_config(config)), model_name)
 
   tree = flax.traverse_util.unflatten_dict(
-      {p: np.asarray(jax.device_get(a), np.float32) for p, a in flat.items()})
-  state = {'params': tree['params'], 'batch_stats': tree['batch_stats'],
-           'norm': {'mean': imagenet_input.MEAN_RGB.astype(np.float32),
-                    'std': imagenet_input.STDDEV_RGB.astype(np.float32)},
-           'step': np.zeros((), np.int32)}
-  meta = {'structure': checkpointing.structure(config), 'step': 0, 'data_order': None,
-          'config': json.loads(config.to_json_best_effort())}
-  with checkpointing.manager(workdir) as mngr:
-    # Orbax saves a subset of the manager's items: no `data` (no input position).
-    mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                         meta=ocp.args.JsonSave(meta)), force=True)
-    mngr.wait_until_finished()
-  checkpointing.record_config(workdir, config, 0)
+    {p: np.asarray(jax.device_get(a), np.float32) for p, a in flat.items()}
+  )
+  state = {
+    'params': tree['params'],
+    'batch_stats': tree['batch_stats'],
+    'norm': {
+      'mean': imagenet.MEAN_RGB.astype(np.float32),
+      'std': imagenet.STDDEV_RGB.astype(np.float32),
+    },
+    'step': np.zeros((), np.int32),
+  }
+  checkpointing.save_for_inference(workdir, config, state)
   return config
 
 
@@ -406,7 +458,6 @@ def export_workdir(workdir, path, name: str | None = None) -> tuple[str, int]:
   Returns:
     (model name, step).
   """
-  from resnet_jax import checkpointing, imagenet_input
   path = _check_suffix(path)
   config = checkpointing.read_config(workdir)
   if name is not None and name != config.model:
@@ -415,23 +466,32 @@ def export_workdir(workdir, path, name: str | None = None) -> tuple[str, int]:
   _check_name(name)
   options = config.model_options
   if options.get('shortcut') not in (None, 'B'):
-    raise WeightsError(f'{workdir} uses shortcut option {options.shortcut}; torchvision '
-                       'has option B only')
+    raise WeightsError(
+      f'{workdir} uses shortcut option {options.shortcut}; torchvision has option B only'
+    )
   if options.get('bn_epsilon') not in (None, TORCHVISION_BN_EPSILON):
-    raise WeightsError(f'{workdir} uses bn_epsilon={options.bn_epsilon}; torchvision '
-                       f'uses {TORCHVISION_BN_EPSILON}')
+    raise WeightsError(
+      f'{workdir} uses bn_epsilon={options.bn_epsilon}; torchvision uses {TORCHVISION_BN_EPSILON}'
+    )
   if _is_bottleneck(name) and not options.get('downsample_on_3x3'):
-    raise WeightsError(f'{workdir} strides the first 1x1 of its bottlenecks (the '
-                       "paper's ResNet v1); torchvision's strides the 3x3 (v1.5), so "
-                       'the weights would compute something else there')
+    raise WeightsError(
+      f'{workdir} strides the first 1x1 of its bottlenecks (the '
+      "paper's ResNet v1); torchvision's strides the 3x3 (v1.5), so "
+      'the weights would compute something else there'
+    )
   _, variables, norm, step = checkpointing.load_variables(workdir, config)
   mean, std = (np.asarray(jax.device_get(norm[k])) for k in ('mean', 'std'))
-  if not (mean.shape == std.shape == (3,) and
-          np.allclose(mean, imagenet_input.MEAN_RGB) and
-          np.allclose(std, imagenet_input.STDDEV_RGB)):
-    print(f'warning: {workdir} normalises its input with mean of shape {mean.shape} '
-          f'and std {std.tolist()} (0..255 scale), not torchvision\'s ImageNet '
-          'mean/std: feed the exported net (255 * x - mean) / std.', file=sys.stderr)
+  if not (
+    mean.shape == std.shape == (3,)
+    and np.allclose(mean, imagenet.MEAN_RGB)
+    and np.allclose(std, imagenet.STDDEV_RGB)
+  ):
+    print(
+      f'warning: {workdir} normalises its input with mean of shape {mean.shape} '
+      f"and std {std.tolist()} (0..255 scale), not torchvision's ImageNet "
+      'mean/std: feed the exported net (255 * x - mean) / std.',
+      file=sys.stderr,
+    )
   save_file(to_torchvision(variables, name), path)
   return name, step
 
@@ -439,40 +499,61 @@ def export_workdir(workdir, path, name: str | None = None) -> tuple[str, int]:
 def _define_flags():
   # Defined only when run as a program: other CLIs (main.py) define --workdir too.
   from absl import flags
-  flags.DEFINE_string('model', None, f'One of {", ".join(TORCHVISION_MODELS)}; unset: '
-                      'inferred from the state dict (import) or the workdir (export).')
-  flags.DEFINE_string('torch_file', None, 'The state dict file, .pth/.pt (needs torch) '
-                      'or .safetensors: read on import, written with --export.')
-  flags.DEFINE_string('workdir', None, 'The workdir: written on import (must be fresh), '
-                      'its latest checkpoint read with --export.')
-  flags.DEFINE_bool('export', False, 'Export the workdir to --torch_file instead of '
-                    'importing --torch_file into the workdir.')
+
+  flags.DEFINE_string(
+    'model',
+    None,
+    f'One of {", ".join(TORCHVISION_MODELS)}; unset: '
+    'inferred from the state dict (import) or the workdir (export).',
+  )
+  flags.DEFINE_string(
+    'torch_file',
+    None,
+    'The state dict file, .pth/.pt (needs torch) '
+    'or .safetensors: read on import, written with --export.',
+  )
+  flags.DEFINE_string(
+    'workdir',
+    None,
+    'The workdir: written on import (must be fresh), its latest checkpoint read with --export.',
+  )
+  flags.DEFINE_bool(
+    'export',
+    False,
+    'Export the workdir to --torch_file instead of importing --torch_file into the workdir.',
+  )
   flags.mark_flags_as_required(['torch_file', 'workdir'])
 
 
 def _main(argv):
   from absl import app, flags, logging
+
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO.
-  with errors.one_line_errors():
-    if FLAGS.export:
-      name, step = export_workdir(FLAGS.workdir, FLAGS.torch_file, FLAGS.model)
-      print(f'wrote {FLAGS.torch_file}: torchvision {name} from step {step} of '
-            f'{FLAGS.workdir}', flush=True)
-    else:
-      state_dict = load_file(FLAGS.torch_file)
-      model, variables = from_torchvision(state_dict, FLAGS.model)
-      name = FLAGS.model or infer_name(state_dict)
-      write_workdir(name, variables, FLAGS.workdir)
-      print(f'wrote {FLAGS.workdir}: {name} ({model.num_classes} classes) from '
-            f'{FLAGS.torch_file}; evaluate it with: python -m resnet_jax.main '
-            f'--config=configs/imagenet_r{name[len("resnet"):]}.py {evaluate_flags(name)} '
-            f'--workdir={FLAGS.workdir} --mode=evaluate', flush=True)
+  if FLAGS.export:
+    name, step = export_workdir(FLAGS.workdir, FLAGS.torch_file, FLAGS.model)
+    print(
+      f'wrote {FLAGS.torch_file}: torchvision {name} from step {step} of {FLAGS.workdir}',
+      flush=True,
+    )
+  else:
+    state_dict = load_file(FLAGS.torch_file)
+    model, variables = from_torchvision(state_dict, FLAGS.model)
+    name = FLAGS.model or infer_name(state_dict)
+    write_workdir(name, variables, FLAGS.workdir)
+    print(
+      f'wrote {FLAGS.workdir}: {name} ({model.num_classes} classes) from '
+      f'{FLAGS.torch_file}; evaluate it with: python -m resnet_jax.main '
+      f'--config=configs/imagenet_r{name[len("resnet") :]}.py {evaluate_flags(name)} '
+      f'--workdir={FLAGS.workdir} --mode=evaluate',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':
-  from absl import app
+  from resnet_jax import cli
+
   _define_flags()
-  app.run(_main)
+  cli.run(_main)

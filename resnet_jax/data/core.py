@@ -1,0 +1,258 @@
+"""The bottom of the input pipeline: the dataset registry, the `Dataset`
+interface the loop calls, and how data is split between processes.
+
+The loop calls only the methods of `Dataset`; the host side yields numpy
+batches of this process's share of the data, the device side
+(`preprocess_train`, `preprocess_eval`) runs inside the compiled steps. The
+families (`data.cifar`, `data.imagenet`) build on this module, never the
+other way round.
+"""
+
+import abc
+import dataclasses
+import os
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from resnet_jax import errors
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the loop needs to know of a dataset before reading it."""
+  family: str  # 'cifar' or 'imagenet'
+  num_classes: int
+  train_split: str
+  eval_split: str  # The split the paper reports on (CIFAR test, ImageNet val).
+  num_train: int
+  num_eval: int
+  prepare: str  # How to get it, for the error message.
+
+
+_TFDS_BUILD = ('prepare it once with `pip install -e ".[prepare]" && tfds build {} '
+               '--file_format=array_record{}` (TensorFlow is needed only then)')
+DATASETS = {
+    'cifar10': DatasetInfo('cifar', 10, 'train', 'test', 50_000, 10_000,
+                           _TFDS_BUILD.format('cifar10', '')),
+    'cifar10_jpeg': DatasetInfo('cifar', 10, 'train', 'test', 50_000, 10_000,
+                                'set --config.input.data_dir (or TFDS_DATA_DIR) to '
+                                'the TFDS data directory that holds it'),
+    'imagenet2012': DatasetInfo('imagenet', 1000, 'train', 'validation', 1_281_167, 50_000,
+                                _TFDS_BUILD.format('imagenet2012', ' --manual_dir=DIR') +
+                                ', DIR holding ILSVRC2012_img_train.tar and '
+                                'ILSVRC2012_img_val.tar'),
+    'imagenette224': DatasetInfo('imagenet', 10, 'train', 'validation', 9_469, 3_925,
+                                 'set --config.input.data_dir (or TFDS_DATA_DIR) to '
+                                 'the TFDS data directory that holds it'),
+}
+HOLDOUT = 'holdout'  # Name of the held-out slice of the training split.
+
+
+def check_dataset(name: str, data_dir: str | None):
+  """Fails fast, with the fix, if `name` cannot be read from `data_dir`."""
+  if name not in DATASETS:
+    raise errors.ConfigError(f'unknown dataset {name!r}; valid: {sorted(DATASETS)}. '
+                     'Set --config.input.dataset.')
+  # epath: data_dir may be gs:// or any other etils.epath path.
+  if data_dir is not None and not epath.Path(data_dir).is_dir():
+    raise errors.MissingError(
+        f'data_dir {data_dir!r} does not exist. Point --config.input.data_dir '
+        'at a TFDS data directory (one that holds a folder per dataset).')
+  root = data_dir or os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+  if not epath.Path(root, name).is_dir():
+    prepare = DATASETS[name].prepare.replace('array_record`', f'array_record --data_dir={root}`')
+    raise errors.MissingError(f'dataset {name!r} not found under {root!r}: {prepare}.')
+
+
+class ProcessBlocks(grain.MapDataset):
+  """This process's contiguous block of each global batch of `parent`.
+
+  Global batch k is elements [k*B, (k+1)*B) of `parent` (B = local batch x
+  process count); process p reads its slice [p*b, (p+1)*b) of it. So the
+  global batch, and its order (which decides per-position device randomness
+  such as crops, flips and lighting), is the same for any number of
+  processes, and each process reads only its own examples.
+  """
+
+  def __init__(self, parent: grain.MapDataset, local_batch_size: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._b, self._p, self._n = local_batch_size, process_index, process_count
+
+  def __len__(self):
+    return len(self._parent) // (self._b * self._n) * self._b
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, offset = divmod(index, self._b)
+    return self._parent[(batch * self._n + self._p) * self._b + offset]
+
+  def __str__(self):
+    return f'ProcessBlocks(b={self._b}, p={self._p}/{self._n})'
+
+
+class Dataset(abc.ABC):
+  """One dataset family's input pipeline, as the training loop sees it."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.info = DATASETS[config.input.dataset]
+
+  @property
+  @abc.abstractmethod
+  def image_shape(self) -> tuple[int, int, int]:
+    """Shape of one training image as it reaches the device."""
+
+  @abc.abstractmethod
+  def normalization(self) -> dict[str, np.ndarray]:
+    """{'mean', 'std'} (float32, 0..255 scale); saved in every checkpoint."""
+
+  @abc.abstractmethod
+  def normalization_shapes(self) -> dict[str, tuple]:
+    """Shapes of `normalization()`'s arrays, known without reading data."""
+
+  @property
+  def num_workers(self) -> int | None:
+    """Host worker processes; a saved data position is only valid for the same."""
+    return None
+
+  @abc.abstractmethod
+  def train_batches(self, local_batch_size: int, seed: int, process_index: int,
+                    process_count: int):
+    """Endless `grain.IterDataset` of {'image': uint8, 'label': int32}, or of
+    {'index': int32} into `resident_arrays()` if those are given (its
+    iterators' get_state/set_state are the checkpointable position)."""
+
+  def resident_arrays(self) -> dict[str, np.ndarray]:
+    """The training split to keep on every device ({'image', 'label'}), or {}
+    when the host sends whole batches."""
+    return {}
+
+  @abc.abstractmethod
+  def eval_batches(self, split: str, view: str, local_batch_size: int,
+                   process_index: int, process_count: int):
+    """Padded batches scoring every example of `split` once over all processes.
+
+    Yields {'image': uint8 (B, V, H, W, 3), 'label', 'mask' (0: padding),
+    'index' (position in the split)}.
+    """
+
+  def eval_splits(self) -> dict[str, int]:
+    """Evaluation split name -> number of examples (held-out slice first)."""
+    out = {}
+    if self.config.input.holdout_validation:
+      out[HOLDOUT] = self.config.input.num_holdout
+    out[self.info.eval_split] = self.info.num_eval
+    return out
+
+  def num_examples(self, split: str) -> int:
+    """Examples in an evaluation split, as read (not as registered)."""
+    return self.eval_splits()[split]
+
+  def tfds_split(self, split: str) -> str:
+    """TFDS split string of a training/evaluation split name."""
+    inp = self.config.input
+    if split == 'train':
+      if inp.holdout_validation:
+        return f'{self.info.train_split}[:-{inp.num_holdout}]'
+      return inp.get('train_split') or self.info.train_split
+    if split == HOLDOUT:
+      return f'{self.info.train_split}[-{inp.num_holdout}:]'
+    if split == self.info.eval_split:
+      return inp.get('eval_split') or split
+    raise ValueError(f'unknown split {split!r}; valid: train, {", ".join(self.eval_splits())}')
+
+  @staticmethod
+  @abc.abstractmethod
+  def preprocess_train(rng: jax.Array, images: jax.Array, norm: dict, config) -> jax.Array:
+    """Device side of training: uint8 batch -> float32 network input."""
+
+  @staticmethod
+  def preprocess_eval(images: jax.Array, norm: dict) -> jax.Array:
+    """Device side of evaluation: uint8 views -> float32 network input."""
+    return normalize(images, norm)
+
+
+def eval_shard(n: int, process_index: int, process_count: int,
+               local_batch_size: int) -> tuple[int, int, int]:
+  """This process's contiguous share [start, stop) of `n` evaluation examples,
+  and the batch count every process uses (all run the same steps)."""
+  per_process = -(-n // process_count)
+  start = min(process_index * per_process, n)
+  stop = min(start + per_process, n)
+  return start, stop, max(1, -(-per_process // local_batch_size))
+
+
+class ExampleCounter:
+  """Counts how often each example of a split came in padded evaluation
+  batches (by 'index'; 'mask' 0 is padding), to check each came as often as
+  expected. With `num_examples` None it counts only the total."""
+
+  def __init__(self, num_examples: int | None):
+    self.num_examples = num_examples
+    self.count = None if num_examples is None else np.zeros(num_examples, np.int64)
+    self.total = 0
+
+  def add(self, out: dict) -> np.ndarray:
+    """Counts one batch's valid examples; returns their mask (True: not padding)."""
+    valid = np.asarray(out['mask']) > 0
+    self.total += int(valid.sum())
+    if self.count is not None:
+      index = np.asarray(out['index'])[valid]
+      if index.size and (index.min() < 0 or index.max() >= self.num_examples):
+        raise AssertionError(f'example index out of range [0, {self.num_examples}): '
+                             f'{index.min()}..{index.max()}')
+      np.add.at(self.count, index, 1)
+    return valid
+
+  def check(self, times: int = 1, verb: str = 'counted'):
+    """AssertionError unless every example was counted exactly `times` times."""
+    if self.count is None:
+      return
+    wrong = np.flatnonzero(self.count != times)
+    if wrong.size:
+      raise AssertionError(
+          f'{wrong.size} examples were {verb} {sorted(set(self.count[wrong].tolist()))} '
+          f'times, expected {times} (e.g. example {wrong[0]})')
+
+
+def flatten_views(images: jax.Array) -> tuple[jax.Array, int, int]:
+  """Evaluation batches, (B, V, H, W, 3) or (B, H, W, 3) (one view each) ->
+  (B*V, H, W, 3) images, B, V."""
+  if images.ndim == 4:
+    images = images[:, None]
+  b, v = images.shape[:2]
+  return images.reshape((b * v,) + images.shape[2:]), b, v
+
+
+def normalize(images: jax.Array, norm: dict) -> jax.Array:
+  """(images - mean) / std, float32; a per-pixel mean of another size than
+  the images (multi-scale views) is reduced to its per-channel mean."""
+  mean = norm['mean']
+  if mean.ndim == 3 and mean.shape[:2] != images.shape[-3:-1]:
+    mean = mean.mean(axis=(0, 1))
+  return (images.astype(jnp.float32) - mean) / norm['std']
+
+
+def gather_resident(batch: dict, resident: dict) -> dict:
+  """Device side: a batch of example indices -> those examples of the
+  device-resident split; a batch that carries its images is returned as is."""
+  if 'index' not in batch:
+    return batch
+  # Replicated data, sharded indices: each device gathers its own examples.
+  return {k: jnp.take(v, batch['index'], axis=0) for k, v in resident.items()}
+
+
+def prefetch(batches: grain.IterDataset, convert, depth: int = 2):
+  """An iterator over `convert(batch)` (e.g. onto the devices), running
+  `depth` batches ahead on Grain's prefetch thread, so host gathering and
+  host-to-device copies overlap the running step. Its `get_state()` is the
+  position after the last batch handed out, not after those still queued."""
+  from grain.experimental import ThreadPrefetchIterDataset
+  return iter(ThreadPrefetchIterDataset(batches.map(convert), prefetch_buffer_size=depth))

@@ -1,0 +1,381 @@
+"""ImageNet views on the host: decoding and the paper's crops, in numpy.
+
+Decoding uses simplejpeg at a reduced DCT scale where a view needs fewer
+pixels (Pillow for what it cannot read); resizing and cropping use OpenCV.
+The views: the training view of section 3.4 (scale augmentation, 224 crop,
+flip), the center and 10-crop test views, and the whole-image views of the
+multi-scale test on canvas buckets. Knows nothing of Grain or the devices.
+"""
+
+import dataclasses
+import io
+import math
+
+import cv2
+import numpy as np
+import PIL.Image
+import simplejpeg
+
+TRAIN_SCALE_RANGE = (256, 480)  # Section 3.4: shorter side in [256, 480].
+CROP_SIZE = 224
+EVAL_RESIZE = 256  # 10-crop testing at shorter side 256.
+VIEWS = {'center': 1, 'ten_crop': 10}
+# Longer side / shorter side of the multi-scale canvas buckets; beyond the
+# last, the ratio doubles (4, 8, 16, ...).
+CANVAS_ASPECTS = (1.0, 4 / 3, 3 / 2, 2.0, 3.0, 4.0)
+CANVAS_MULTIPLE = 32
+DCT_FACTORS = (8, 4, 2, 1)  # libjpeg's power-of-two scaled IDCTs.
+
+
+def _pillow_open(data: bytes) -> PIL.Image.Image:
+  return PIL.Image.open(io.BytesIO(data))
+
+
+def image_size(jpeg: bytes) -> tuple[int, int]:
+  """(height, width) of an encoded image, read from its header only."""
+  try:
+    h, w, _, _ = simplejpeg.decode_jpeg_header(jpeg)
+    return h, w
+  except ValueError:  # Not a JPEG libjpeg-turbo can parse (e.g. a PNG).
+    w, h = _pillow_open(jpeg).size
+    return h, w
+
+
+def dct_factor(h: int, w: int, min_shorter_side: int | None) -> int:
+  """The largest 1/f DCT scale (f in 1, 2, 4, 8) keeping shorter side >= min."""
+  if not min_shorter_side:
+    return 1
+  shorter = min(h, w)
+  for f in DCT_FACTORS:
+    if -(-shorter // f) >= min_shorter_side:
+      return f
+  return 1
+
+
+def _decode_pillow(data: bytes, min_shorter_side: int | None) -> np.ndarray:
+  image = _pillow_open(data)
+  if image.format == 'JPEG' and min_shorter_side:
+    w, h = image.size
+    f = dct_factor(h, w, min_shorter_side)
+    if f > 1:  # draft() picks the largest scale keeping both sides >= these.
+      image.draft('RGB', (w // f, h // f))
+  # convert() turns greyscale, CMYK, palette and RGBA into 3-channel RGB.
+  return np.asarray(image.convert('RGB'))
+
+
+def _decode_simplejpeg(data: bytes, min_shorter_side: int | None) -> np.ndarray:
+  try:
+    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    f = dct_factor(h, w, min_shorter_side)
+    # Asking for exactly ceil(side / f) selects the 1/f scale, never M/8.
+    # strict=False: decode what is there despite recoverable stream errors
+    # (e.g. extraneous bytes), as TF and Pillow do.
+    return simplejpeg.decode_jpeg(data, 'RGB', min_height=-(-h // f),
+                                  min_width=-(-w // f), strict=False)
+  except ValueError:
+    return _decode_pillow(data, min_shorter_side)
+
+
+_CV2_REDUCED = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2,
+                4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _decode_opencv(data: bytes, min_shorter_side: int | None) -> np.ndarray:
+  h, w = image_size(data)
+  f = dct_factor(h, w, min_shorter_side)
+  # The REDUCED flags include IMREAD_COLOR (BGR): swap it for the RGB bit.
+  mode = (_CV2_REDUCED[f] & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB
+  # Stored orientation, like the other decoders (and TF): ignore EXIF.
+  image = cv2.imdecode(np.frombuffer(data, np.uint8),
+                       mode | cv2.IMREAD_IGNORE_ORIENTATION)
+  if image is None:
+    return _decode_pillow(data, min_shorter_side)
+  return image
+
+
+# Candidates measured by `input_benchmark --decoders`. simplejpeg won on this
+# machine: on imagenette224 its full-size decode is ~1.25x OpenCV's and ~2x
+# Pillow's (per-call overhead; all three use libjpeg-turbo), and its training
+# view ~1.2x OpenCV's; on ImageNet-sized JPEGs it and OpenCV are within noise.
+# Its M/8 scales (3/4, 5/8, ...) decode slower than full size: only 1/2^k.
+DECODERS = {'simplejpeg': _decode_simplejpeg, 'opencv': _decode_opencv,
+            'pillow': _decode_pillow}
+DECODER = 'simplejpeg'
+
+
+def decode(jpeg: bytes, min_shorter_side: int | None = None) -> np.ndarray:
+  """Decodes an image to RGB, at reduced DCT scale where that is enough.
+
+  Args:
+    jpeg: encoded image (JPEG; PNG, CMYK and other oddities via Pillow).
+    min_shorter_side: the decoded shorter side must be at least this; the
+      JPEG is decoded at the smallest 1/2^k scale (k <= 3) that keeps it.
+      None: full size.
+
+  Returns:
+    uint8 (H, W, 3) RGB array; greyscale images are expanded to 3 channels.
+  """
+  return DECODERS[DECODER](jpeg, min_shorter_side)
+
+
+def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
+  """(height, width) after resizing the shorter side of h x w to `size`."""
+  if h <= w:
+    return size, max(1, round(w * size / h))
+  return max(1, round(h * size / w)), size
+
+
+def _interpolation(shrink: float) -> int:
+  """Bilinear, or area averaging (antialiased) when shrinking 2x or more.
+
+  Below 2x, bilinear aliases little, and OpenCV's area averaging at
+  fractional factors costs ~5x more (0.8 ms for 300->224). Decoding at
+  reduced DCT scale first (itself an antialiased downscale) leaves < 2x.
+  """
+  return cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR
+
+
+def resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """Resizes to (h, w) with `_interpolation`."""
+  h, w = hw
+  if image.shape[:2] == (h, w):
+    return image
+  shrink = max(image.shape[0] / h, image.shape[1] / w)
+  return cv2.resize(image, (w, h), interpolation=_interpolation(shrink))
+
+
+def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
+  """Resizes so that the shorter side is `size`, keeping the aspect ratio.
+
+  Args:
+    image: uint8 (H, W, 3).
+    size: the new shorter side; the longer side becomes round(L * size / S).
+
+  Returns:
+    The resized uint8 image (bilinear; area average when shrinking >= 2x).
+  """
+  return resize(image, resized_shape(*image.shape[:2], size))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCrop:
+  """One draw of the training view, in the coordinates of the resized image."""
+  scale: int  # S, the resized shorter side.
+  resized_hw: tuple[int, int]  # The whole image resized to shorter side S.
+  top: int  # Crop offset in the resized image.
+  left: int
+  size: int  # Crop side.
+  flip: bool
+
+
+def sample_train_crop(h: int, w: int, rng: np.random.Generator,
+                      crop_size: int = CROP_SIZE,
+                      scale_range: tuple[int, int] = TRAIN_SCALE_RANGE) -> TrainCrop:
+  """Draws the section 3.4 view of an h x w image: S, crop offset, flip.
+
+  Args:
+    h, w: the original image size.
+    rng: the example's generator.
+    crop_size: crop side (224).
+    scale_range: (min, max) S, inclusive; min must be >= crop_size.
+
+  Returns:
+    The drawn `TrainCrop`.
+  """
+  if scale_range[0] < crop_size or scale_range[0] > scale_range[1]:
+    raise ValueError(f'scale_range {scale_range} must satisfy '
+                     f'crop_size={crop_size} <= min <= max')
+  scale = int(rng.integers(scale_range[0], scale_range[1], endpoint=True))
+  rh, rw = resized_shape(h, w, scale)
+  top = int(rng.integers(0, rh - crop_size, endpoint=True))
+  left = int(rng.integers(0, rw - crop_size, endpoint=True))
+  flip = bool(rng.integers(0, 2))
+  return TrainCrop(scale, (rh, rw), top, left, crop_size, flip)
+
+
+def render_train_crop(image: np.ndarray, crop: TrainCrop) -> np.ndarray:
+  """Cuts a `TrainCrop` out of an image, resampling only the crop window.
+
+  The window is mapped back to `image` and rounded to whole pixels there (a
+  sub-pixel shift and a <1% change of S, immaterial for augmentation), then
+  resized to the crop: 4x faster than an exact cv2.warpAffine and 2-3x
+  faster than resizing the whole image.
+
+  Args:
+    image: uint8 (H, W, 3): the original image, or the same image decoded at
+      reduced DCT scale (coordinates are rescaled to its size).
+    crop: the view, drawn for the original image's size.
+
+  Returns:
+    uint8 (size, size, 3): the crop of the image resized to crop.resized_hw.
+  """
+  ih, iw = image.shape[:2]
+  # Pixels of `image` per pixel of the resized image.
+  sy, sx = ih / crop.resized_hw[0], iw / crop.resized_hw[1]
+  n = crop.size
+  y0, x0 = round(crop.top * sy), round(crop.left * sx)
+  y1 = min(ih, max(y0 + 1, round((crop.top + n) * sy)))
+  x1 = min(iw, max(x0 + 1, round((crop.left + n) * sx)))
+  out = cv2.resize(image[y0:y1, x0:x1], (n, n),
+                   interpolation=_interpolation(max(sy, sx)))
+  return cv2.flip(out, 1) if crop.flip else out
+
+
+def train_view(image: np.ndarray, rng: np.random.Generator,
+               crop_size: int = CROP_SIZE,
+               scale_range: tuple[int, int] = TRAIN_SCALE_RANGE) -> np.ndarray:
+  """The paper's training view (section 3.4) of a decoded image.
+
+  The shorter side is resized to S ~ U{scale_range} (inclusive), a random
+  crop_size square is cut out and flipped horizontally with probability 1/2.
+  Only the crop window is resampled (bilinear; area average when shrinking
+  2x or more).
+
+  Args:
+    image: uint8 (H, W, 3).
+    rng: the example's generator.
+    crop_size: output side.
+    scale_range: (min, max) S.
+
+  Returns:
+    uint8 (crop_size, crop_size, 3).
+  """
+  crop = sample_train_crop(*image.shape[:2], rng, crop_size, scale_range)
+  return render_train_crop(image, crop)
+
+
+def train_example(jpeg: bytes, rng: np.random.Generator,
+                  crop_size: int = CROP_SIZE,
+                  scale_range: tuple[int, int] = TRAIN_SCALE_RANGE) -> np.ndarray:
+  """`train_view` straight from the JPEG, decoding at reduced size if allowed.
+
+  S is drawn from the header's size first, so the JPEG is decoded at the
+  smallest 1/2^k scale whose shorter side is still >= S. Draws the same
+  view as `train_view(decode(jpeg), rng, ...)`.
+
+  Args:
+    jpeg: encoded image.
+    rng: the example's generator.
+    crop_size: output side.
+    scale_range: (min, max) S.
+
+  Returns:
+    uint8 (crop_size, crop_size, 3).
+  """
+  h, w = image_size(jpeg)
+  crop = sample_train_crop(h, w, rng, crop_size, scale_range)
+  return render_train_crop(decode(jpeg, min_shorter_side=crop.scale), crop)
+
+
+def center_crop(resized: np.ndarray, crop_size: int) -> np.ndarray:
+  h, w = resized.shape[:2]
+  top, left = (h - crop_size) // 2, (w - crop_size) // 2
+  return resized[top:top + crop_size, left:left + crop_size]
+
+
+def ten_crops(resized: np.ndarray, crop_size: int) -> np.ndarray:
+  h, w = resized.shape[:2]
+  c = crop_size
+  if min(h, w) < c:
+    raise ValueError(f'image {h}x{w} is smaller than the crop {c}')
+  out = np.empty((10, c, c, 3), np.uint8)
+  for i, (top, left) in enumerate(
+      [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c),
+       ((h - c) // 2, (w - c) // 2)]):
+    out[i] = resized[top:top + c, left:left + c]
+  out[5:] = out[:5, :, ::-1]
+  return out
+
+
+def center_view(image: np.ndarray, resize_size: int = EVAL_RESIZE,
+                crop_size: int = CROP_SIZE) -> np.ndarray:
+  """The single-crop test view: shorter side to 256, central 224 crop.
+
+  Args:
+    image: uint8 (H, W, 3).
+    resize_size: shorter side before cropping.
+    crop_size: output side; the offset is (side - crop_size) // 2.
+
+  Returns:
+    uint8 (crop_size, crop_size, 3).
+  """
+  return center_crop(resize_shorter(image, resize_size), crop_size)
+
+
+def ten_crop_views(image: np.ndarray, resize_size: int = EVAL_RESIZE,
+                   crop_size: int = CROP_SIZE) -> np.ndarray:
+  """The standard 10 test crops at shorter side 256.
+
+  The four corners are those of the WHOLE resized image (fb.resnet.torch's
+  TenCrop, and our reading of KaimingHe's "10 224x224 crops from resized
+  image with shorter side=256"); AlexNet instead took the corners of the
+  central 256x256 square. On a 4:3 image the two differ only along the longer
+  side.
+
+  Args:
+    image: uint8 (H, W, 3).
+    resize_size: shorter side before cropping.
+    crop_size: crop side.
+
+  Returns:
+    uint8 (10, crop_size, crop_size, 3): top-left, top-right, bottom-left,
+    bottom-right, centre, then the horizontal flips of those five in the same
+    order.
+  """
+  return ten_crops(resize_shorter(image, resize_size), crop_size)
+
+
+def canvas_shape(h: int, w: int, scale: int) -> tuple[int, int]:
+  """The padded canvas (Hc, Wc) for an h x w image resized to shorter `scale`.
+
+  The shorter side is rounded up to a multiple of 32; the longer one to the
+  next of scale * (1, 4/3, 3/2, 2, 3, 4, 8, 16, ...), then to a multiple of
+  32, so a whole dataset falls into a few shapes per scale (each compiled
+  once) and the canvas always holds the whole resized image.
+
+  Args:
+    h, w: original image size.
+    scale: the resized shorter side.
+
+  Returns:
+    (Hc, Wc), oriented like the image.
+  """
+  rh, rw = resized_shape(h, w, scale)
+  longer = max(rh, rw)
+  ratio = next((r for r in CANVAS_ASPECTS if scale * r >= longer), None)
+  if ratio is None:
+    ratio = CANVAS_ASPECTS[-1]
+    while scale * ratio < longer:
+      ratio *= 2
+  m = CANVAS_MULTIPLE
+  short_c = -(-scale // m) * m
+  long_c = max(short_c, math.ceil(scale * ratio / m) * m)
+  return (short_c, long_c) if h <= w else (long_c, short_c)
+
+
+def multi_scale_views(image: np.ndarray, scale: int, canvas_hw: tuple[int, int],
+                      resized_hw: tuple[int, int] | None = None):
+  """The whole image at one test scale, and its mirror, on a zero canvas.
+
+  Args:
+    image: uint8 (H, W, 3).
+    scale: the resized shorter side.
+    canvas_hw: (Hc, Wc), e.g. from `canvas_shape`.
+    resized_hw: the resized size; default `resized_shape(H, W, scale)`. Pass
+      the size computed from the original image when `image` was decoded at
+      reduced DCT scale, so it matches the `canvas_shape` bucket exactly.
+
+  Returns:
+    (views, (h, w)): views uint8 (2, Hc, Wc, 3), the resized image and its
+    horizontal flip, both top-left in the canvas over the same valid h x w
+    rectangle (the flip is of the valid region only); zeros elsewhere.
+  """
+  h, w = resized_hw or resized_shape(*image.shape[:2], scale)
+  hc, wc = canvas_hw
+  if h > hc or w > wc:
+    raise ValueError(f'resized image {h}x{w} does not fit canvas {hc}x{wc}')
+  resized = resize(image, (h, w))
+  views = np.zeros((2, hc, wc, 3), np.uint8)
+  views[0, :h, :w] = resized
+  views[1, :h, :w] = resized[:, ::-1]
+  return views, (h, w)

@@ -1,0 +1,111 @@
+"""Convolutions whose gradients stay fast inside XLA:CPU's while loops.
+
+XLA:CPU runs its own gradient convolutions (kernel and lhs in transposed
+layouts) 50-100x slower inside a while loop (a scanned stage, or a loop of
+train steps) than outside; forward convolutions run at full speed there.
+`conv_general_dilated` is a drop-in `nn.Conv(conv_general_dilated=...)` that,
+on CPU only, takes those gradients as forward convolutions. Other platforms
+compile XLA's own convolution unchanged.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _conv(x, k, pads, precision):
+  return jax.lax.conv_general_dilated(x, k, (1, 1), pads, precision=precision,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _input_gradient(k, pads, precision, dy):
+  """The gradient of `_conv` in x as a forward convolution (flipped kernel)."""
+  kh, kw = k.shape[:2]
+  (lo_h, hi_h), (lo_w, hi_w) = pads
+  k_flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
+  return _conv(dy, k_flipped, ((kh - 1 - lo_h, kh - 1 - hi_h),
+                               (kw - 1 - lo_w, kw - 1 - hi_w)), precision)
+
+
+def _kernel_gradient(x, pads, precision, dy):
+  """The gradient of `_conv` in k as a forward convolution.
+
+  dk[i, j, c, o] = sum_{b,h,w} x[b, h+i, w+j, c] dy[b, h, w, o]: a convolution
+  with the input channels as the batch and the batch as the channels.
+  """
+  dk = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pads, precision)
+  return dk.transpose(1, 2, 0, 3)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_cpu_gradients(x, k, pads, precision):
+  return _conv(x, k, pads, precision)
+
+
+@functools.partial(_conv_cpu_gradients.defjvp, symbolic_zeros=True)
+def _conv_cpu_gradients_jvp(pads, precision, primals, tangents):
+  # XLA:CPU runs its own gradient convolutions (kernel and lhs in transposed
+  # layouts) 50-100x slower inside a while loop (a scanned stage) than outside;
+  # forward convolutions run at full speed there. So the tangent map
+  # dy = conv(dx, k) + conv(x, dk) is written as the transpose of the two
+  # gradients above: reverse mode transposes it back and gets exactly those
+  # forward convolutions, while forward mode (jvp, jacfwd) evaluates it as is.
+  x, k = primals
+  dx, dk = tangents
+  y = _conv(x, k, pads, precision)
+  y_type = jax.ShapeDtypeStruct(y.shape, y.dtype)
+  dy = None
+  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+    dy, = jax.linear_transpose(
+        functools.partial(_input_gradient, k, pads, precision), y_type)(dx)
+  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
+    dy_k, = jax.linear_transpose(
+        functools.partial(_kernel_gradient, x, pads, precision), y_type)(dk)
+    dy = dy_k if dy is None else dy + dy_k
+  return y, jnp.zeros_like(y) if dy is None else dy
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, precision=None, *,
+                         strided_as_stride1: bool = False, **kwargs):
+  """`lax.conv_general_dilated` with CPU-friendly gradients for stride-1 convs.
+
+  On CPU, stride-1 NHWC convolutions (all those inside scanned stages) take
+  gradients computed by `_conv_cpu_gradients`; every other platform and case
+  uses XLA's own convolution and gradient unchanged (`lax.platform_dependent`
+  picks at lowering time). Same values either way, and both differentiate in
+  forward mode too (`jax.jvp`, `jax.jacfwd`, `jax.linearize`).
+
+  `strided_as_stride1`: for code traced inside a loop of train steps. XLA:CPU
+  runs the gradients of strided convolutions 50-100x slower inside a while
+  loop, like those of stride-1 ones, so on CPU a strided convolution is then
+  computed as the stride-1 one, subsampled: s*s times the FLOPs of those few
+  layers, all in fast forward convolutions. Outside a loop, strided
+  convolutions keep XLA's own, cheaper path.
+  """
+  standard = functools.partial(
+      jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      precision=precision, **kwargs)
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  simple = (feature_group_count == 1 and not kwargs
+            and all(d == 1 for d in (lhs_dilation or (1,)))
+            and all(d == 1 for d in (rhs_dilation or (1,)))
+            and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
+  strided = any(s != 1 for s in window_strides)
+  if not simple or (strided and not strided_as_stride1):
+    return standard(lhs, rhs)
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+
+  def cpu(x, k):
+    y = _conv_cpu_gradients(x, k, pads, precision)
+    # Output i of a stride-s conv is output s*i of the stride-1 conv with the
+    # same padding (the same window and products).
+    return y[:, ::window_strides[0], ::window_strides[1]] if strided else y
+
+  return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=standard)

@@ -1,0 +1,219 @@
+"""Fig. 7 of the paper from trained workdirs: the figure, its numbers, the CLI.
+
+    python -m resnet_jax.research.fig7 --workdir=runs/plain20 --workdir=runs/resnet20 \
+        --out=fig7.png [--json=fig7.json] [--data_dir=DIR]
+
+Fig. 7 plots the std of each 3x3 layer's response on the CIFAR-10 test set,
+by layer index in network order (top) and sorted in descending order
+(bottom); `research.responses` defines and streams the statistics. The plot
+needs matplotlib (`pip install -e ".[notebooks]"`).
+"""
+
+import json
+import os
+import re
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax import checkpointing, distributed, errors
+from resnet_jax import data as data_lib
+from resnet_jax.research import responses
+
+
+def model_label(model_name: str) -> str:
+  """The paper's name of a model: 'cifar_resnet20' -> 'ResNet-20',
+  'cifar_plain56' -> 'plain-56', 'resnet50' -> 'ResNet-50'."""
+  m = re.fullmatch(r'(?:cifar_)?(resnet|plain)(\d+)', model_name)
+  if not m:
+    return model_name
+  return f'{"ResNet" if m[1] == "resnet" else "plain"}-{m[2]}'
+
+
+def override_input(config: ml_collections.ConfigDict, data_dir: str | None = None,
+                   dataset: str | None = None) -> ml_collections.ConfigDict:
+  """A copy of `config` reading its data from `data_dir` / `dataset` where given."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  with config.unlocked():
+    if data_dir is not None:
+      config.input.data_dir = data_dir
+    if dataset is not None:
+      if dataset not in data_lib.DATASETS:
+        raise errors.ConfigError(f'unknown dataset {dataset!r}; valid: {sorted(data_lib.DATASETS)}')
+      config.input.dataset = dataset
+  return config
+
+
+def workdir_responses(workdir: str, split: str | None = None, data=None,
+                      config: ml_collections.ConfigDict | None = None, *,
+                      batch_size: int | None = None, mesh=None) -> dict:
+  """Fig. 7 statistics of a trained workdir's latest checkpoint.
+
+  Args:
+    workdir: a training workdir.
+    split: default: the dataset's evaluation split (CIFAR: test).
+    data: optional preloaded CIFAR `(train, {name: split})` (tests, notebooks).
+    config: default: the workdir's own (`checkpointing.read_config`); its
+      `input` says where the data is (see `override_input`).
+    batch_size: images per batch (default: the config's evaluation batch).
+    mesh: default: all devices.
+
+  Returns:
+    A JSON-able dict: 'workdir', 'model', 'label' ('ResNet-20'), 'step',
+    'split', 'num_examples', 'definition', 'layers' (names, network order),
+    'std' (Fig. 7, per layer), 'std_sorted' (descending), 'std_all', 'mean',
+    'mean_abs' (per layer) and 'per_layer' (each layer's `LayerStats.to_json`,
+    per-channel values included).
+  """
+  trained = checkpointing.read_config(workdir)
+  config = config or trained
+  if mesh is None:
+    mesh = distributed.make_mesh()
+  # The checkpoint is checked against the config's structure, which names the
+  # dataset: load with the trained dataset name, read the data the config names.
+  load_config = ml_collections.ConfigDict(config.to_dict())
+  with load_config.unlocked():
+    load_config.input.dataset = trained.input.dataset
+  if data is None:
+    data_lib.check_dataset(config.input.dataset, config.input.data_dir)
+  model, variables, norm, step = checkpointing.load_variables(
+      workdir, load_config, sharding=NamedSharding(mesh, P()))
+  dataset = data_lib.create(config, preloaded=data)
+  if model.num_classes != dataset.info.num_classes:
+    raise errors.ConfigError(f'{workdir} predicts {model.num_classes} classes, '
+                             f'{config.input.dataset} has {dataset.info.num_classes}')
+  split = split or dataset.info.eval_split
+  stats = responses.dataset_stats(model, variables, norm, dataset, split, mesh=mesh,
+                        batch_size=batch_size)
+  layers = list(stats.values())
+  std = [s.std for s in layers]
+  return {
+      'workdir': str(workdir), 'model': config.model, 'label': model_label(config.model),
+      'step': int(step), 'split': split, 'num_examples': dataset.num_examples(split),
+      'definition': responses.STD_DEFINITION, 'layers': [s.name for s in layers], 'std': std,
+      'std_sorted': sorted(std, reverse=True), 'std_all': [s.std_all for s in layers],
+      'mean': [s.mean for s in layers], 'mean_abs': [s.mean_abs for s in layers],
+      'per_layer': [s.to_json() for s in layers],
+  }
+
+
+def plot_responses(results: list[dict], out: str, title: str | None = None):
+  """Fig. 7: std by layer index (top) and sorted descending (bottom)."""
+  # A Figure of its own (no pyplot): the caller's backend (e.g. a
+  # notebook's inline one) is left alone.
+  import matplotlib.ticker
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(7, 6.5))
+  top, bottom = fig.subplots(2, 1)
+  for i, r in enumerate(results):
+    std = np.asarray(r['std'])
+    x = np.arange(1, len(std) + 1)
+    style = dict(color=f'C{i}', lw=1.2, marker='.', ms=3,
+                 ls='--' if 'plain' in r.get('model', '') else '-')
+    top.plot(x, std, label=r['label'], **style)
+    bottom.plot(x, np.sort(std)[::-1], label=r['label'], **style)
+  top.set_xlabel('layer index (original)')
+  bottom.set_xlabel('layer index (sorted by magnitude)')
+  for ax in (top, bottom):
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel('std')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  if title:
+    top.set_title(title)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+
+
+def write_json(results: list[dict], path: str):
+  with open(path, 'w') as f:
+    json.dump({'definition': responses.STD_DEFINITION, 'results': results}, f, indent=1)
+
+
+def table(results: list[dict]) -> str:
+  """A short table: model, number of layers, mean std over layers."""
+  rows = ['| model | layers | mean std | mean std_all |', '| --- | --- | --- | --- |']
+  rows += [f'| {r["label"]} | {len(r["std"])} | {np.mean(r["std"]):.4f} | '
+           f'{np.mean(r["std_all"]):.4f} |' for r in results]
+  return '\n'.join(rows)
+
+
+def run(workdirs: list[str], out: str, json_path: str | None = None, *, data=None,
+        data_dir: str | None = None, dataset: str | None = None, split: str | None = None,
+        batch_size: int | None = None, labels: list[str] | None = None) -> list[dict]:
+  """What the CLI does: responses of each workdir, the JSON, the plot, a table.
+
+  `data`: preloaded CIFAR arrays for every workdir (tests, notebooks).
+  `data_dir`, `dataset`: override each workdir config's `input` fields.
+  Returns the per-workdir results (see `workdir_responses`).
+  """
+  if not workdirs:
+    raise errors.ConfigError('give at least one --workdir')
+  results = []
+  for workdir in workdirs:
+    config = override_input(checkpointing.read_config(workdir), data_dir, dataset)
+    results.append(workdir_responses(workdir, split, data, config, batch_size=batch_size))
+  for i, r in enumerate(results):  # Distinct legend entries.
+    if labels:
+      r['label'] = labels[i]
+    elif [s['label'] for s in results].count(r['label']) > 1:
+      r['label'] = f'{r["label"]} ({os.path.basename(os.path.normpath(r["workdir"]))})'
+  if jax.process_index() == 0:
+    json_path = json_path or os.path.splitext(out)[0] + '.json'
+    for path in (out, json_path):
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json(results, json_path)
+    plot_responses(results, out)
+    print(table(results), flush=True)
+    print(f'wrote {out} and {json_path}', flush=True)
+  return results
+
+
+def define_flags(flag_values):
+  """The CLI's flags, on `flag_values` (absl's global FLAGS when run)."""
+  from absl import flags
+  flags.DEFINE_multi_string('workdir', None, 'A training workdir (repeat for several).',
+                            flag_values=flag_values)
+  flags.DEFINE_string('out', None, 'The figure (png).', flag_values=flag_values)
+  flags.DEFINE_string('json', None, 'The numbers (default: --out with a .json suffix).',
+                      flag_values=flag_values)
+  flags.DEFINE_string('data_dir', None, "Overrides each workdir config's input.data_dir "
+                      '(a TFDS data directory).', flag_values=flag_values)
+  flags.DEFINE_string('dataset', None, "Overrides each workdir config's input.dataset.",
+                      flag_values=flag_values)
+  flags.DEFINE_string('split', None, 'Default: the evaluation split (CIFAR: test).',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('batch_size', None, "Images per batch (default: the config's "
+                       'eval_batch_size).', flag_values=flag_values)
+  flags.DEFINE_multi_string('label', None, 'Legend labels, one per --workdir (default: '
+                            "the model's name, e.g. ResNet-20).", flag_values=flag_values)
+
+
+def run_kwargs(values) -> dict:
+  """Parsed flags -> keyword arguments of `run`; ConfigError if they do not fit."""
+  if not values.workdir or not values.out:
+    raise errors.ConfigError('--workdir (one or more) and --out are required')
+  if values.label and len(values.label) != len(values.workdir):
+    raise errors.ConfigError('give one --label per --workdir')
+  return dict(workdirs=values.workdir, out=values.out, json_path=values.json,
+              data_dir=values.data_dir, dataset=values.dataset, split=values.split,
+              batch_size=values.batch_size, labels=values.label)
+
+
+def main(argv):
+  from absl import app, flags
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  run(**run_kwargs(flags.FLAGS))
+
+
+if __name__ == '__main__':
+  from absl import flags
+
+  from resnet_jax import cli
+  define_flags(flags.FLAGS)  # Only when run: other CLIs define --workdir too.
+  cli.run(main)

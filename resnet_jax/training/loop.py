@@ -1,0 +1,239 @@
+"""The training loop: data in, compiled steps, logs, evaluations and checkpoints.
+
+The dataset (`data.create(config)`) decides everything per-dataset: host
+augmentation, the device-side preprocessing inside the step, normalisation
+constants (kept in the state, so they travel in every checkpoint) and the
+evaluation views. The step is `training.step`'s; checkpoints are
+`checkpointing`'s; test protocols are `evaluation`'s. With K steps per call
+(`config.steps_per_dispatch`), logging, evaluation and checkpoints happen at
+multiples of K (`config_lib.validate` checks).
+
+Many hosts: every process runs this same loop on its own share of the data
+(`distributed.to_global` builds the global batch), saves every checkpoint
+together with the others, and stops at the step they agree on
+(`distributed.StopRequest`). Only process 0 writes logs and JSON files. The
+host waits for step n-1 before dispatching step n+1: never more than one
+dispatch runs ahead, so a stop request is honoured within a step or two and a
+non-finite loss is caught at its own step.
+"""
+
+import collections
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from resnet_jax import checkpointing, config_lib, distributed, errors, evaluation, experiment
+from resnet_jax import data as data_lib
+from resnet_jax.training import metric_writers
+from resnet_jax.training import step as step_lib
+
+
+def _check_finite(metrics: dict, step: int, last_saved: int | None):
+  """Raises at the first step whose loss or gradient is not finite."""
+  bad = {k: float(metrics[k]) for k in ('train_loss', 'grad_norm')
+         if not np.isfinite(metrics[k])}
+  if bad:
+    kept = (f'the last checkpoint (step {last_saved}) was kept' if last_saved is not None
+            else 'no checkpoint was saved')
+    raise errors.DivergedError(
+        f'non-finite {", ".join(f"{k}={v}" for k, v in bad.items())} at step {step}; '
+        f'training stopped there and {kept}. Lower --config.schedule.base_lr or '
+        'use a warm-up (--config.schedule.warmup_lr), then resume.')
+
+
+def _per_step(metrics: dict, steps: int) -> list[dict]:
+  """One dispatch's metrics (stacked if it ran several steps) -> one dict per step."""
+  if steps == 1:
+    return [metrics]
+  return [{k: v[i] for k, v in metrics.items()} for i in range(steps)]
+
+
+def _summarize(window) -> dict:
+  """Means over the logging interval; the learning rate as it is now."""
+  out = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+  out['learning_rate'] = float(window[-1]['learning_rate'])
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       data=None) -> dict:
+  """Trains the config's model, resuming from `workdir` if it holds a checkpoint.
+
+  Args:
+    config: an experiment config (see `config_lib.cifar10`, `config_lib.imagenet`).
+    workdir: where checkpoints, `metrics.jsonl`, TensorBoard files,
+      `config.json` and `eval.json` go (local, or `gs://...`).
+    data: optional pre-loaded CIFAR `(train_split, {name: eval_split})` of
+      `data.cifar.ArraySplit`s (tests, notebooks); None reads
+      `config.input.dataset`.
+
+  Returns:
+    The last evaluation's metrics, e.g. {'test_error': ..., 'test_loss': ...}
+    ({} if the workdir's run had already finished).
+  """
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  if data is None:
+    data_lib.check_dataset(config.input.dataset, config.input.data_dir)
+  checkpointing.prepare_workdir(workdir)
+  dataset = data_lib.create(config, preloaded=data)
+  with checkpointing.manager(workdir, config.keep_checkpoints) as manager:
+    trainer = step_lib.Trainer(config, experiment.model_from_config(config),
+                               distributed.make_mesh(), dataset)
+    order = checkpointing.data_order(config, jax.process_count(), dataset.num_workers)
+    restored = checkpointing.restore_latest(manager, config, order,
+                                            trainer.sharded_abstract_state())
+    if restored is not None and restored[0] >= config.schedule.total_steps:
+      _log(f'{workdir} already holds step {restored[0]} (total_steps='
+           f'{config.schedule.total_steps}): training is finished. Score it with '
+           '--mode=evaluate, or raise --config.schedule.total_steps to train further.')
+      return {}
+    checkpointing.check_resumable_under(restored, trainer.steps_per_dispatch, workdir)
+    return _Run(config, workdir, trainer, manager, order, restored).train()
+
+
+def _log(message: str):
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+class _Run:
+  """One training run from its first (or resumed) step to its last."""
+
+  def __init__(self, config, workdir, trainer, manager, order, restored):
+    self.config, self.workdir, self.trainer = config, workdir, trainer
+    self.manager, self.order = manager, order
+    self.dataset = trainer.dataset
+    self.per_dispatch = trainer.steps_per_dispatch
+    self.total = config.schedule.total_steps
+    self.stop_at = min(self.total, config.stop_after_steps or self.total)
+    self.batches = self._open_batches()
+    if restored is not None:
+      self.start, self.state, position = restored
+      self.batches.set_state(position)
+      _log(f'Resumed from step {self.start} in {workdir}')
+    else:
+      self.start = 0
+      norm = jax.device_put(self.dataset.normalization(), trainer.replicated)
+      self.state = trainer.init_fn(norm)
+    self.step = self.start
+    self.last_saved = self.start if restored is not None else None
+    self.last_eval = {}
+    self.config_recorded = False
+    # (step, metrics) dispatched but not yet checked; the checked ones' metrics.
+    self.in_flight, self.window = collections.deque(), []
+    self.tick, self.tick_step = time.time(), self.step
+
+  def _open_batches(self):
+    """Host batches -> global arrays on Grain's prefetch thread, ahead of the step."""
+    local_batch = self.config.input.batch_size // jax.process_count()
+    host_batches = self.dataset.train_batches(local_batch, self.config.seed,
+                                              jax.process_index(), jax.process_count())
+    if self.per_dispatch > 1:
+      # K batches stacked per call. Grain's position stays counted in single
+      # batches, so a checkpoint resumes under any K that divides its step.
+      host_batches = host_batches.batch(self.per_dispatch)
+    return data_lib.core.prefetch(host_batches, self.trainer.to_global)
+
+  def _compile(self):
+    resident = self.trainer.put_resident(self.dataset.resident_arrays())
+    t0 = time.time()
+    compiled = self.trainer.compile_train(self.config.input.batch_size, resident)
+    memory = compiled.memory_analysis()
+    if memory is not None:
+      _log(f'Compiled train step in {time.time() - t0:.1f}s; temp memory '
+           f'{getattr(memory, "temp_size_in_bytes", 0) / 2**20:.1f} MiB per device')
+    return compiled, resident
+
+  def train(self) -> dict:
+    compiled, resident = self._compile()
+    self.scorer = evaluation.Scorer(self.trainer.model, self.dataset, self.trainer.mesh)
+    self.writer = metric_writers.MetricWriter(self.workdir, self.total)
+    try:
+      with distributed.StopRequest() as stop_request:
+        stopped = False
+        while self.step < self.stop_at and not stopped:
+          self.state, metrics = compiled(self.state, next(self.batches), resident)
+          self.step += self.per_dispatch
+          self.in_flight.append((self.step, metrics))
+          self._finish(keep=1)  # Bounded run-ahead: one dispatch runs while the last is checked.
+          stopped = stop_request.reached(self.step)
+          self._after_step(stopped)
+        if stopped:
+          name = stop_request.signal_name or 'a stop request in another process'
+          _log(f'Stopped on {name}: saved a checkpoint at step {self.step}. Run the same '
+               'command again to resume.')
+        elif self.step == self.total:
+          self._final_evaluation()
+    finally:
+      self.batches.close()
+      self.manager.wait_until_finished()
+      self.writer.close()
+    return self.last_eval
+
+  def _finish(self, keep: int):
+    """Waits for all but the last `keep` dispatches; checks each step's loss."""
+    while len(self.in_flight) > keep:
+      done, metrics = self.in_flight.popleft()
+      for i, one in enumerate(_per_step(jax.device_get(metrics), self.per_dispatch)):
+        _check_finite(one, done - self.per_dispatch + 1 + i, self.last_saved)
+        self.window.append(one)
+
+  def _after_step(self, stopped: bool):
+    """Logs, evaluates and saves at the steps the config asks for."""
+    config, step = self.config, self.step
+    is_last = step == self.stop_at
+    log_now = step % config.log_every_steps == 0 or is_last
+    eval_now = step % config.eval_every_steps == 0 or step == self.total
+    ckpt_now = step % config.checkpoint_every_steps == 0 or is_last or stopped
+    if log_now or eval_now or ckpt_now:
+      self._finish(keep=0)  # Nothing is logged or saved before its loss is checked.
+    if log_now:
+      self._log_window()
+    if eval_now:
+      self._evaluate()
+    if ckpt_now:
+      self._save()
+    if eval_now or ckpt_now:  # Keep eval and checkpoint time out of the step timing.
+      self.tick, self.tick_step = time.time(), step
+
+  def _log_window(self):
+    seconds_per_step = (time.time() - self.tick) / (self.step - self.tick_step)
+    scalars = _summarize(self.window)
+    scalars['warmup_active'] = float(jax.device_get(self.state.warmup_active))
+    scalars['step_time_ms'] = 1000 * seconds_per_step
+    scalars['images_per_sec'] = self.config.input.batch_size / seconds_per_step
+    self.writer.write(self.step, scalars)
+    self.writer.progress(self.step, scalars, seconds_per_step)
+    self.window, self.tick, self.tick_step = [], time.time(), self.step
+
+  def _variables(self) -> dict:
+    return {'params': self.state.params, 'batch_stats': self.state.batch_stats}
+
+  def _evaluate(self):
+    results = evaluation.evaluate_splits(self.scorer, self._variables(), self.state.norm,
+                                         self.dataset, self.config)
+    if data_lib.HOLDOUT in self.dataset.eval_splits():
+      holdout_error = np.float32(results[f'{data_lib.HOLDOUT}_error'])
+      self.state = self.trainer.plateau_fn(
+          self.state, jax.device_put(holdout_error, self.trainer.replicated))
+      results['lr_scale'] = float(jax.device_get(self.state.plateau.scale))
+    self.writer.write(self.step, results)
+    self.writer.progress(self.step, results, None)
+    self.last_eval = results
+
+  def _save(self):
+    checkpointing.save(self.manager, self.step, self.state, self.batches.get_state(),
+                       self.config, self.order)
+    if not self.config_recorded:  # config.json: only a config that trained.
+      checkpointing.record_config(self.workdir, self.config, self.start)
+      self.config_recorded = True
+    self.last_saved = self.step
+
+  def _final_evaluation(self):
+    self.manager.wait_until_finished()
+    results = evaluation.final_protocols(self.scorer, self._variables(), self.state.norm,
+                                         self.dataset, self.config, self.last_eval)
+    for protocol, result in results.items():
+      evaluation.record(self.workdir, self.config, protocol, result, self.step)

@@ -1,0 +1,142 @@
+"""Helpers shared by the test modules: the toy problem, tiny configs, trainers.
+
+Imported by test modules (pytest puts this directory on the path); the test
+modules never import one another.
+"""
+
+import os
+
+import jax
+import numpy as np
+
+from resnet_jax import checkpointing, config_lib, data, distributed, experiment
+from resnet_jax.data import cifar
+from resnet_jax.research import activations
+from resnet_jax.training import step as step_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The local TFDS datasets (cifar10_jpeg, imagenette224) beside the checkout;
+# tests that need them skip without them (see conftest's `needs_data`).
+DATA_DIR = os.environ.get('RESNET_JAX_TEST_DATA_DIR',
+                          os.path.join(ROOT, '..', 'shared', 'data', 'tfds'))
+
+
+def has_dataset(name: str) -> bool:
+  return os.path.isdir(os.path.join(DATA_DIR, name))
+
+
+IMAGE = (8, 8, 3)  # CIFAR nets run on any size >= 4 px; tiny keeps compiles short.
+
+
+def tiny_config(model='cifar_resnet20', **schedule):
+  """A CIFAR config small enough to train in seconds at `IMAGE` size."""
+  config = config_lib.cifar10(model)
+  config.input.batch_size = 16
+  config.input.eval_batch_size = 16
+  config.schedule.total_steps = schedule.pop('total_steps', 6)
+  config.schedule.boundaries = schedule.pop('boundaries', (3, 5))
+  config.schedule.update(schedule)
+  config.log_every_steps = 2
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = 3
+  return config
+
+
+def tiny_data(n=64, seed=0):
+  """A learnable toy problem: the label is the brightest of 10 bands."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, n).astype(np.int32)
+  images = rng.integers(0, 100, (n,) + IMAGE).astype(np.uint8)
+  images[np.arange(n), labels % 8, :, labels // 8] += 150
+  return cifar.ArraySplit(images, labels)
+
+
+def tiny_splits():
+  return tiny_data(64, 0), {'test': tiny_data(37, 1)}
+
+
+def make_trainer(config, devices=None):
+  model = experiment.model_from_config(config)
+  dataset = data.create(config, preloaded=tiny_splits())
+  return step_lib.Trainer(config, model, distributed.make_mesh(devices), dataset)
+
+
+def zero_norm(trainer):
+  """Normalisation to about [-2, 2], as real training's (raw 0..255 pixels
+  make logits of hundreds: saturated softmax ties, amplified rounding)."""
+  return jax.device_put({'mean': np.full(IMAGE, 127.5, np.float32),
+                         'std': np.full(3, 64.0, np.float32)}, trainer.replicated)
+
+
+def fixed_batch(trainer, n=16):
+  split = tiny_data(n)
+  return trainer.to_global({'image': split.images, 'label': split.labels})
+
+
+def run_steps(trainer, num_steps, batch, state=None):
+  state = trainer.init_fn(zero_norm(trainer)) if state is None else state
+  losses = []
+  for _ in range(num_steps):
+    state, metrics = trainer.train_fn(state, batch, {})
+    losses.append(float(metrics['train_loss']))
+  return state, losses
+
+
+def saved_steps(workdir, config):
+  manager = checkpointing.manager(str(workdir))
+  steps = manager.all_steps()
+  manager.close()
+  return sorted(steps)
+
+
+def final_params(workdir, config):
+  manager = checkpointing.manager(workdir)
+  trainer = make_trainer(config)
+  state, data_state = checkpointing.restore(manager, manager.latest_step(),
+                                            trainer.sharded_abstract_state())
+  manager.close()
+  return jax.device_get(state), data_state
+
+
+def patch_compiled_step(monkeypatch, on_call):
+  """Wraps the compiled train step so that `on_call(n, out)` sees each call."""
+  original = step_lib.Trainer.compile_train
+
+  class Step:
+    """Calls the compiled step, then `on_call`; otherwise behaves like it."""
+
+    def __init__(self, compiled):
+      self.compiled, self.calls = compiled, 0
+
+    def __call__(self, *args):
+      self.calls += 1
+      return on_call(self.calls, self.compiled(*args))
+
+    def memory_analysis(self):
+      return self.compiled.memory_analysis()
+
+  def compile_train(self, batch_size, resident=None):
+    return Step(original(self, batch_size, resident))
+
+  monkeypatch.setattr(step_lib.Trainer, 'compile_train', compile_train)
+
+
+def unscan(tree):
+  """Renames stacked 'stageI_rest' variables to scan_blocks=False blocks."""
+  out = {}
+  for name, sub in tree.items():
+    if name.endswith('_rest'):
+      stage = name[:-len('_rest')]
+      length = jax.tree.leaves(sub)[0].shape[0]
+      for j in range(length):
+        out[f'{stage}_block{j + 2}'] = jax.tree.map(lambda a, j=j: a[j], sub)
+    else:
+      out[name] = sub
+  return out
+
+
+
+
+def layer_responses(intermediates) -> list:
+  """The Fig. 7 response arrays of an `intermediates` collection, network order."""
+  return [a for _, a in activations.named_responses(intermediates)]

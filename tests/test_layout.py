@@ -1,0 +1,101 @@
+"""The package's import graph, read from the code: no cycles, no upward imports.
+
+Every `import` counts, lazy ones inside functions included, so an import
+cycle cannot hide behind a function-level import.
+"""
+
+import ast
+import os
+
+from helpers import ROOT
+
+PACKAGE = 'resnet_jax'
+# Lowest first: a module may import its own layer or lower ones, never higher.
+LAYERS = (
+    ('resnet_jax.errors', 'resnet_jax.cli'),
+    ('resnet_jax.models',),
+    ('resnet_jax.data',),
+    ('resnet_jax.config_lib', 'resnet_jax.distributed', 'resnet_jax.experiment'),
+    ('resnet_jax.checkpointing',),
+    ('resnet_jax.evaluation',),
+    ('resnet_jax.training',),
+    ('resnet_jax.research',),
+    ('resnet_jax.tools', 'resnet_jax.main'),
+)
+
+
+def _modules() -> dict[str, str]:
+  """Module name -> file, for every module of the package."""
+  out = {}
+  for directory, _, files in os.walk(os.path.join(ROOT, PACKAGE)):
+    for name in files:
+      if name.endswith('.py'):
+        path = os.path.join(directory, name)
+        parts = os.path.relpath(path, ROOT)[:-len('.py')].split(os.sep)
+        if parts[-1] == '__init__':
+          parts = parts[:-1]
+        out['.'.join(parts)] = path
+  return out
+
+
+def import_graph() -> dict[str, set[str]]:
+  """Module -> the package modules it imports (anywhere in its code)."""
+  modules = _modules()
+  graph = {}
+  for module, path in modules.items():
+    targets = set()
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+      if isinstance(node, ast.Import):
+        targets.update(a.name for a in node.names if a.name.split('.')[0] == PACKAGE)
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if node.module.split('.')[0] != PACKAGE:
+          continue
+        for alias in node.names:  # `from pkg import submodule` imports the submodule.
+          sub = f'{node.module}.{alias.name}'
+          targets.add(sub if sub in modules else node.module)
+    graph[module] = {t for t in targets if t in modules and t != module}
+  return graph
+
+
+def _layer(module: str) -> int:
+  for i, prefixes in enumerate(LAYERS):
+    if any(module == p or module.startswith(p + '.') for p in prefixes):
+      return i
+  raise AssertionError(f'{module} is in no layer of LAYERS')
+
+
+def _cycle(graph) -> list[str] | None:
+  state, stack = {}, []
+
+  def visit(node):
+    state[node] = 'open'
+    stack.append(node)
+    for target in sorted(graph[node]):
+      if state.get(target) == 'open':
+        return stack[stack.index(target):] + [target]
+      if target not in state and (found := visit(target)):
+        return found
+    state[node] = 'done'
+    stack.pop()
+    return None
+
+  for node in sorted(graph):
+    if node not in state and (found := visit(node)):
+      return found
+  return None
+
+
+def test_the_graph_sees_lazy_imports():
+  graph = import_graph()
+  assert 'resnet_jax.training.loop' in graph['resnet_jax.main']  # Imported inside main().
+  assert _cycle({'a': {'b'}, 'b': {'a'}}) == ['a', 'b', 'a']  # The check can fail.
+
+
+def test_no_import_cycles():
+  assert _cycle(import_graph()) is None
+
+
+def test_no_module_imports_a_higher_layer():
+  upward = [f'{a} -> {b}' for a, targets in sorted(import_graph().items())
+            for b in sorted(targets) if _layer(b) > _layer(a)]
+  assert not upward, upward
