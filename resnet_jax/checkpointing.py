@@ -47,31 +47,40 @@ def prepare_workdir(workdir):
     probe.unlink()
   except OSError as e:
     raise errors.WorkdirError(
-        f'cannot write into --workdir={workdir} ({type(e).__name__}: {e.strerror or e}); '
-        'choose a writable directory.') from e
+      f'cannot write into --workdir={workdir} ({type(e).__name__}: {e.strerror or e}); '
+      'choose a writable directory.'
+    ) from e
 
 
 def manager(workdir, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
   """The workdir's checkpoint manager (close it, or use it as a context)."""
   return ocp.CheckpointManager(
-      workdir_path(workdir) / CHECKPOINT_DIR,
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
-      item_names=('state', 'data', 'meta'))
+    workdir_path(workdir) / CHECKPOINT_DIR,
+    options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
+    item_names=('state', 'data', 'meta'),
+  )
 
 
 def structure(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint must agree on with the config that restores it."""
-  opts = {k: v for k, v in config.model_options.items()
-          if k not in ('dtype', 'bn_group_size', 'bn_momentum', 'bn_epsilon', 'scan_blocks')
-          and v is not None}
+  opts = {
+    k: v
+    for k, v in config.model_options.items()
+    if k not in ('dtype', 'bn_group_size', 'bn_momentum', 'bn_epsilon', 'scan_blocks')
+    and v is not None
+  }
   return {'model': config.model, 'model_options': opts, 'dataset': config.input.dataset}
 
 
 def data_order(config, process_count: int, num_workers: int | None) -> dict:
   """What decides the meaning of a saved data position: resuming with other
   values would silently feed another sequence of batches."""
-  return {'batch_size': config.input.batch_size, 'seed': config.seed,
-          'process_count': process_count, 'num_workers': num_workers}
+  return {
+    'batch_size': config.input.batch_size,
+    'seed': config.seed,
+    'process_count': process_count,
+    'num_workers': num_workers,
+  }
 
 
 class DataPosition:
@@ -96,8 +105,8 @@ class DataPosition:
 def _unreadable(mngr, step, e) -> errors.CheckpointError:
   first_line = (str(e).strip().splitlines() or [''])[0][:300]
   return errors.CheckpointError(
-      f'checkpoint {step} in {mngr.directory} cannot be read '
-      f'({type(e).__name__}: {first_line})')
+    f'checkpoint {step} in {mngr.directory} cannot be read ({type(e).__name__}: {first_line})'
+  )
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -114,18 +123,25 @@ def check_meta(mngr, step: int, meta: dict, config, order: dict | None = None):
   saved, wanted = meta.get('structure'), structure(config)
   if saved != wanted:
     raise errors.ConfigError(
-        f'the workdir holds a checkpoint (step {step}) of {saved}, but the config '
-        f'asks for {wanted}. Use a fresh --workdir, or the config it was trained with.')
+      f'the workdir holds a checkpoint (step {step}) of {saved}, but the config '
+      f'asks for {wanted}. Use a fresh --workdir, or the config it was trained with.'
+    )
   saved_order = meta.get('data_order')
   if order is not None and saved_order is not None and saved_order != order:
     changed = {k: (saved_order.get(k), v) for k, v in order.items() if saved_order.get(k) != v}
-    fixes = ' '.join(f'--config.input.{k}={a}' if k in ('batch_size', 'num_workers') else
-                     f'--config.seed={a}' if k == 'seed' else f'{a} processes'
-                     for k, (a, _) in changed.items())
+    fixes = ' '.join(
+      f'--config.input.{k}={a}'
+      if k in ('batch_size', 'num_workers')
+      else f'--config.seed={a}'
+      if k == 'seed'
+      else f'{a} processes'
+      for k, (a, _) in changed.items()
+    )
     raise errors.ConfigError(
-        f'checkpoint {step} in {mngr.directory} was saved with a data order of '
-        f'{saved_order}, this run has {order}: its saved data position would '
-        f'mean other batches. Resume with {fixes}, or use a fresh --workdir.')
+      f'checkpoint {step} in {mngr.directory} was saved with a data order of '
+      f'{saved_order}, this run has {order}: its saved data position would '
+      f'mean other batches. Resume with {fixes}, or use a fresh --workdir.'
+    )
 
 
 def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None) -> int | None:
@@ -138,25 +154,36 @@ def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None
     meta = read_meta(mngr, step)
   except errors.CheckpointError as e:
     raise errors.CheckpointError(
-        f'{e}. It was left untouched; remove that step directory to use an '
-        'earlier one, or use a fresh --workdir.') from e
+      f'{e}. It was left untouched; remove that step directory to use an '
+      'earlier one, or use a fresh --workdir.'
+    ) from e
   check_meta(mngr, step, meta, config, order)
   return step
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_position, config,
-         order: dict | None = None):
+def save(
+  mngr: ocp.CheckpointManager, step: int, state, data_position, config, order: dict | None = None
+):
   """Saves `state` and this process's data position (a state dict of the
   input iterator) as step `step`, asynchronously; every process calls it."""
-  mngr.save(step, args=ocp.args.Composite(
+  mngr.save(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(DataPosition(data_position)),
-      meta=ocp.args.JsonSave(_meta(config, step, order))), force=True)
+      meta=ocp.args.JsonSave(_meta(config, step, order)),
+    ),
+    force=True,
+  )
 
 
 def _meta(config, step: int, order: dict | None) -> dict:
-  return {'structure': structure(config), 'step': step, 'data_order': order,
-          'config': json.loads(config.to_json_best_effort())}
+  return {
+    'structure': structure(config),
+    'step': step,
+    'data_order': order,
+    'config': json.loads(config.to_json_best_effort()),
+  }
 
 
 def save_for_inference(workdir, config, state: dict):
@@ -166,13 +193,18 @@ def save_for_inference(workdir, config, state: dict):
   position)."""
   path = workdir_path(workdir)
   if (path / 'config.json').exists() or (path / CHECKPOINT_DIR).exists():
-    raise errors.WorkdirError(f'{path} already holds a config or checkpoints; use a '
-                              'fresh --workdir')
+    raise errors.WorkdirError(
+      f'{path} already holds a config or checkpoints; use a fresh --workdir'
+    )
   with manager(workdir) as mngr:
     # Orbax saves a subset of the manager's items: no `data` (no input position).
-    mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                         meta=ocp.args.JsonSave(_meta(config, 0, None))),
-              force=True)
+    mngr.save(
+      0,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(_meta(config, 0, None))
+      ),
+      force=True,
+    )
     mngr.wait_until_finished()
   record_config(workdir, config, 0)
 
@@ -182,9 +214,10 @@ def check_resumable_under(restored, steps_per_dispatch: int, workdir):
   `steps_per_dispatch` steps (its step a multiple of it)."""
   if restored is not None and restored[0] % steps_per_dispatch:
     raise errors.ConfigError(
-        f'{workdir} holds step {restored[0]}, not a multiple of steps_per_dispatch='
-        f'{steps_per_dispatch}; resume with a --config.steps_per_dispatch that divides '
-        f'{restored[0]} (e.g. 1), then raise it at a later checkpoint.')
+      f'{workdir} holds step {restored[0]}, not a multiple of steps_per_dispatch='
+      f'{steps_per_dispatch}; resume with a --config.steps_per_dispatch that divides '
+      f'{restored[0]} (e.g. 1), then raise it at a later checkpoint.'
+    )
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
@@ -193,9 +226,13 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   `.sharding`); CheckpointError if it cannot be read."""
   position = DataPosition()
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(
+    restored = mngr.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(position)))
+        data=grain.checkpoint.CheckpointRestore(position),
+      ),
+    )
   except Exception as e:  # Orbax raises many types; one clear line instead.
     raise _unreadable(mngr, step, e) from e
   return restored['state'], position.state
@@ -223,13 +260,18 @@ def restore_latest(mngr: ocp.CheckpointManager, config, order: dict, abstract_st
     if distributed.all_true(error is None):
       _set_aside(mngr, skipped)
       return step, state, position
-    print(f'warning: {error or "checkpoint %d cannot be read in another process" % step}; '
-          'trying the one before it.', file=sys.stderr, flush=True)
+    print(
+      f'warning: {error or f"checkpoint {step} cannot be read in another process"}; '
+      'trying the one before it.',
+      file=sys.stderr,
+      flush=True,
+    )
     skipped.append(step)
   if skipped:
     raise errors.CheckpointError(
-        f'no checkpoint in {mngr.directory} can be read (tried steps {skipped}); '
-        'they were left untouched. Use a fresh --workdir.')
+      f'no checkpoint in {mngr.directory} can be read (tried steps {skipped}); '
+      'they were left untouched. Use a fresh --workdir.'
+    )
   return None
 
 
@@ -245,8 +287,7 @@ def _set_aside(mngr: ocp.CheckpointManager, steps):
       while target.exists():
         target, n = source.parent / f'{step}{UNREADABLE_SUFFIX}.{n}', n + 1
       source.rename(target)
-      print(f'warning: moved unreadable checkpoint {step} to {target}', file=sys.stderr,
-            flush=True)
+      print(f'warning: moved unreadable checkpoint {step} to {target}', file=sys.stderr, flush=True)
   distributed.sync('set_aside_unreadable_checkpoints')
   mngr.reload()
 
@@ -277,13 +318,21 @@ def restore_inference(mngr: ocp.CheckpointManager, step: int, abstract: dict) ->
   """Restores only the fields of the saved train state named in `abstract`
   (e.g. params, batch_stats, norm): no optimizer state is read."""
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True)))
+    restored = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          abstract,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+          partial_restore=True,
+        )
+      ),
+    )
   except Exception as e:  # Orbax raises many types; one clear line instead.
     raise errors.CheckpointError(
-        f'{_unreadable(mngr, step, e)}. It was left untouched; remove that step '
-        'directory to use an earlier one, or use a fresh --workdir.') from e
+      f'{_unreadable(mngr, step, e)}. It was left untouched; remove that step '
+      'directory to use an earlier one, or use a fresh --workdir.'
+    ) from e
   return restored['state']
 
 
@@ -299,8 +348,10 @@ def read_config(workdir) -> ml_collections.ConfigDict:
       saved = read_meta(mngr, step).get('config') if step is not None else None
     if saved:
       return ml_collections.ConfigDict(saved)
-  raise errors.MissingError(f'{path / "config.json"} does not exist: {workdir!r} is not a '
-                            'training workdir of this project (train into it first).')
+  raise errors.MissingError(
+    f'{path / "config.json"} does not exist: {workdir!r} is not a '
+    'training workdir of this project (train into it first).'
+  )
 
 
 def _saved_norm_shapes(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -316,12 +367,12 @@ def require_checkpoints(workdir, any_step: bool = False):
   (`any_step`: and a step in it). Checks only: creates nothing."""
   directory = workdir_path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir() or any_step:
-    raise errors.MissingError(f'no checkpoint in {directory}; train first or point '
-                              '--workdir at a trained run.')
+    raise errors.MissingError(
+      f'no checkpoint in {directory}; train first or point --workdir at a trained run.'
+    )
 
 
-def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *,
-                   sharding=None):
+def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *, sharding=None):
   """A trained net from a workdir alone: for evaluation, research, notebooks.
 
   Args:
@@ -344,7 +395,8 @@ def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *,
     abstract = models.abstract_variables(model)
     abstract['norm'] = _saved_norm_shapes(mngr, step)
     abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
+    )
     restored = restore_inference(mngr, step, abstract)
   variables = {'params': restored['params'], 'batch_stats': restored['batch_stats']}
   return model, variables, restored['norm'], step

@@ -36,13 +36,24 @@ def fail(message: str):
   sys.exit(1)
 
 
+_HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
+
+
 def _parse_flags(argv):
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+  except SystemExit:
+    if any(arg in _HELP_FLAGS for arg in argv[1:]):
+      sys.exit(0)  # absl exits 1 after printing the help asked for.
+    raise
   except Exception as e:  # noqa: BLE001 - each kind becomes its one line below.
     # A config file that is missing, does not parse or raises; an unknown or
     # mistyped --config field; a value of the wrong type; an unknown flag.
     fail(_config_file_error(argv) or _config_field_error(argv) or _first_line(e))
+  # ml_collections defers some config file errors (a missing file) to first use.
+  if (message := _config_file_error(argv)) is not None:
+    fail(message)
+  return rest
 
 
 def _first_line(e: BaseException) -> str:
@@ -68,7 +79,7 @@ def _config_overrides(argv) -> list[tuple[str, str]]:
   out = []
   for arg in argv:
     if arg.startswith('--config.'):
-      field, _, value = arg[len('--config.'):].partition('=')
+      field, _, value = arg[len('--config.') :].partition('=')
       out.append((field, value))
   return out
 
@@ -92,8 +103,11 @@ def nearest_field_error(config, field: str) -> str | None:
     if part not in keys:
       where = '.'.join(done)
       match = difflib.get_close_matches(part, keys, n=1, cutoff=0.5)
-      hint = (f'did you mean --config.{".".join(done + match)}?' if match else
-              f'valid fields{" of " + where if where else ""}: {", ".join(sorted(keys))}')
+      hint = (
+        f'did you mean --config.{".".join(done + match)}?'
+        if match
+        else f'valid fields{" of " + where if where else ""}: {", ".join(sorted(keys))}'
+      )
       return f'--config.{field}: the config has no field {part!r}; {hint}'
     node, done = node[part], done + [part]
   return None

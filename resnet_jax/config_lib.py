@@ -218,14 +218,36 @@ def scaled_lr(config: ml_collections.ConfigDict) -> float:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1):
-  """Raises ValueError naming the problem and its fix; returns None if fine."""
+  """Raises ConfigError naming the problem and its fix; returns None if fine."""
 
   def fail(msg):
     raise errors.ConfigError(f'bad config: {msg}')
 
+  info = _validate_model_and_dataset(config, fail)
+  _validate_batch(config, num_devices, num_processes, fail)
+  _validate_schedule(config, fail)
+  for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if config[key] <= 0:
+      fail(f'{key}={config[key]} must be positive')
+  _validate_steps_per_dispatch(config, fail)
+  if config.input.get('train_split') and config.input.holdout_validation:
+    fail(
+      f'input.train_split={config.input.train_split!r} and holdout_validation both '
+      'choose the training examples; set one of them'
+    )
+  if config.input.holdout_validation and not 0 < config.input.num_holdout < info.num_train:
+    fail(
+      f'input.num_holdout={config.input.num_holdout} must be between 0 and '
+      f'the training-set size {info.num_train}'
+    )
+  _validate_eval(config, info, fail)
+  if info.family == 'imagenet':
+    _validate_imagenet_input(config, fail)
+
+
+def _validate_model_and_dataset(config, fail) -> data.core.DatasetInfo:
   if config.model not in models.MODELS:
-    fail(f'unknown model {config.model!r}; set --config.model to one of '
-         f'{", ".join(models.MODELS)}')
+    fail(f'unknown model {config.model!r}; set --config.model to one of {", ".join(models.MODELS)}')
   unknown = set(config.model_options) - set(models.OPTIONS)
   if unknown:
     fail(f'unknown model_options {sorted(unknown)}; valid: {", ".join(models.OPTIONS)}')
@@ -233,23 +255,35 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   if shortcut is not None and shortcut not in models.SHORTCUTS:
     fail(f'model_options.shortcut={shortcut!r}; set it to one of {models.SHORTCUTS}')
   if config.input.dataset not in data.DATASETS:
-    fail(f'unknown dataset {config.input.dataset!r}; set --config.input.dataset '
-         f'to one of {sorted(data.DATASETS)}')
+    fail(
+      f'unknown dataset {config.input.dataset!r}; set --config.input.dataset '
+      f'to one of {sorted(data.DATASETS)}'
+    )
   info = data.DATASETS[config.input.dataset]
   is_imagenet_model = models.MODELS[config.model]['stem'] == 'imagenet'
   if (info.family == 'imagenet') != is_imagenet_model:
-    fail(f'model {config.model!r} is not meant for {config.input.dataset!r}; '
-         'use the resnet*/plain* nets on ImageNet datasets and cifar_* nets on CIFAR')
+    fail(
+      f'model {config.model!r} is not meant for {config.input.dataset!r}; '
+      'use the resnet*/plain* nets on ImageNet datasets and cifar_* nets on CIFAR'
+    )
+  return info
+
+
+def _validate_batch(config, num_devices: int, num_processes: int, fail):
   size = config.input.batch_size
   if size <= 0 or size % num_devices:
-    fail(f'input.batch_size={size} is not a positive multiple of the {num_devices} '
-         f'devices; set --config.input.batch_size to a multiple of {num_devices}')
+    fail(
+      f'input.batch_size={size} is not a positive multiple of the {num_devices} '
+      f'devices; set --config.input.batch_size to a multiple of {num_devices}'
+    )
   if size % num_processes:
     fail(f'input.batch_size={size} is not divisible by the {num_processes} processes')
   # Evaluation rounds its batch to a multiple of the devices (masking the rest).
   if config.input.eval_batch_size <= 0:
-    fail(f'input.eval_batch_size={config.input.eval_batch_size} must be positive; '
-         'set --config.input.eval_batch_size')
+    fail(
+      f'input.eval_batch_size={config.input.eval_batch_size} must be positive; '
+      'set --config.input.eval_batch_size'
+    )
   group = config.model_options.get('bn_group_size')
   if group is not None and group < 1:
     fail(f'model_options.bn_group_size={group} must be a positive integer (or None)')
@@ -257,14 +291,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   # Groups inside one device, or over whole devices, cost XLA only all-reduces
   # of per-channel sums; a group straddling part of a device makes it
   # all-gather the activations themselves (checked in the compiled HLO).
-  if group is not None and not (per_device % group == 0 or
-                                (group % per_device == 0 and size % group == 0)):
-    fits = sorted({g for g in range(1, per_device + 1) if per_device % g == 0} |
-                  {per_device * k for k in range(1, num_devices + 1) if num_devices % k == 0})
-    fail(f'model_options.bn_group_size={group} does not fit input.batch_size={size} '
-         f'on {num_devices} devices (per-device batch {per_device}): a BN group must '
-         f'lie within one device or span whole devices; set it to one of '
-         f'{", ".join(map(str, fits))}')
+  if group is not None and not (
+    per_device % group == 0 or (group % per_device == 0 and size % group == 0)
+  ):
+    fits = sorted(
+      {g for g in range(1, per_device + 1) if per_device % g == 0}
+      | {per_device * k for k in range(1, num_devices + 1) if num_devices % k == 0}
+    )
+    fail(
+      f'model_options.bn_group_size={group} does not fit input.batch_size={size} '
+      f'on {num_devices} devices (per-device batch {per_device}): a BN group must '
+      f'lie within one device or span whole devices; set it to one of '
+      f'{", ".join(map(str, fits))}'
+    )
+
+
+def _validate_schedule(config, fail):
   s = config.schedule
   if s.total_steps <= 0:
     fail(f'schedule.total_steps={s.total_steps} must be positive')
@@ -272,38 +314,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     fail(f'schedule.kind={s.kind!r}; set it to one of {SCHEDULES}')
   bounds = tuple(s.boundaries)
   if s.kind == 'piecewise':
-    if (any(not isinstance(b, int) or b <= 0 for b in bounds) or
-        any(a >= b for a, b in zip(bounds, bounds[1:]))):
-      fail(f'schedule.boundaries={bounds} must be positive integers (steps), '
-           'strictly increasing')
+    if any(not isinstance(b, int) or b <= 0 for b in bounds) or any(
+      a >= b for a, b in zip(bounds, bounds[1:])
+    ):
+      fail(f'schedule.boundaries={bounds} must be positive integers (steps), strictly increasing')
     if bounds and bounds[-1] >= s.total_steps:
-      fail(f'schedule.boundaries={bounds} reach past the end of training '
-           f'(total_steps={s.total_steps}); lower them or raise total_steps')
+      fail(
+        f'schedule.boundaries={bounds} reach past the end of training '
+        f'(total_steps={s.total_steps}); lower them or raise total_steps'
+      )
   elif not config.input.holdout_validation:
-    fail("schedule.kind='plateau' watches the held-out error; set "
-         '--config.input.holdout_validation=True or use '
-         "--config.schedule.kind=piecewise")
+    fail(
+      "schedule.kind='plateau' watches the held-out error; set "
+      '--config.input.holdout_validation=True or use '
+      '--config.schedule.kind=piecewise'
+    )
   if s.plateau_patience < 1 or s.plateau_max_decays < 0 or s.plateau_rtol < 0:
-    fail('schedule.plateau_patience must be >= 1, plateau_max_decays and '
-         'plateau_rtol >= 0')
+    fail('schedule.plateau_patience must be >= 1, plateau_max_decays and plateau_rtol >= 0')
   if s.reference_batch_size is not None and s.reference_batch_size <= 0:
     fail(f'schedule.reference_batch_size={s.reference_batch_size} must be positive or None')
   if s.warmup_lr < 0 or not 0 < s.warmup_until_error <= 1:
     fail('schedule.warmup_lr must be >= 0 and warmup_until_error in (0, 1]')
-  for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints'):
-    if config[key] <= 0:
-      fail(f'{key}={config[key]} must be positive')
-  _validate_steps_per_dispatch(config, fail)
-  if config.input.get('train_split') and config.input.holdout_validation:
-    fail(f'input.train_split={config.input.train_split!r} and holdout_validation both '
-         'choose the training examples; set one of them')
-  if config.input.holdout_validation and not 0 < config.input.num_holdout < info.num_train:
-    fail(f'input.num_holdout={config.input.num_holdout} must be between 0 and '
-         f'the training-set size {info.num_train}')
-  _validate_eval(config, info, fail)
-  if info.family == 'imagenet':
-    _validate_imagenet_input(config, fail)
 
 
 def _validate_steps_per_dispatch(config, fail):
@@ -312,15 +343,18 @@ def _validate_steps_per_dispatch(config, fail):
     fail(f'steps_per_dispatch={k!r} must be a positive integer')
   if k == 1:
     return
-  values = {key: config[key] for key in
-            ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps')}
+  values = {
+    key: config[key] for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps')
+  }
   values['schedule.total_steps'] = config.schedule.total_steps
   if config.stop_after_steps is not None:
     values['stop_after_steps'] = config.stop_after_steps
   bad = ', '.join(f'{key}={v}' for key, v in values.items() if v % k)
   if bad:
-    fail(f'steps_per_dispatch={k} must divide {bad} (logs, evaluations, checkpoints '
-         'and the end fall between dispatches); pick a divisor or change those fields')
+    fail(
+      f'steps_per_dispatch={k} must divide {bad} (logs, evaluations, checkpoints '
+      'and the end fall between dispatches); pick a divisor or change those fields'
+    )
 
 
 def _validate_eval(config, info, fail):
@@ -334,15 +368,18 @@ def _validate_eval(config, info, fail):
   if info.family == 'cifar':
     for name in protocols:
       if name not in ('center', 'ensemble'):
-        fail(f"CIFAR is tested on the single original view (section 4.2): eval "
-             f"protocol {name!r} is for ImageNet; use 'center'")
+        fail(
+          f'CIFAR is tested on the single original view (section 4.2): eval '
+          f"protocol {name!r} is for ImageNet; use 'center'"
+        )
   if e.ensemble_protocol not in PROTOCOLS[:3]:
     fail(f'eval.ensemble_protocol={e.ensemble_protocol!r} must be one of {PROTOCOLS[:3]}')
   if e.protocol == 'ensemble' and not e.ensemble_workdirs:
     fail("eval.protocol='ensemble' needs --config.eval.ensemble_workdirs=DIR1,DIR2,...")
   if not 0 < e.crop_size <= e.resize_size:
-    fail(f'eval.crop_size={e.crop_size} must be positive and at most '
-         f'eval.resize_size={e.resize_size}')
+    fail(
+      f'eval.crop_size={e.crop_size} must be positive and at most eval.resize_size={e.resize_size}'
+    )
   if not e.scales or any(s <= 0 for s in e.scales):
     fail(f'eval.scales={tuple(e.scales)} must be positive shorter-side sizes')
 
@@ -351,8 +388,10 @@ def _validate_imagenet_input(config, fail):
   inp = config.input
   low, high = inp.scale_range
   if not inp.image_size <= low <= high:
-    fail(f'input.scale_range={tuple(inp.scale_range)} must satisfy image_size '
-         f'({inp.image_size}) <= min <= max')
+    fail(
+      f'input.scale_range={tuple(inp.scale_range)} must satisfy image_size '
+      f'({inp.image_size}) <= min <= max'
+    )
   if inp.normalization not in NORMALIZATIONS:
     fail(f'input.normalization={inp.normalization!r}; set it to one of {NORMALIZATIONS}')
   if inp.lighting_std < 0:

@@ -36,11 +36,16 @@ SHUTDOWN_TIMEOUT = 60
 _state = {'initialized': False}
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, auto_detect: bool = True,
-               heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
-               initialization_timeout: int = INITIALIZATION_TIMEOUT,
-               shutdown_timeout: int = SHUTDOWN_TIMEOUT) -> bool:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  auto_detect: bool = True,
+  heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+  initialization_timeout: int = INITIALIZATION_TIMEOUT,
+  shutdown_timeout: int = SHUTDOWN_TIMEOUT,
+) -> bool:
   """Starts the distributed runtime if asked or if JAX detects a cluster.
 
   Args:
@@ -58,17 +63,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   explicit = (coordinator_address, num_processes, process_id)
   if any(v is not None for v in explicit) and any(v is None for v in explicit):
     raise errors.ConfigError(
-        'give all of --coordinator_address=HOST:PORT, --num_processes=N and '
-        '--process_id=I (or none, to let JAX detect the cluster)')
+      'give all of --coordinator_address=HOST:PORT, --num_processes=N and '
+      '--process_id=I (or none, to let JAX detect the cluster)'
+    )
   if _state['initialized']:
     return True
   # CPU processes need a collectives library to talk to each other (tests,
   # local multi-process runs); accelerators have their own and ignore this.
   if jax.config.jax_cpu_collectives_implementation in (None, 'none', ''):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  kwargs = dict(initialization_timeout=initialization_timeout,
-                heartbeat_timeout_seconds=heartbeat_timeout,
-                shutdown_timeout_seconds=shutdown_timeout)
+  kwargs = dict(
+    initialization_timeout=initialization_timeout,
+    heartbeat_timeout_seconds=heartbeat_timeout,
+    shutdown_timeout_seconds=shutdown_timeout,
+  )
   if coordinator_address is not None:
     jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
   elif auto_detect:
@@ -96,22 +104,22 @@ def make_mesh(devices=None) -> Mesh:
   axes: the step is one GSPMD program, shardings given at its boundary.
   """
   devices = list(devices) if devices is not None else jax.devices()
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def to_global(local_batch, sharding: NamedSharding):
   """This process's numpy share of a batch -> global `jax.Array`s with
   `sharding` (its batch axis over `data`); every process calls it."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
-                      local_batch)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
 def put_replicated(arrays: dict, sharding: NamedSharding) -> dict:
   """Host arrays, the same in every process -> device arrays with `sharding`
   (replicated), built from each process's own copy."""
-  return {k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
-          for k, v in arrays.items()}
+  return {
+    k: jax.make_array_from_callback(v.shape, sharding, lambda i, v=v: v[i])
+    for k, v in arrays.items()
+  }
 
 
 def all_true(value: bool) -> bool:
@@ -156,8 +164,12 @@ class StopRequest:
     if signum == signal.SIGINT and self.signal_name == 'Ctrl-C':
       raise KeyboardInterrupt  # The second Ctrl-C: stop now.
     self.signal_name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
-    print(f'{self.signal_name}: saving a checkpoint after the current step '
-          '(Ctrl-C again to stop without saving)', file=sys.stderr, flush=True)
+    print(
+      f'{self.signal_name}: saving a checkpoint after the current step '
+      '(Ctrl-C again to stop without saving)',
+      file=sys.stderr,
+      flush=True,
+    )
     if self._distributed and signum == signal.SIGINT:
       # JAX's preemption notifier listens for SIGTERM: pass Ctrl-C on to it,
       # so that the other processes agree on the same stopping step.

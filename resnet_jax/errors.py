@@ -48,6 +48,8 @@ def one_line_errors():
 
 
 def _quiet_closed_event_loops(unraisable):
-  if not (isinstance(unraisable.exc_value, RuntimeError) and
-          'Event loop is closed' in str(unraisable.exc_value)):
+  if not (
+    isinstance(unraisable.exc_value, RuntimeError)
+    and 'Event loop is closed' in str(unraisable.exc_value)
+  ):
     sys.__unraisablehook__(unraisable)

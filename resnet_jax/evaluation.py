@@ -31,8 +31,12 @@ from resnet_jax import checkpointing, config_lib, distributed, errors
 from resnet_jax import data as data_lib
 from resnet_jax.data import core as data_core
 
-PROTOCOL_NAMES = {'center': '1-crop', 'ten_crop': '10-crop', 'multi_scale': 'multi-scale',
-                  'ensemble': 'ensemble'}
+PROTOCOL_NAMES = {
+  'center': '1-crop',
+  'ten_crop': '10-crop',
+  'multi_scale': 'multi-scale',
+  'ensemble': 'ensemble',
+}
 
 
 class Scorer:
@@ -54,8 +58,7 @@ class Scorer:
       kwargs['mask'] = jnp.repeat(batch['pixel_mask'], v, axis=0)
     logits = self.model.apply(variables, x, train=False, **kwargs)
     probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(b, v, -1).mean(1)
-    return {'probs': probs, 'label': batch['label'], 'index': batch['index'],
-            'mask': batch['mask']}
+    return {'probs': probs, 'label': batch['label'], 'index': batch['index'], 'mask': batch['mask']}
 
   @property
   def num_devices(self):
@@ -92,16 +95,18 @@ def metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
   k = min(5, probs.shape[1])
   top5 = np.argpartition(-probs, k - 1, axis=1)[:, :k]
   p_true = probs[np.arange(len(labels)), labels]
-  return {'top1_error': float(np.mean(probs.argmax(1) != labels)),
-          'top5_error': float(np.mean(~(top5 == labels[:, None]).any(1))),
-          'loss': float(np.mean(-np.log(np.maximum(p_true, 1e-12)))),
-          'count': int(len(labels))}
+  return {
+    'top1_error': float(np.mean(probs.argmax(1) != labels)),
+    'top5_error': float(np.mean(~(top5 == labels[:, None]).any(1))),
+    'loss': float(np.mean(-np.log(np.maximum(p_true, 1e-12)))),
+    'count': int(len(labels)),
+  }
 
 
 def _images_per_batch(config, views: int, view_pixels: int, num_devices: int) -> int:
   """Images per global batch: `input.eval_batch_size` crop-sized views' worth
   of pixels, a multiple of the device count (at least one image per device)."""
-  budget = config.input.eval_batch_size * config.eval.crop_size ** 2
+  budget = config.input.eval_batch_size * config.eval.crop_size**2
   per_device = max(1, budget // (views * view_pixels * num_devices))
   return per_device * num_devices
 
@@ -115,8 +120,9 @@ def images_per_batch(config, dataset, protocol: str, num_devices: int) -> int:
   return _images_per_batch(config, 1 if protocol == 'center' else 10, crop * crop, num_devices)
 
 
-def protocol_scores(protocol: str, scorer: Scorer, variables, norm, dataset, split: str,
-                    config) -> tuple[np.ndarray, np.ndarray]:
+def protocol_scores(
+  protocol: str, scorer: Scorer, variables, norm, dataset, split: str, config
+) -> tuple[np.ndarray, np.ndarray]:
   """(averaged scores (N, C), labels (N,)) of every example of `split`."""
   num = dataset.num_examples(split)
   scores = Scores(num, scorer.model.num_classes)
@@ -134,8 +140,9 @@ def protocol_scores(protocol: str, scorer: Scorer, variables, norm, dataset, spl
     groups = dataset.multi_scale_groups(split, scale, pindex, pcount)
     for canvas, num_batches, per_batch in _agree_on_batches(groups, config, scorer):
       indices = groups.get(canvas, np.zeros((0,), np.int64))
-      for batch in dataset.multi_scale_batches(split, indices, scale, canvas,
-                                               per_batch // pcount, num_batches):
+      for batch in dataset.multi_scale_batches(
+        split, indices, scale, canvas, per_batch // pcount, num_batches
+      ):
         scores.add(scorer(variables, norm, batch))
   return scores.probabilities(len(config.eval.scales)), scores.label
 
@@ -151,13 +158,15 @@ def _agree_on_batches(groups: dict, config, scorer: Scorer) -> list:
     per_batch = _images_per_batch(config, 2, canvas[0] * canvas[1], scorer.num_devices)
     return per_batch, -(-count // (per_batch // jax.process_count()))
 
-  mine = np.array([[h, w, plan((h, w), len(idx))[1]] for (h, w), idx in sorted(groups.items())],
-                  np.int64).reshape(-1, 3)
+  mine = np.array(
+    [[h, w, plan((h, w), len(idx))[1]] for (h, w), idx in sorted(groups.items())], np.int64
+  ).reshape(-1, 3)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     longest = int(np.max(multihost_utils.process_allgather(np.int64(len(mine)))))
     padded = np.zeros((longest, 3), np.int64)
-    padded[:len(mine)] = mine
+    padded[: len(mine)] = mine
     mine = multihost_utils.process_allgather(padded).reshape(-1, 3)
   agreed = {}
   for h, w, n in mine:
@@ -166,8 +175,9 @@ def _agree_on_batches(groups: dict, config, scorer: Scorer) -> list:
   return [(canvas, n, plan(canvas, 0)[0]) for canvas, n in sorted(agreed.items())]
 
 
-def evaluate_protocol(protocol: str, scorer: Scorer, variables, norm, dataset, split: str,
-                      config) -> dict:
+def evaluate_protocol(
+  protocol: str, scorer: Scorer, variables, norm, dataset, split: str, config
+) -> dict:
   """Top-1/top-5 error, loss and count of one model under one protocol."""
   probs, labels = protocol_scores(protocol, scorer, variables, norm, dataset, split, config)
   return {'split': split, **metrics(probs, labels)}
@@ -185,21 +195,24 @@ def evaluate_splits(scorer: Scorer, variables, norm, dataset, config) -> dict:
   return results
 
 
-def final_protocols(scorer: Scorer, variables, norm, dataset, config,
-                    last_eval: dict) -> dict[str, dict]:
+def final_protocols(
+  scorer: Scorer, variables, norm, dataset, config, last_eval: dict
+) -> dict[str, dict]:
   """`eval.final_protocols` on the reported split at the end of training, by
   protocol name; the center one is taken from `last_eval` when it holds it."""
   split = dataset.info.eval_split
   out = {}
   for protocol in config.eval.final_protocols:
     if protocol == 'center' and f'{split}_error' in last_eval:
-      out[protocol] = {'split': split, 'top1_error': last_eval[f'{split}_error'],
-                       'top5_error': last_eval[f'{split}_top5_error'],
-                       'loss': last_eval[f'{split}_loss'],
-                       'count': dataset.num_examples(split)}
+      out[protocol] = {
+        'split': split,
+        'top1_error': last_eval[f'{split}_error'],
+        'top5_error': last_eval[f'{split}_top5_error'],
+        'loss': last_eval[f'{split}_loss'],
+        'count': dataset.num_examples(split),
+      }
     else:
-      out[protocol] = evaluate_protocol(protocol, scorer, variables, norm, dataset, split,
-                                        config)
+      out[protocol] = evaluate_protocol(protocol, scorer, variables, norm, dataset, split, config)
   return out
 
 
@@ -211,15 +224,28 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, dataset, mesh, split: s
   for workdir in workdirs:
     member = checkpointing.read_config(workdir)
     model, variables, norm, step = checkpointing.load_variables(
-        workdir, member, sharding=replicated)
+      workdir, member, sharding=replicated
+    )
     if model.num_classes != dataset.info.num_classes:
-      raise errors.ConfigError(f'{workdir} predicts {model.num_classes} classes, '
-                       f'{config.input.dataset} has {dataset.info.num_classes}')
-    probs, labels = protocol_scores(config.eval.ensemble_protocol, Scorer(model, dataset, mesh),
-                                    variables, norm, dataset, split, config)
+      raise errors.ConfigError(
+        f'{workdir} predicts {model.num_classes} classes, '
+        f'{config.input.dataset} has {dataset.info.num_classes}'
+      )
+    probs, labels = protocol_scores(
+      config.eval.ensemble_protocol,
+      Scorer(model, dataset, mesh),
+      variables,
+      norm,
+      dataset,
+      split,
+      config,
+    )
     total = total + probs
-    print(f'  member {workdir} ({member.model}, step {step}): '
-          f'{metrics(probs, labels)["top1_error"]:.2%} top-1 error', flush=True)
+    print(
+      f'  member {workdir} ({member.model}, step {step}): '
+      f'{metrics(probs, labels)["top1_error"]:.2%} top-1 error',
+      flush=True,
+    )
   return {'split': split, 'members': workdirs, **metrics(total / len(workdirs), labels)}
 
 
@@ -231,14 +257,17 @@ def table_row(config, protocol: str, result: dict) -> str:
   else:
     shortcut = config.model_options.get('shortcut')
     model = config.model + (f' ({shortcut})' if shortcut else '')
-    detail = (f'scales {",".join(map(str, config.eval.scales))}'
-              if protocol == 'multi_scale' else '')
+    detail = f'scales {",".join(map(str, config.eval.scales))}' if protocol == 'multi_scale' else ''
   name = PROTOCOL_NAMES[protocol] + (f' ({detail})' if detail else '')
-  return (f'| {model} | {name} | {100 * result["top1_error"]:.2f} | '
-          f'{100 * result["top5_error"]:.2f} | {result["count"]} |')
+  return (
+    f'| {model} | {name} | {100 * result["top1_error"]:.2f} | '
+    f'{100 * result["top5_error"]:.2f} | {result["count"]} |'
+  )
 
 
-TABLE_HEADER = '| model | testing | top-1 err. (%) | top-5 err. (%) | images |\n| --- | --- | --- | --- | --- |'
+TABLE_HEADER = (
+  '| model | testing | top-1 err. (%) | top-5 err. (%) | images |\n| --- | --- | --- | --- | --- |'
+)
 
 
 def record(workdir: str, config, protocol: str, result: dict, step: int):
@@ -280,9 +309,11 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=No
     step = None
   else:
     model, variables, norm, step = checkpointing.load_variables(
-        workdir, config, sharding=NamedSharding(mesh, P()))
-    result = evaluate_protocol(protocol, Scorer(model, dataset, mesh), variables, norm,
-                               dataset, split, config)
+      workdir, config, sharding=NamedSharding(mesh, P())
+    )
+    result = evaluate_protocol(
+      protocol, Scorer(model, dataset, mesh), variables, norm, dataset, split, config
+    )
   if protocol == 'ensemble':  # Where its eval.json goes.
     checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   record(workdir, config, protocol, result, step)

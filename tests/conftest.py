@@ -5,8 +5,9 @@ Set before JAX initialises its backends (big_vision's tests do the same).
 
 import os
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import tempfile  # noqa: E402
@@ -22,6 +23,7 @@ import jax  # noqa: E402
 
 # Many tests compile the same tiny programs; a persistent cache shared by the
 # test processes compiles each once (it is keyed by the program and flags).
-jax.config.update('jax_compilation_cache_dir',
-                  os.path.join(tempfile.gettempdir(), 'resnet_jax_test_jax_cache'))
+jax.config.update(
+  'jax_compilation_cache_dir', os.path.join(tempfile.gettempdir(), 'resnet_jax_test_jax_cache')
+)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)

@@ -17,8 +17,9 @@ from resnet_jax.training import step as step_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The local TFDS datasets (cifar10_jpeg, imagenette224) beside the checkout;
 # tests that need them skip without them (see conftest's `needs_data`).
-DATA_DIR = os.environ.get('RESNET_JAX_TEST_DATA_DIR',
-                          os.path.join(ROOT, '..', 'shared', 'data', 'tfds'))
+DATA_DIR = os.environ.get(
+  'RESNET_JAX_TEST_DATA_DIR', os.path.join(ROOT, '..', 'shared', 'data', 'tfds')
+)
 
 
 def has_dataset(name: str) -> bool:
@@ -64,8 +65,10 @@ def make_trainer(config, devices=None):
 def zero_norm(trainer):
   """Normalisation to about [-2, 2], as real training's (raw 0..255 pixels
   make logits of hundreds: saturated softmax ties, amplified rounding)."""
-  return jax.device_put({'mean': np.full(IMAGE, 127.5, np.float32),
-                         'std': np.full(3, 64.0, np.float32)}, trainer.replicated)
+  return jax.device_put(
+    {'mean': np.full(IMAGE, 127.5, np.float32), 'std': np.full(3, 64.0, np.float32)},
+    trainer.replicated,
+  )
 
 
 def fixed_batch(trainer, n=16):
@@ -92,8 +95,9 @@ def saved_steps(workdir, config):
 def final_params(workdir, config):
   manager = checkpointing.manager(workdir)
   trainer = make_trainer(config)
-  state, data_state = checkpointing.restore(manager, manager.latest_step(),
-                                            trainer.sharded_abstract_state())
+  state, data_state = checkpointing.restore(
+    manager, manager.latest_step(), trainer.sharded_abstract_state()
+  )
   manager.close()
   return jax.device_get(state), data_state
 
@@ -126,15 +130,13 @@ def unscan(tree):
   out = {}
   for name, sub in tree.items():
     if name.endswith('_rest'):
-      stage = name[:-len('_rest')]
+      stage = name[: -len('_rest')]
       length = jax.tree.leaves(sub)[0].shape[0]
       for j in range(length):
         out[f'{stage}_block{j + 2}'] = jax.tree.map(lambda a, j=j: a[j], sub)
     else:
       out[name] = sub
   return out
-
-
 
 
 def layer_responses(intermediates) -> list:

@@ -41,9 +41,14 @@ import jax  # noqa: E402
 from resnet_jax import distributed  # noqa: E402
 
 if args.num_processes > 1:
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
-                         heartbeat_timeout=args.heartbeat_timeout,
-                         initialization_timeout=60, shutdown_timeout=30)
+  distributed.initialize(
+    args.coordinator_address,
+    args.num_processes,
+    args.process_id,
+    heartbeat_timeout=args.heartbeat_timeout,
+    initialization_timeout=60,
+    shutdown_timeout=30,
+  )
 
 from resnet_jax import evaluation  # noqa: E402
 from resnet_jax.training import loop  # noqa: E402
@@ -54,8 +59,9 @@ from helpers import tiny_config, tiny_splits  # noqa: E402
 
 def worker_config():
   """helpers.tiny_config with this process's steps, K and checkpoint interval."""
-  config = tiny_config(total_steps=args.total_steps,
-                       boundaries=(3, 5) if args.total_steps > 5 else ())
+  config = tiny_config(
+    total_steps=args.total_steps, boundaries=(3, 5) if args.total_steps > 5 else ()
+  )
   config.checkpoint_every_steps = args.checkpoint_every_steps
   config.steps_per_dispatch = args.steps_per_dispatch
   config.input.device_resident = args.device_resident

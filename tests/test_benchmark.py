@@ -25,13 +25,27 @@ def test_k_steps_per_call_are_timed_per_step_with_the_split_on_the_devices():
 
 
 def test_table_has_a_row_per_net_and_a_column_per_dtype():
-  rows = [dict(model=m, batch_size=b, dtype=d, images_per_sec=v, compile_s=c,
-               devices='1x NVIDIA H100 80GB HBM3', jax='0.11.2', steps_per_dispatch=1)
-          for m, b, d, v, c in [('cifar_resnet20', 128, 'float32', 20000.4, 3.2),
-                                ('cifar_resnet20', 128, 'bfloat16', 31000, 3.0),
-                                ('resnet50', 256, 'float32', 1500, 40.0)]]
+  rows = [
+    dict(
+      model=m,
+      batch_size=b,
+      dtype=d,
+      images_per_sec=v,
+      compile_s=c,
+      devices='1x NVIDIA H100 80GB HBM3',
+      jax='0.11.2',
+      steps_per_dispatch=1,
+    )
+    for m, b, d, v, c in [
+      ('cifar_resnet20', 128, 'float32', 20000.4, 3.2),
+      ('cifar_resnet20', 128, 'bfloat16', 31000, 3.0),
+      ('resnet50', 256, 'float32', 1500, 40.0),
+    ]
+  ]
   table = benchmark.markdown_table(rows).splitlines()
-  assert table[0] == '| net | batch | float32 images/s (compile s) | bfloat16 images/s (compile s) |'
+  assert (
+    table[0] == '| net | batch | float32 images/s (compile s) | bfloat16 images/s (compile s) |'
+  )
   assert table[2] == '| cifar_resnet20 | 128 | 20,000 (3) | 31,000 (3) |'
   assert table[3] == '| resnet50 | 256 | 1,500 (40) |  |'
   assert 'NVIDIA H100' in table[-1]

@@ -21,6 +21,7 @@ from resnet_jax import config_lib, models
 
 # --- GroupBatchNorm = BatchNorm on each group ------------------------------
 
+
 def _grouped_input(num_groups, group_size, shape=(3, 3, 5)):
   """Groups with clearly different means and spreads, so that statistics over
   any other split of the batch (strided, whole batch) give other outputs.
@@ -35,10 +36,14 @@ def _grouped_input(num_groups, group_size, shape=(3, 3, 5)):
 def _variables(features, rng=1):
   k1, k2, k3, k4 = jax.random.split(jax.random.key(rng), 4)
   return {
-      'params': {'scale': 1.0 + 0.1 * jax.random.normal(k1, (features,)),
-                 'bias': 0.1 * jax.random.normal(k2, (features,))},
-      'batch_stats': {'mean': 0.5 * jax.random.normal(k3, (features,)),
-                      'var': 1.0 + jax.random.uniform(k4, (features,))},
+    'params': {
+      'scale': 1.0 + 0.1 * jax.random.normal(k1, (features,)),
+      'bias': 0.1 * jax.random.normal(k2, (features,)),
+    },
+    'batch_stats': {
+      'mean': 0.5 * jax.random.normal(k3, (features,)),
+      'var': 1.0 + jax.random.uniform(k4, (features,)),
+    },
   }
 
 
@@ -47,17 +52,18 @@ def test_group_batchnorm_is_batchnorm_on_each_group(group_size, num_groups):
   momentum, epsilon = 0.9, 1e-5
   x = _grouped_input(num_groups, group_size)
   variables = _variables(x.shape[-1])
-  gbn = models.GroupBatchNorm(group_size=group_size, use_running_average=False,
-                              momentum=momentum, epsilon=epsilon)
+  gbn = models.GroupBatchNorm(
+    group_size=group_size, use_running_average=False, momentum=momentum, epsilon=epsilon
+  )
   y, updates = gbn.apply(variables, x, mutable=['batch_stats'])
 
   # Flax's BatchNorm on each group alone, from the same variables.
-  bn = nn.BatchNorm(use_running_average=False, momentum=momentum, epsilon=epsilon,
-                    use_fast_variance=False)
+  bn = nn.BatchNorm(
+    use_running_average=False, momentum=momentum, epsilon=epsilon, use_fast_variance=False
+  )
   outs, means, vars_ = [], [], []
   for k in range(num_groups):
-    yk, uk = bn.apply(variables, x[k * group_size:(k + 1) * group_size],
-                      mutable=['batch_stats'])
+    yk, uk = bn.apply(variables, x[k * group_size : (k + 1) * group_size], mutable=['batch_stats'])
     outs.append(yk)
     means.append(uk['batch_stats']['mean'])
     vars_.append(uk['batch_stats']['var'])
@@ -65,10 +71,10 @@ def test_group_batchnorm_is_batchnorm_on_each_group(group_size, num_groups):
   # Each group's BN moves the running stats towards its own statistics; the
   # grouped layer moves them towards the mean over groups (linear, so equal
   # to the mean of the per-group updates).
-  np.testing.assert_allclose(updates['batch_stats']['mean'], np.mean(means, 0),
-                             rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(updates['batch_stats']['var'], np.mean(vars_, 0),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    updates['batch_stats']['mean'], np.mean(means, 0), rtol=1e-6, atol=1e-6
+  )
+  np.testing.assert_allclose(updates['batch_stats']['var'], np.mean(vars_, 0), rtol=1e-6, atol=1e-6)
 
   # The same by hand: biased variance over (examples, height, width) of a group.
   g = np.asarray(x, np.float64).reshape((num_groups, group_size) + x.shape[1:])
@@ -79,25 +85,30 @@ def test_group_batchnorm_is_batchnorm_on_each_group(group_size, num_groups):
   np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
   old = {k: np.asarray(v, np.float64) for k, v in variables['batch_stats'].items()}
   np.testing.assert_allclose(
-      updates['batch_stats']['mean'],
-      momentum * old['mean'] + (1 - momentum) * mu.reshape(num_groups, -1).mean(0),
-      rtol=1e-6, atol=1e-6)
+    updates['batch_stats']['mean'],
+    momentum * old['mean'] + (1 - momentum) * mu.reshape(num_groups, -1).mean(0),
+    rtol=1e-6,
+    atol=1e-6,
+  )
   np.testing.assert_allclose(
-      updates['batch_stats']['var'],
-      momentum * old['var'] + (1 - momentum) * var.reshape(num_groups, -1).mean(0),
-      rtol=1e-6, atol=1e-6)
+    updates['batch_stats']['var'],
+    momentum * old['var'] + (1 - momentum) * var.reshape(num_groups, -1).mean(0),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
 # --- Sharded over 8 devices = one device -----------------------------------
 
 _COLLECTIVE = re.compile(
-    r'=\s+(?P<type>.*?)\s+(?P<op>all-reduce|all-gather|all-to-all|'
-    r'collective-permute|reduce-scatter|collective-broadcast)(?:-start)?\(')
+  r'=\s+(?P<type>.*?)\s+(?P<op>all-reduce|all-gather|all-to-all|'
+  r'collective-permute|reduce-scatter|collective-broadcast)(?:-start)?\('
+)
 
 
 def _group_size(line, num_devices):
   """Replica-group size of one HLO collective, in any of XLA's spellings."""
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+  m = re.search(r'replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}', line)
   if m:  # mesh['axis_0'=4,'axis_1'=2] {'axis_1'}
     sizes = dict(re.findall(r"'(\w+)'=(\d+)", m.group(1)))
     return int(np.prod([int(sizes[a]) for a in re.findall(r"'(\w+)'", m.group(2))]))
@@ -118,21 +129,28 @@ def _collectives(hlo, num_devices):
   for line in hlo.splitlines():
     m = _COLLECTIVE.search(line)
     if m:
-      sizes = [int(np.prod([int(d) for d in dims.split(',') if d]))
-               for dims in re.findall(r'[a-z]+\d*\[([\d,]*)\]', m.group('type'))]
+      sizes = [
+        int(np.prod([int(d) for d in dims.split(',') if d]))
+        for dims in re.findall(r'[a-z]+\d*\[([\d,]*)\]', m.group('type'))
+      ]
       out.append((m.group('op'), _group_size(line, num_devices), sizes))
   return out
 
 
 def _loss_grads_and_stats(model, variables, x, labels):
   def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                                  x, train=True, mutable=['batch_stats'])
+    logits, updates = model.apply(
+      {'params': params, 'batch_stats': variables['batch_stats']},
+      x,
+      train=True,
+      mutable=['batch_stats'],
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      variables['params'])
+    variables['params']
+  )
   return loss, logits, batch_stats, grads
 
 
@@ -145,12 +163,12 @@ def test_sharded_equals_one_device(group_size):
   # NumPy inputs: every jax op run outside jit is one more (cold) compile.
   rng = np.random.default_rng(0)
   # Per-example offsets, so that groups see different statistics.
-  x = (rng.standard_normal((batch, 8, 8, 3)) +
-       np.linspace(-1.0, 1.0, batch).reshape(-1, 1, 1, 1)).astype(np.float32)
+  x = (
+    rng.standard_normal((batch, 8, 8, 3)) + np.linspace(-1.0, 1.0, batch).reshape(-1, 1, 1, 1)
+  ).astype(np.float32)
   labels = rng.integers(0, 10, batch).astype(np.int32)
   # One compiled init: eager init dispatches (and compiles) op by op.
-  variables = jax.jit(lambda rng, x: model.init(rng, x, train=False))(
-      jax.random.key(2), x[:1])
+  variables = jax.jit(lambda rng, x: model.init(rng, x, train=False))(jax.random.key(2), x[:1])
   fn = lambda v, x, y: _loss_grads_and_stats(model, v, x, y)
 
   one = jax.devices()[0]
@@ -159,21 +177,31 @@ def test_sharded_equals_one_device(group_size):
 
   mesh = Mesh(np.asarray(jax.devices()), ('data',))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  args = (jax.device_put(variables, replicated), jax.device_put(x, sharded),
-          jax.device_put(labels, sharded))
+  args = (
+    jax.device_put(variables, replicated),
+    jax.device_put(x, sharded),
+    jax.device_put(labels, sharded),
+  )
   assert args[1].addressable_shards[0].data.shape[0] == batch // num_devices
   # Logits stay sharded: replicating them would add an all-gather of outputs.
-  compiled = jax.jit(fn, in_shardings=(replicated, sharded, sharded),
-                     out_shardings=(replicated, sharded, replicated, replicated)
-                     ).lower(*args).compile()
+  compiled = (
+    jax.jit(
+      fn,
+      in_shardings=(replicated, sharded, sharded),
+      out_shardings=(replicated, sharded, replicated, replicated),
+    )
+    .lower(*args)
+    .compile()
+  )
   got = compiled(*args)
 
   names = ('loss', 'logits', 'batch_stats', 'grads')
   for name, a, b in zip(names, got, expected):
     for (path, u), v in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
       # Observed: at most 2.2e-6 apart (logits), from the order of reductions.
-      np.testing.assert_allclose(u, v, rtol=1e-5, atol=5e-6,
-                                 err_msg=f'{name}{jax.tree_util.keystr(path)}')
+      np.testing.assert_allclose(
+        u, v, rtol=1e-5, atol=5e-6, err_msg=f'{name}{jax.tree_util.keystr(path)}'
+      )
 
   # How XLA did it: all-reduces only; where a group spans d devices, the
   # statistics go over replica groups of d, and are per-channel vectors.
@@ -190,6 +218,7 @@ def test_sharded_equals_one_device(group_size):
 
 
 # --- Validation -------------------------------------------------------------
+
 
 @pytest.mark.parametrize('group_size', [1, 2, 8, 16, 32, 64, 128])
 def test_validate_accepts_groups_within_or_over_whole_devices(group_size):

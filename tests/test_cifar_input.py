@@ -26,8 +26,7 @@ BATCH = 256  # Images per augment batch: enough to see every offset and flip.
 def _split(n, size=2):
   """n examples; labels arange(n), image i filled with the value i."""
   labels = np.arange(n, dtype=np.int32)
-  images = np.broadcast_to(labels[:, None, None, None] % 256,
-                           (n, size, size, 3)).astype(np.uint8)
+  images = np.broadcast_to(labels[:, None, None, None] % 256, (n, size, size, 3)).astype(np.uint8)
   return cifar.ArraySplit(images, labels)
 
 
@@ -70,8 +69,6 @@ def _wait_for(condition, timeout=10.0):
     time.sleep(0.01)
 
 
-
-
 def _arange_images(batch=BATCH, size=32):
   """Float images whose pixels are all distinct and nonzero."""
   n = batch * size * size * 3
@@ -85,7 +82,7 @@ def _find_crop(image, out, pad):
   found = []
   for dy in range(2 * pad + 1):
     for dx in range(2 * pad + 1):
-      crop = padded[dy:dy + h, dx:dx + w]
+      crop = padded[dy : dy + h, dx : dx + w]
       for flip in (False, True):
         if np.array_equal(out, crop[:, ::-1] if flip else crop):
           found.append((dy, dx, flip))
@@ -126,8 +123,9 @@ def test_augment_is_deterministic_given_the_rng(augmented):
 def test_augment_pads_with_exact_zeros_on_narrow_borders():
   # uint8 images of 5 minus a mean image of 4: all ones after normalize.
   images = jnp.full((BATCH, 32, 32, 3), 5, jnp.uint8)
-  ones = data.core.normalize(images, {'mean': jnp.full((32, 32, 3), 4.0, jnp.float32),
-                               'std': jnp.ones(3)})
+  ones = data.core.normalize(
+    images, {'mean': jnp.full((32, 32, 3), 4.0, jnp.float32), 'std': jnp.ones(3)}
+  )
   out = np.asarray(cifar.augment(KEY, ones, pad=4))
   assert set(np.unique(out)) <= {0.0, 1.0}
   some_padding = False
@@ -150,8 +148,6 @@ def test_augment_keeps_shape_and_dtype(dtype):
   assert out.shape == images.shape and out.dtype == dtype
 
 
-
-
 def test_normalize_subtracts_the_mean_and_divides_by_the_std():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (5, 4, 6, 3), dtype=np.uint8)
@@ -161,13 +157,12 @@ def test_normalize_subtracts_the_mean_and_divides_by_the_std():
   np.testing.assert_array_equal(np.asarray(out), images.astype(np.float32) - mean)
   std = np.array([2.0, 4.0, 8.0], np.float32)
   out = data.core.normalize(jnp.asarray(images), {'mean': mean, 'std': std})
-  np.testing.assert_allclose(np.asarray(out), (images.astype(np.float32) - mean) / std,
-                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(out), (images.astype(np.float32) - mean) / std, rtol=1e-6)
   # A per-pixel mean of another size (multi-scale views): its channel means.
   small = data.core.normalize(jnp.asarray(images[:, :2, :2]), {'mean': mean, 'std': std})
-  np.testing.assert_allclose(np.asarray(small),
-                             (images[:, :2, :2].astype(np.float32) - mean.mean((0, 1))) / std,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(small), (images[:, :2, :2].astype(np.float32) - mean.mean((0, 1))) / std, rtol=1e-5
+  )
 
 
 def test_mean_image_is_the_per_pixel_mean():
@@ -177,8 +172,6 @@ def test_mean_image_is_the_per_pixel_mean():
   mean = cifar.mean_image(split)
   assert mean.shape == (4, 5, 3) and mean.dtype == np.float32
   np.testing.assert_allclose(mean, images.astype(np.float64).mean(0), rtol=1e-6)
-
-
 
 
 def test_train_dataset_is_deterministic_given_the_seed():
@@ -192,8 +185,7 @@ def test_train_dataset_is_deterministic_given_the_seed():
 
 @pytest.mark.parametrize('n,batch', [(48, 8), (50, 8), (37, 5)])
 def test_train_dataset_epoch_has_no_repeats(n, batch):
-  labels = _labels(iter(cifar.train_dataset(_split(n), batch, seed=0)),
-                   n // batch)
+  labels = _labels(iter(cifar.train_dataset(_split(n), batch, seed=0)), n // batch)
   assert len(labels) == n // batch * batch
   assert len(set(labels.tolist())) == len(labels)
   assert set(labels.tolist()) <= set(range(n))
@@ -201,8 +193,7 @@ def test_train_dataset_epoch_has_no_repeats(n, batch):
 
 def test_train_dataset_reshuffles_every_epoch():
   n, batch = 48, 8
-  labels = _labels(iter(cifar.train_dataset(_split(n), batch, seed=0)),
-                   3 * n // batch)
+  labels = _labels(iter(cifar.train_dataset(_split(n), batch, seed=0)), 3 * n // batch)
   epochs = labels.reshape(3, n)
   for epoch in epochs:
     np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
@@ -212,10 +203,13 @@ def test_train_dataset_reshuffles_every_epoch():
 
 def test_train_dataset_shards_processes_disjointly():
   n, batch, count = 48, 4, 2
-  shards = [_labels(iter(cifar.train_dataset(_split(n), batch, seed=0, process_index=p,
-                                                      process_count=count)),
-                    n // count // batch)
-            for p in range(count)]
+  shards = [
+    _labels(
+      iter(cifar.train_dataset(_split(n), batch, seed=0, process_index=p, process_count=count)),
+      n // count // batch,
+    )
+    for p in range(count)
+  ]
   assert not set(shards[0].tolist()) & set(shards[1].tolist())
   np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(n))
 
@@ -227,12 +221,16 @@ def test_global_batches_are_the_same_for_any_process_count(count):
   depend on the number of processes)."""
   n, global_batch, num_batches = 40, 8, 12  # Across epochs.
   one = iter(cifar.train_dataset(_split(n), global_batch, seed=0))
-  parts = [iter(cifar.train_dataset(_split(n), global_batch // count, seed=0,
-                                          process_index=p, process_count=count))
-           for p in range(count)]
+  parts = [
+    iter(
+      cifar.train_dataset(
+        _split(n), global_batch // count, seed=0, process_index=p, process_count=count
+      )
+    )
+    for p in range(count)
+  ]
   for _ in range(num_batches):
-    np.testing.assert_array_equal(np.concatenate([_labels(it, 1) for it in parts]),
-                                  _labels(one, 1))
+    np.testing.assert_array_equal(np.concatenate([_labels(it, 1) for it in parts]), _labels(one, 1))
 
 
 def test_train_dataset_state_resumes_the_order():
@@ -246,12 +244,20 @@ def test_train_dataset_state_resumes_the_order():
   np.testing.assert_array_equal(_labels(resumed, 3), expected)
 
 
-
-
-@pytest.mark.parametrize('n,batch,count', [
-    (103, 10, 1), (103, 7, 1), (103, 200, 1), (103, 103, 1),
-    (103, 10, 2), (103, 7, 3), (103, 200, 3), (100, 10, 2), (2, 4, 3),
-])
+@pytest.mark.parametrize(
+  'n,batch,count',
+  [
+    (103, 10, 1),
+    (103, 7, 1),
+    (103, 200, 1),
+    (103, 103, 1),
+    (103, 10, 2),
+    (103, 7, 3),
+    (103, 200, 3),
+    (100, 10, 2),
+    (2, 4, 3),
+  ],
+)
 def test_eval_batches_score_every_example_once(n, batch, count):
   split = _split(n)
   seen, num_batches = [], set()
@@ -275,6 +281,7 @@ def _map_counting(ds, reads):
   def count(batch):
     reads.append(1)
     return batch
+
   return ds.map(count)
 
 

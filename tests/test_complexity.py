@@ -17,28 +17,28 @@ from resnet_jax.models import complexity
 
 # Exact option-B parameter counts, 1000 classes (torchvision).
 TORCHVISION_PARAMS = {
-    'resnet18': 11_689_512,
-    'resnet34': 21_797_672,
-    'resnet50': 25_557_032,
-    'resnet101': 44_549_160,
-    'resnet152': 60_192_808,
+  'resnet18': 11_689_512,
+  'resnet34': 21_797_672,
+  'resnet50': 25_557_032,
+  'resnet101': 44_549_160,
+  'resnet152': 60_192_808,
 }
 # Table 6, in millions, as printed (the number of decimals is the precision).
 TABLE6_PARAMS = {
-    'cifar_resnet20': '0.27',
-    'cifar_resnet32': '0.46',
-    'cifar_resnet44': '0.66',
-    'cifar_resnet56': '0.85',
-    'cifar_resnet110': '1.7',
-    'cifar_resnet1202': '19.4',
+  'cifar_resnet20': '0.27',
+  'cifar_resnet32': '0.46',
+  'cifar_resnet44': '0.66',
+  'cifar_resnet56': '0.85',
+  'cifar_resnet110': '1.7',
+  'cifar_resnet1202': '19.4',
 }
 # Table 1, multiply-adds in billions at 224x224.
 TABLE1_MULT_ADDS = {
-    'resnet18': '1.8',
-    'resnet34': '3.6',
-    'resnet50': '3.8',
-    'resnet101': '7.6',
-    'resnet152': '11.3',
+  'resnet18': '1.8',
+  'resnet34': '3.6',
+  'resnet50': '3.8',
+  'resnet101': '7.6',
+  'resnet152': '11.3',
 }
 CIFAR_NAMES = sorted(n for n in models.MODELS if n.startswith('cifar_'))
 
@@ -50,9 +50,10 @@ def _size(name):
 # The counters, memoised: a count costs a trace, and several tests (and the CLI
 # test, through monkeypatch) need the same ones. Models are frozen dataclasses,
 # equal and hashable by value.
-_COUNTERS = {f.__name__: f for f in (complexity.count_params,
-                                     complexity.count_mult_adds,
-                                     complexity.count_layers)}
+_COUNTERS = {
+  f.__name__: f
+  for f in (complexity.count_params, complexity.count_mult_adds, complexity.count_layers)
+}
 
 
 @functools.cache
@@ -61,18 +62,15 @@ def _count(counter_name, model, size):
 
 
 def _params(name, size=None, **options):
-  return _count('count_params', models.create_model(name, **options),
-                size or _size(name))
+  return _count('count_params', models.create_model(name, **options), size or _size(name))
 
 
 def _mult_adds(name, size=None, **options):
-  return _count('count_mult_adds', models.create_model(name, **options),
-                size or _size(name))
+  return _count('count_mult_adds', models.create_model(name, **options), size or _size(name))
 
 
 def _layers(name, size=None, **options):
-  return _count('count_layers', models.create_model(name, **options),
-                size or _size(name))
+  return _count('count_layers', models.create_model(name, **options), size or _size(name))
 
 
 def _depth(name):
@@ -150,14 +148,17 @@ def test_complexity_cli_paper_mult_adds_describe_the_models(name):
   """Likewise `complexity.PAPER_MULT_ADDS`, within Table 1's 2% rounding
   (see test_mult_adds_near_table1); plain nets count as option A."""
   options = {'shortcut': 'A'} if name.startswith('resnet34') else {}
-  assert _mult_adds(name, **options) == pytest.approx(complexity.PAPER_MULT_ADDS[name],
-                                                      rel=0.02)
+  assert _mult_adds(name, **options) == pytest.approx(complexity.PAPER_MULT_ADDS[name], rel=0.02)
 
 
-@pytest.mark.parametrize('plain,residual', [
+@pytest.mark.parametrize(
+  'plain,residual',
+  [
     ('plain18', 'resnet18'),
     ('plain34', 'resnet34'),
-] + [(f'cifar_plain{d}', f'cifar_resnet{d}') for d in (20, 32, 44, 56, 110)])
+  ]
+  + [(f'cifar_plain{d}', f'cifar_resnet{d}') for d in (20, 32, 44, 56, 110)],
+)
 def test_plain_params_equal_option_a(plain, residual):
   # Option A shortcuts are parameter-free, so the two nets differ only in wiring.
   assert _params(plain) == _params(residual, shortcut='A')
@@ -174,11 +175,17 @@ def test_resnet34_params_by_shortcut_option():
   # B adds a projection at the first block of stages 2-4.
   assert b - a == projection(64, 128) + projection(128, 256) + projection(256, 512)
   # C also projects every other shortcut (3, 3, 5, 2 identity blocks).
-  assert c - b == (3 * projection(64, 64) + 3 * projection(128, 128) +
-                   5 * projection(256, 256) + 2 * projection(512, 512))
+  assert c - b == (
+    3 * projection(64, 64)
+    + 3 * projection(128, 128)
+    + 5 * projection(256, 256)
+    + 2 * projection(512, 512)
+  )
 
 
-@pytest.mark.parametrize('name,size,options', [
+@pytest.mark.parametrize(
+  'name,size,options',
+  [
     ('resnet18', 224, {}),
     ('resnet34', 224, {}),
     ('resnet34', 224, {'shortcut': 'A'}),
@@ -191,10 +198,10 @@ def test_resnet34_params_by_shortcut_option():
     ('resnet152', 224, {}),
     ('cifar_resnet20', 32, {}),
     ('cifar_resnet110', 32, {'shortcut': 'B'}),
-])
+  ],
+)
 def test_mult_adds_closed_form(name, size, options):
-  assert _mult_adds(name, size, **options) == _closed_form_mult_adds(
-      name, size, **options)
+  assert _mult_adds(name, size, **options) == _closed_form_mult_adds(name, size, **options)
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'resnet101', 'resnet152'])
@@ -230,15 +237,16 @@ def test_resnet50_v1_5_mult_adds():
 @pytest.mark.parametrize('name,size', [('cifar_resnet20', 32), ('resnet50', 64)])
 def test_counts_do_not_depend_on_scan(name, size):
   for count in (_params, _mult_adds, _layers):
-    assert (count(name, size, scan_blocks=True) ==
-            count(name, size, scan_blocks=False)), count.__name__
+    assert count(name, size, scan_blocks=True) == count(name, size, scan_blocks=False), (
+      count.__name__
+    )
   # Both agree with the layer-by-layer count (the scan's trip count is used).
   assert _mult_adds(name, size) == _closed_form_mult_adds(name, size)
 
 
-@pytest.mark.parametrize('name', ['resnet18', 'resnet34', 'resnet50',
-                                  'resnet101', 'resnet152', 'plain18',
-                                  'plain34'])
+@pytest.mark.parametrize(
+  'name', ['resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'plain18', 'plain34']
+)
 def test_count_layers_imagenet(name):
   assert _layers(name) == _depth(name)
 
@@ -276,7 +284,6 @@ class _GroupedConv(nn.Module):
 
 
 class _OneDense(nn.Module):
-
   @nn.compact
   def __call__(self, x, train):
     del train
@@ -284,7 +291,6 @@ class _OneDense(nn.Module):
 
 
 class _DenseBody(nn.Module):
-
   @nn.compact
   def __call__(self, x, _):
     return nn.Dense(x.shape[-1])(x), None
@@ -297,22 +303,26 @@ class _ScannedDense(nn.Module):
   def __call__(self, x, train):
     del train
     x = x.reshape((x.shape[0], -1))
-    x, _ = nn.scan(_DenseBody, variable_axes={'params': 0},
-                   split_rngs={'params': True}, length=5)()(x, None)
+    x, _ = nn.scan(
+      _DenseBody, variable_axes={'params': 0}, split_rngs={'params': True}, length=5
+    )()(x, None)
     w = self.param('w', nn.initializers.ones, (x.shape[-1], 3))
     return jax.jit(jnp.matmul)(x, w)
 
 
-@pytest.mark.parametrize('module,size,mult_adds,params', [
+@pytest.mark.parametrize(
+  'module,size,mult_adds,params',
+  [
     # Output 6x14x8, each a 5x3 window over 3 channels.
     (_OneConv(), 16, 6 * 14 * 8 * (5 * 3 * 3), 5 * 3 * 3 * 8 + 8),
     # 16x16x6 outputs of a 1x1 over 3; 16x16x4 outputs of a 3x3 over 6/2.
-    (_GroupedConv(), 16, 16 * 16 * 6 * 3 + 16 * 16 * 4 * (9 * 3),
-     (3 * 6 + 6) + (9 * 3 * 4 + 4)),
+    (_GroupedConv(), 16, 16 * 16 * 6 * 3 + 16 * 16 * 4 * (9 * 3), (3 * 6 + 6) + (9 * 3 * 4 + 4)),
     (_OneDense(), 16, 16 * 16 * 3 * 7, 16 * 16 * 3 * 7 + 7),
     # 4x4x3 = 48 features; scan length multiplies the body's count.
     (_ScannedDense(), 4, 5 * 48 * 48 + 48 * 3, 5 * (48 * 48 + 48) + 48 * 3),
-], ids=['conv', 'grouped_conv', 'dense', 'scanned_and_jitted_dense'])
+  ],
+  ids=['conv', 'grouped_conv', 'dense', 'scanned_and_jitted_dense'],
+)
 def test_counter_by_hand(module, size, mult_adds, params):
   assert complexity.count_mult_adds(module, size) == mult_adds
   assert complexity.count_params(module, size) == params
@@ -322,8 +332,7 @@ def test_main_lists_every_model(capsys, monkeypatch):
   # main() -> summary() -> the counters; memoised ones reuse the counts that
   # the tests above already made.
   for counter_name in _COUNTERS:
-    monkeypatch.setattr(complexity, counter_name,
-                        functools.partial(_count, counter_name))
+    monkeypatch.setattr(complexity, counter_name, functools.partial(_count, counter_name))
   complexity.print_table()
   out = capsys.readouterr().out
   rows = {}

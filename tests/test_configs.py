@@ -23,16 +23,21 @@ CIFAR_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('cifar1
 IMAGENET_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenet_')]
 IMAGENETTE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenette_')]
 # Section 4.2 / Table 6 / Fig. 6: the CIFAR-10 nets the paper trains.
-PAPER_MODELS = ([f'cifar_resnet{d}' for d in (20, 32, 44, 56, 110, 1202)] +
-                [f'cifar_plain{d}' for d in (20, 32, 44, 56, 110)])
+PAPER_MODELS = [f'cifar_resnet{d}' for d in (20, 32, 44, 56, 110, 1202)] + [
+  f'cifar_plain{d}' for d in (20, 32, 44, 56, 110)
+]
 WARMUP_MODELS = ('cifar_resnet110', 'cifar_resnet1202', 'cifar_plain110')
 # Tables 2-5: ImageNet experiment -> (model, shortcut option).
 IMAGENET_EXPERIMENTS = {
-    'imagenet_plain18': ('plain18', None), 'imagenet_plain34': ('plain34', None),
-    'imagenet_r18': ('resnet18', 'A'), 'imagenet_r34': ('resnet34', 'A'),
-    'imagenet_r34_b': ('resnet34', 'B'), 'imagenet_r34_c': ('resnet34', 'C'),
-    'imagenet_r50': ('resnet50', 'B'), 'imagenet_r101': ('resnet101', 'B'),
-    'imagenet_r152': ('resnet152', 'B'),
+  'imagenet_plain18': ('plain18', None),
+  'imagenet_plain34': ('plain34', None),
+  'imagenet_r18': ('resnet18', 'A'),
+  'imagenet_r34': ('resnet34', 'A'),
+  'imagenet_r34_b': ('resnet34', 'B'),
+  'imagenet_r34_c': ('resnet34', 'C'),
+  'imagenet_r50': ('resnet50', 'B'),
+  'imagenet_r101': ('resnet101', 'B'),
+  'imagenet_r152': ('resnet152', 'B'),
 }
 
 
@@ -53,7 +58,7 @@ def _model_name(path):
   """configs/cifar10_resnet20.py -> 'cifar_resnet20'."""
   stem = _stem(path)
   assert stem.startswith('cifar10_'), stem
-  return 'cifar_' + stem[len('cifar10_'):]
+  return 'cifar_' + stem[len('cifar10_') :]
 
 
 def test_every_config_file_is_of_a_known_family():
@@ -142,23 +147,43 @@ def test_every_model_option_can_be_set_from_the_command_line():
   import json
   import subprocess
   import sys
-  values = {'shortcut': 'C', 'downsample_on_3x3': True, 'zero_init_last_bn': True,
-            'bn_momentum': 0.99, 'bn_epsilon': 1e-3, 'bn_group_size': 32,
-            'scan_blocks': False, 'num_classes': 7, 'dtype': 'bfloat16'}
+
+  values = {
+    'shortcut': 'C',
+    'downsample_on_3x3': True,
+    'zero_init_last_bn': True,
+    'bn_momentum': 0.99,
+    'bn_epsilon': 1e-3,
+    'bn_group_size': 32,
+    'scan_blocks': False,
+    'num_classes': 7,
+    'dtype': 'bfloat16',
+  }
   assert set(values) == set(models.OPTIONS)
   script = (
-      'import json\n'
-      'from absl import app\n'
-      'from resnet_jax import experiment, main\n'
-      'def show(argv):\n'
-      '  model = experiment.model_from_config(main.FLAGS.config)\n'
-      '  print(json.dumps({k: str(getattr(model, k)) for k in main.FLAGS.config.model_options}))\n'
-      'app.run(show)\n')
+    'import json\n'
+    'from absl import app\n'
+    'from resnet_jax import experiment, main\n'
+    'def show(argv):\n'
+    '  model = experiment.model_from_config(main.FLAGS.config)\n'
+    '  print(json.dumps({k: str(getattr(model, k)) for k in main.FLAGS.config.model_options}))\n'
+    'app.run(show)\n'
+  )
   flags = [f'--config.model_options.{k}={v}' for k, v in values.items()]
   result = subprocess.run(
-      [sys.executable, '-c', script, f'--config={os.path.join(CONFIG_DIR, "imagenet_r34.py")}',
-       '--workdir=unused', *flags], capture_output=True, text=True, timeout=300,
-      cwd=os.path.join(CONFIG_DIR, '..'))
+    [
+      sys.executable,
+      '-c',
+      script,
+      f'--config={os.path.join(CONFIG_DIR, "imagenet_r34.py")}',
+      '--workdir=unused',
+      *flags,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=os.path.join(CONFIG_DIR, '..'),
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   got = json.loads(result.stdout.strip().splitlines()[-1])
   for key, value in values.items():
@@ -183,17 +208,31 @@ def test_validate_accepts_the_default():
   config_lib.validate(config_lib.cifar10(), num_devices=8, num_processes=2)
 
 
-@pytest.mark.parametrize('mutate,num_devices,words', [
-    (_set('model', 'cifar_resnet21'), 1, ['unknown model', 'cifar_resnet21', '--config.model',
-                                          'cifar_resnet20']),
+@pytest.mark.parametrize(
+  'mutate,num_devices,words',
+  [
+    (
+      _set('model', 'cifar_resnet21'),
+      1,
+      ['unknown model', 'cifar_resnet21', '--config.model', 'cifar_resnet20'],
+    ),
     (_set('model_options.foo', 1), 1, ['model_options', 'foo', 'shortcut']),
-    (_set('input.dataset', 'mnist'), 1, ['dataset', 'mnist', '--config.input.dataset',
-                                         'cifar10_jpeg']),
-    (_set('input.batch_size', 128), 3, ['input.batch_size=128', '3 devices',
-                                        '--config.input.batch_size']),
+    (
+      _set('input.dataset', 'mnist'),
+      1,
+      ['dataset', 'mnist', '--config.input.dataset', 'cifar10_jpeg'],
+    ),
+    (
+      _set('input.batch_size', 128),
+      3,
+      ['input.batch_size=128', '3 devices', '--config.input.batch_size'],
+    ),
     (_set('input.batch_size', 0), 1, ['input.batch_size=0', '--config.input.batch_size']),
-    (_set('input.eval_batch_size', 0), 2, ['input.eval_batch_size=0',
-                                           '--config.input.eval_batch_size']),
+    (
+      _set('input.eval_batch_size', 0),
+      2,
+      ['input.eval_batch_size=0', '--config.input.eval_batch_size'],
+    ),
     (_set('schedule.boundaries', (32_000, 64_000)), 1, ['schedule.boundaries', 'total_steps']),
     (_set('schedule.boundaries', (32_000, 70_000)), 1, ['schedule.boundaries', 'total_steps']),
     (_set('schedule.boundaries', (48_000, 32_000)), 1, ['schedule.boundaries', 'increasing']),
@@ -212,14 +251,29 @@ def test_validate_accepts_the_default():
     (_set('eval.protocol', 'ensemble'), 1, ['ensemble_workdirs']),
     (_set('model', 'resnet50'), 1, ['resnet50', 'cifar_*']),
     (_set('model_options.shortcut', 'D'), 1, ['shortcut', "'D'"]),
-    (_set('steps_per_dispatch', 3), 1, ['steps_per_dispatch=3', 'log_every_steps=100',
-                                        'eval_every_steps=2000', 'schedule.total_steps=64000']),
+    (
+      _set('steps_per_dispatch', 3),
+      1,
+      [
+        'steps_per_dispatch=3',
+        'log_every_steps=100',
+        'eval_every_steps=2000',
+        'schedule.total_steps=64000',
+      ],
+    ),
     (_set('steps_per_dispatch', 0), 1, ['steps_per_dispatch=0', 'positive integer']),
-    (lambda c: c.update(steps_per_dispatch=100, stop_after_steps=150), 1,
-     ['steps_per_dispatch=100', 'stop_after_steps=150']),
-    (lambda c: c.input.update(holdout_validation=True, train_split='train[:1000]'), 1,
-     ["train_split='train[:1000]'", 'holdout_validation']),
-])
+    (
+      lambda c: c.update(steps_per_dispatch=100, stop_after_steps=150),
+      1,
+      ['steps_per_dispatch=100', 'stop_after_steps=150'],
+    ),
+    (
+      lambda c: c.input.update(holdout_validation=True, train_split='train[:1000]'),
+      1,
+      ["train_split='train[:1000]'", 'holdout_validation'],
+    ),
+  ],
+)
 def test_validate_rejects_bad_configs(mutate, num_devices, words):
   config = config_lib.cifar10()
   mutate(config)
@@ -249,28 +303,34 @@ def test_validate_rejects_zero_bn_group_size():
     config_lib.validate(config, num_devices=1)
 
 
-
-
 def test_learning_rate_schedule_steps_at_the_boundaries():
   schedule = step_lib.learning_rate_schedule(config_lib.cifar10())
-  expected = {0: 0.1, 1: 0.1, 31_999: 0.1, 32_000: 0.01, 32_001: 0.01, 47_999: 0.01,
-              48_000: 0.001, 63_999: 0.001}
+  expected = {
+    0: 0.1,
+    1: 0.1,
+    31_999: 0.1,
+    32_000: 0.01,
+    32_001: 0.01,
+    47_999: 0.01,
+    48_000: 0.001,
+    63_999: 0.001,
+  }
   got = {step: float(schedule(jnp.asarray(step, jnp.int32))) for step in expected}
   for step, lr in expected.items():
     np.testing.assert_allclose(got[step], lr, rtol=1e-6, err_msg=f'step {step}')
 
 
-
-
 def _cifar20_params():
   model = models.create_model('cifar_resnet20')
   return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))['params']
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+  )['params']
 
 
 def _named_leaves(tree):
-  return {jax.tree_util.keystr(path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def test_weight_decay_mask_excluding_bn_and_bias_marks_only_kernels():
@@ -297,10 +357,11 @@ def test_weight_decay_mask_without_exclusion_marks_everything():
 
 def test_validate_rejects_bad_imagenet_input():
   for field, value, words in [
-      ('input.scale_range', (200, 480), ['scale_range', 'image_size']),
-      ('input.normalization', 'zca', ['normalization', 'channel_mean_std']),
-      ('eval.crop_size', 300, ['crop_size', 'resize_size']),
-      ('input.dataset', 'cifar10', ['resnet50', 'cifar10'])]:
+    ('input.scale_range', (200, 480), ['scale_range', 'image_size']),
+    ('input.normalization', 'zca', ['normalization', 'channel_mean_std']),
+    ('eval.crop_size', 300, ['crop_size', 'resize_size']),
+    ('input.dataset', 'cifar10', ['resnet50', 'cifar10']),
+  ]:
     config = config_lib.imagenet('resnet50')
     _set(field, value)(config)
     with pytest.raises(ValueError) as error:
@@ -321,9 +382,12 @@ def test_plateau_rule_divides_the_lr_after_patience_evaluations():
   images = np.zeros((16, 8, 8, 3), np.uint8)
   split = cifar.ArraySplit(images, np.zeros(16, np.int32))
   dataset = data.create(config, preloaded=(split, {'holdout': split}))
-  trainer = step_lib.Trainer(config, experiment.model_from_config(config), distributed.make_mesh(), dataset)
-  norm = jax.device_put({'mean': np.zeros((8, 8, 3), np.float32),
-                         'std': np.ones(3, np.float32)}, trainer.replicated)
+  trainer = step_lib.Trainer(
+    config, experiment.model_from_config(config), distributed.make_mesh(), dataset
+  )
+  norm = jax.device_put(
+    {'mean': np.zeros((8, 8, 3), np.float32), 'std': np.ones(3, np.float32)}, trainer.replicated
+  )
   state = trainer.init_fn(norm)
   scales = []
   for error in (0.5, 0.4, 0.4, 0.41, 0.39, 0.39, 0.39, 0.2, 0.2, 0.2):
@@ -331,10 +395,10 @@ def test_plateau_rule_divides_the_lr_after_patience_evaluations():
     scales.append(float(state.plateau.scale))
   # Improves, then 2 evaluations without improvement -> /10; and again; then
   # the floor of plateau_max_decays=2 decays holds however long it stalls.
-  np.testing.assert_allclose(scales, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.01],
-                             rtol=1e-5)
-  batch = trainer.to_global({'image': np.zeros((8, 8, 8, 3), np.uint8),
-                             'label': np.zeros(8, np.int32)})
+  np.testing.assert_allclose(scales, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.01], rtol=1e-5)
+  batch = trainer.to_global(
+    {'image': np.zeros((8, 8, 8, 3), np.uint8), 'label': np.zeros(8, np.int32)}
+  )
   _, metrics = trainer.train_fn(state, batch, {})
   assert float(metrics['learning_rate']) == pytest.approx(0.1 * 0.01)
 

@@ -10,8 +10,12 @@ from resnet_jax.research import curves
 def _workdir(tmp_path, name, eval_key):
   path = tmp_path / name
   path.mkdir()
-  records = [{'step': 10, 'train_error': 0.9}, {'step': 20, 'train_error': 0.8},
-             {'step': 20, eval_key: 0.85}, {'step': 20, eval_key: 0.75}]  # Redone eval.
+  records = [
+    {'step': 10, 'train_error': 0.9},
+    {'step': 20, 'train_error': 0.8},
+    {'step': 20, eval_key: 0.85},
+    {'step': 20, eval_key: 0.75},
+  ]  # Redone eval.
   with open(path / 'metrics.jsonl', 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in records)
   return str(path)

@@ -21,8 +21,21 @@ from resnet_jax.training import loop
 
 NUM_CLASSES = 5
 # (h, w) of the fake images: not square, both orientations, odd sizes.
-SIZES = [(37, 53), (60, 41), (48, 48), (33, 70), (45, 38), (52, 59), (40, 64),
-         (66, 44), (39, 39), (50, 75), (71, 47), (36, 36), (43, 57)]
+SIZES = [
+  (37, 53),
+  (60, 41),
+  (48, 48),
+  (33, 70),
+  (45, 38),
+  (52, 59),
+  (40, 64),
+  (66, 44),
+  (39, 39),
+  (50, 75),
+  (71, 47),
+  (36, 36),
+  (43, 57),
+]
 
 
 def _jpeg(h, w, seed):
@@ -35,8 +48,9 @@ def _jpeg(h, w, seed):
   return out.getvalue()
 
 
-FAKE_SOURCE = [{'image': _jpeg(h, w, i), 'label': i % NUM_CLASSES}
-               for i, (h, w) in enumerate(SIZES)]
+FAKE_SOURCE = [
+  {'image': _jpeg(h, w, i), 'label': i % NUM_CLASSES} for i, (h, w) in enumerate(SIZES)
+]
 
 
 def _config():
@@ -55,13 +69,18 @@ def setup():
   config = _config()
   dataset = data.create(config)
   dataset._source = lambda split: FAKE_SOURCE  # pylint: disable=protected-access
-  model = models.ResNet(stage_sizes=(1, 1, 1, 1), block_cls=models.BasicBlock,
-                        num_filters=4, num_classes=NUM_CLASSES, shortcut='A')
+  model = models.ResNet(
+    stage_sizes=(1, 1, 1, 1),
+    block_cls=models.BasicBlock,
+    num_filters=4,
+    num_classes=NUM_CLASSES,
+    shortcut='A',
+  )
   variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   # Non-trivial BN statistics, so that padding would show if it leaked.
   variables['batch_stats'] = jax.tree.map(
-      lambda x: x + 0.3 * jax.random.uniform(jax.random.key(1), x.shape),
-      variables['batch_stats'])
+    lambda x: x + 0.3 * jax.random.uniform(jax.random.key(1), x.shape), variables['batch_stats']
+  )
   norm = {'mean': imagenet.MEAN_RGB, 'std': imagenet.STDDEV_RGB}
   mesh = distributed.make_mesh()
   return config, dataset, model, variables, norm, evaluation.Scorer(model, dataset, mesh)
@@ -77,8 +96,9 @@ def _direct_scores(model, variables, norm, views):
 @pytest.mark.parametrize('protocol', ['center', 'ten_crop'])
 def test_crop_protocols_score_every_image_once_as_computed_directly(setup, protocol):
   config, dataset, model, variables, norm, scorer = setup
-  probs, labels = evaluation.protocol_scores(protocol, scorer, variables, norm, dataset,
-                                             'validation', config)
+  probs, labels = evaluation.protocol_scores(
+    protocol, scorer, variables, norm, dataset, 'validation', config
+  )
   assert probs.shape == (len(SIZES), NUM_CLASSES)
   np.testing.assert_array_equal(labels, [ex['label'] for ex in FAKE_SOURCE])
   view = imagenet_views.center_view if protocol == 'center' else imagenet_views.ten_crop_views
@@ -86,14 +106,16 @@ def test_crop_protocols_score_every_image_once_as_computed_directly(setup, proto
     image = imagenet_views.decode(example['image'])
     views = view(image, resize_size=40, crop_size=32)
     views = views[None] if views.ndim == 3 else views
-    np.testing.assert_allclose(probs[i], _direct_scores(model, variables, norm, views),
-                               atol=2e-5, err_msg=f'image {i}')
+    np.testing.assert_allclose(
+      probs[i], _direct_scores(model, variables, norm, views), atol=2e-5, err_msg=f'image {i}'
+    )
 
 
 def test_multi_scale_equals_the_unpadded_whole_image_computation(setup):
   config, dataset, model, variables, norm, scorer = setup
-  probs, _ = evaluation.protocol_scores('multi_scale', scorer, variables, norm, dataset,
-                                        'validation', config)
+  probs, _ = evaluation.protocol_scores(
+    'multi_scale', scorer, variables, norm, dataset, 'validation', config
+  )
   for i, example in enumerate(FAKE_SOURCE):
     image = imagenet_views.decode(example['image'])
     per_scale = []
@@ -101,8 +123,9 @@ def test_multi_scale_equals_the_unpadded_whole_image_computation(setup):
       resized = imagenet_views.resize_shorter(image, scale)
       views = np.stack([resized, resized[:, ::-1]])  # The whole image and its flip.
       per_scale.append(_direct_scores(model, variables, norm, views))
-    np.testing.assert_allclose(probs[i], np.mean(per_scale, 0), atol=2e-5,
-                               err_msg=f'image {i} of {SIZES[i]}')
+    np.testing.assert_allclose(
+      probs[i], np.mean(per_scale, 0), atol=2e-5, err_msg=f'image {i} of {SIZES[i]}'
+    )
 
 
 def test_multi_scale_batches_on_few_canvases(setup):
@@ -114,9 +137,13 @@ def test_multi_scale_batches_on_few_canvases(setup):
 
 
 def test_metrics_top1_top5_and_loss():
-  probs = np.array([[0.5, 0.2, 0.1, 0.1, 0.05, 0.05],
-                    [0.1, 0.2, 0.3, 0.15, 0.15, 0.1],
-                    [0.3, 0.25, 0.2, 0.1, 0.1, 0.05]])
+  probs = np.array(
+    [
+      [0.5, 0.2, 0.1, 0.1, 0.05, 0.05],
+      [0.1, 0.2, 0.3, 0.15, 0.15, 0.1],
+      [0.3, 0.25, 0.2, 0.1, 0.1, 0.05],
+    ]
+  )
   labels = np.array([0, 5, 1])
   out = evaluation.metrics(probs, labels)
   assert out['top1_error'] == pytest.approx(2 / 3)  # Only the first is right.
@@ -127,8 +154,14 @@ def test_metrics_top1_top5_and_loss():
 
 def test_scores_refuse_examples_scored_the_wrong_number_of_times():
   scores = evaluation.Scores(3, 2)
-  scores.add({'probs': np.ones((4, 2)), 'label': np.zeros(4, int),
-              'index': np.array([0, 1, 1, -1]), 'mask': np.array([1, 1, 1, 0])})
+  scores.add(
+    {
+      'probs': np.ones((4, 2)),
+      'label': np.zeros(4, int),
+      'index': np.array([0, 1, 1, -1]),
+      'mask': np.array([1, 1, 1, 0]),
+    }
+  )
   with pytest.raises(AssertionError, match='scored'):
     scores.probabilities(1)
 
@@ -136,6 +169,7 @@ def test_scores_refuse_examples_scored_the_wrong_number_of_times():
 def test_ensemble_averages_the_members_scores(tmp_path):
   """Table 5: two workdirs' scores averaged; each member uses its own config."""
   from test_train import tiny_config, tiny_splits  # pylint: disable=import-outside-toplevel
+
   splits = tiny_splits()
   members = []
   for seed, model in ((0, 'cifar_resnet20'), (1, 'cifar_plain20')):
@@ -161,15 +195,18 @@ def test_ensemble_averages_the_members_scores(tmp_path):
   probs = []
   for workdir in members:
     member_model, variables, norm, _ = checkpointing.load_variables(
-        workdir, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+      workdir, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
     scorer = evaluation.Scorer(member_model, dataset, mesh)
-    p, labels = evaluation.protocol_scores('center', scorer, variables, norm, dataset, 'test',
-                                           config)
+    p, labels = evaluation.protocol_scores(
+      'center', scorer, variables, norm, dataset, 'test', config
+    )
     probs.append(p)
   expected = evaluation.metrics(np.mean(probs, 0), labels)
   for key in ('top1_error', 'top5_error', 'loss'):
     assert result[key] == pytest.approx(expected[key])
-  assert {s['top1_error'] for s in singles} == {evaluation.metrics(p, labels)['top1_error']
-                                               for p in probs}
+  assert {s['top1_error'] for s in singles} == {
+    evaluation.metrics(p, labels)['top1_error'] for p in probs
+  }
   saved = json.load(open(tmp_path / 'ensemble' / 'eval.json'))
   assert saved['protocols']['ensemble']['members'] == members

@@ -40,8 +40,9 @@ def _jpeg(image, mode=None, fmt='JPEG', quality=95):
 def _source(n, h=48, w=64):
   """n small JPEG examples; label i, image i a ramp brightened by i."""
   ramp = _ramp(h, w).astype(np.int32)
-  return [{'image': _jpeg(np.clip(ramp + 3 * i, 0, 255).astype(np.uint8)),
-           'label': i} for i in range(n)]
+  return [
+    {'image': _jpeg(np.clip(ramp + 3 * i, 0, 255).astype(np.uint8)), 'label': i} for i in range(n)
+  ]
 
 
 def _fit(profile, full_range):
@@ -82,9 +83,11 @@ def test_train_flip_is_a_mirror_image():
   for seed in range(10):
     crop = imagenet_views.sample_train_crop(300, 400, np.random.default_rng(seed))
     plain = imagenet_views.render_train_crop(
-        image, imagenet_views.TrainCrop(**{**vars(crop), 'flip': False}))
+      image, imagenet_views.TrainCrop(**{**vars(crop), 'flip': False})
+    )
     mirrored = imagenet_views.render_train_crop(
-        image, imagenet_views.TrainCrop(**{**vars(crop), 'flip': True}))
+      image, imagenet_views.TrainCrop(**{**vars(crop), 'flip': True})
+    )
     np.testing.assert_array_equal(mirrored, plain[:, ::-1])
 
 
@@ -94,8 +97,7 @@ def test_train_example_decodes_reduced_and_matches_train_view():
     crop = imagenet_views.sample_train_crop(1100, 1400, np.random.default_rng(seed))
     assert imagenet_views.dct_factor(1100, 1400, crop.scale) in (2, 4)
     reduced = imagenet_views.train_example(jpeg, np.random.default_rng(seed))
-    full = imagenet_views.train_view(imagenet_views.decode(jpeg),
-                                     np.random.default_rng(seed))
+    full = imagenet_views.train_view(imagenet_views.decode(jpeg), np.random.default_rng(seed))
     assert reduced.shape == (224, 224, 3)
     assert np.abs(reduced.astype(int) - full).mean() < 2
 
@@ -140,8 +142,13 @@ def test_ten_crops_and_center_view_geometry(h, w):
   crops = imagenet_views.ten_crop_views(image)
   assert crops.shape == (10, 224, 224, 3) and crops.dtype == np.uint8
   ct, cl = (rh - 224) // 2, (rw - 224) // 2
-  expected = [resized[:224, :224], resized[:224, -224:], resized[-224:, :224],
-              resized[-224:, -224:], resized[ct:ct + 224, cl:cl + 224]]
+  expected = [
+    resized[:224, :224],
+    resized[:224, -224:],
+    resized[-224:, :224],
+    resized[-224:, -224:],
+    resized[ct : ct + 224, cl : cl + 224],
+  ]
   for i, crop in enumerate(expected):
     np.testing.assert_array_equal(crops[i], crop)
     np.testing.assert_array_equal(crops[5 + i], crop[:, ::-1])
@@ -182,14 +189,14 @@ def test_lighting_matches_pca_noise_statistics():
   out = np.asarray(imagenet.lighting(jax.random.key(0), images, std))
   offsets = out[:, 0, 0] - 100
   # One offset per image, the same at every pixel.
-  np.testing.assert_allclose(out - 100, np.broadcast_to(offsets[:, None, None], out.shape),
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    out - 100, np.broadcast_to(offsets[:, None, None], out.shape), atol=1e-4
+  )
   vec, val = imagenet.PCA_EIGVEC.astype(np.float64), imagenet.PCA_EIGVAL
   expected_cov = 255**2 * std**2 * vec @ np.diag(val**2) @ vec.T
   sd = np.sqrt(np.diag(expected_cov))
   np.testing.assert_allclose(offsets.mean(0), 0, atol=float(4 * sd.max() / np.sqrt(n)))
-  np.testing.assert_allclose(np.cov(offsets.T), expected_cov,
-                             atol=0.03 * expected_cov.max())
+  np.testing.assert_allclose(np.cov(offsets.T), expected_cov, atol=0.03 * expected_cov.max())
   # Along each eigenvector (a column of PCA_EIGVEC) the offset has
   # std 255 * std * eigval: the transforms.lua convention, not its transpose.
   coefficients = offsets @ vec / 255
@@ -202,9 +209,17 @@ def test_eval_dataset_scores_every_example_once():
     for count in (1, 3):
       seen, num_batches = [], set()
       for index in range(count):
-        batches = list(imagenet.eval_dataset(
-            source, view='center', local_batch_size=batch, process_index=index,
-            process_count=count, resize_size=40, crop_size=32))
+        batches = list(
+          imagenet.eval_dataset(
+            source,
+            view='center',
+            local_batch_size=batch,
+            process_index=index,
+            process_count=count,
+            resize_size=40,
+            crop_size=32,
+          )
+        )
         num_batches.add(len(batches))
         for b in batches:
           assert b['image'].shape == (batch, 1, 32, 32, 3)
@@ -220,20 +235,26 @@ def test_eval_dataset_scores_every_example_once():
 
 def test_eval_dataset_ten_crop_views():
   source = _source(5)
-  batch = next(iter(imagenet.eval_dataset(
-      source, view='ten_crop', local_batch_size=4, resize_size=40, crop_size=32)))
+  batch = next(
+    iter(
+      imagenet.eval_dataset(
+        source, view='ten_crop', local_batch_size=4, resize_size=40, crop_size=32
+      )
+    )
+  )
   assert batch['image'].shape == (4, 10, 32, 32, 3)
   image = imagenet_views.decode(source[2]['image'])
-  np.testing.assert_array_equal(batch['image'][2],
-                                imagenet_views.ten_crop_views(image, 40, 32))
+  np.testing.assert_array_equal(batch['image'][2], imagenet_views.ten_crop_views(image, 40, 32))
 
 
 def test_multi_scale_dataset_pads_to_num_batches():
   source = _source(9)
   canvas = imagenet_views.canvas_shape(48, 64, 40)
-  batches = list(imagenet.multi_scale_dataset(
-      source, [8, 2, 5], scale=40, canvas_hw=canvas, local_batch_size=2,
-      num_batches=3))
+  batches = list(
+    imagenet.multi_scale_dataset(
+      source, [8, 2, 5], scale=40, canvas_hw=canvas, local_batch_size=2, num_batches=3
+    )
+  )
   assert len(batches) == 3
   index = np.concatenate([b['index'] for b in batches])
   np.testing.assert_array_equal(index, [8, 2, 5, -1, -1, -1])
@@ -247,8 +268,8 @@ def test_multi_scale_dataset_pads_to_num_batches():
 
 def _train(source, **kwargs):
   return imagenet.train_dataset(
-      source, local_batch_size=4, seed=7, crop_size=32, scale_range=(36, 60),
-      **kwargs)
+    source, local_batch_size=4, seed=7, crop_size=32, scale_range=(36, 60), **kwargs
+  )
 
 
 def _take(iterator, n):
@@ -271,8 +292,12 @@ def test_train_dataset_shapes_shuffles_and_shards():
   assert sorted(labels[:10]) == list(range(10))  # First epoch: each once.
   assert list(labels[:10]) != list(range(10))
   assert list(labels[10:20]) != list(labels[:10])  # Reshuffled.
-  shards = [np.concatenate([b['label'] for b in _take(iter(_train(
-      source, process_index=i, process_count=2)), 1)]) for i in range(2)]
+  shards = [
+    np.concatenate(
+      [b['label'] for b in _take(iter(_train(source, process_index=i, process_count=2)), 1)]
+    )
+    for i in range(2)
+  ]
   assert not set(shards[0]) & set(shards[1])
 
 
@@ -297,8 +322,7 @@ def test_datasets_same_for_any_num_workers():
     iterator.close()
   kwargs = dict(view='center', local_batch_size=5, resize_size=40, crop_size=32)
   expected = list(imagenet.eval_dataset(source, **kwargs))
-  _assert_same(list(imagenet.eval_dataset(source, num_workers=2, **kwargs)),
-               expected)
+  _assert_same(list(imagenet.eval_dataset(source, num_workers=2, **kwargs)), expected)
 
 
 def test_open_source_missing_dataset_says_how_to_prepare(tmp_path):
@@ -323,10 +347,8 @@ def test_imagenette_examples_decode_and_pass_through_views(imagenette):
     assert imagenet_views.image_size(example['image']) == image.shape[:2]
     view = imagenet_views.train_example(example['image'], rng)
     assert view.shape == (224, 224, 3) and view.dtype == np.uint8
-  batch = next(iter(imagenet.train_dataset(imagenette, local_batch_size=4,
-                                                 seed=0)))
+  batch = next(iter(imagenet.train_dataset(imagenette, local_batch_size=4, seed=0)))
   assert batch['image'].shape == (4, 224, 224, 3)
-  batch = next(iter(imagenet.eval_dataset(imagenette, view='ten_crop',
-                                                local_batch_size=5)))
+  batch = next(iter(imagenet.eval_dataset(imagenette, view='ten_crop', local_batch_size=5)))
   assert batch['image'].shape == (5, 10, 224, 224, 3) and batch['mask'].all()
   assert 'tensorflow' not in sys.modules

@@ -17,8 +17,10 @@ from resnet_jax.training import step as step_lib
 
 from helpers import DATA_DIR
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, 'imagenette224')),
-                                reason='../shared/data/tfds/imagenette224 is not here')
+pytestmark = pytest.mark.skipif(
+  not os.path.isdir(os.path.join(DATA_DIR, 'imagenette224')),
+  reason='../shared/data/tfds/imagenette224 is not here',
+)
 
 
 def small_config():
@@ -49,7 +51,9 @@ def test_a_few_steps_on_imagenette_lower_the_loss():
   config = small_config()
   config.schedule.reference_batch_size = None  # lr 0.1 at batch 16: a quick descent.
   dataset = data.create(config)
-  trainer = step_lib.Trainer(config, experiment.model_from_config(config), distributed.make_mesh(), dataset)
+  trainer = step_lib.Trainer(
+    config, experiment.model_from_config(config), distributed.make_mesh(), dataset
+  )
   batch = next(iter(dataset.train_batches(16, 0, 0, 1)))
   assert batch['image'].shape == (16, 32, 32, 3) and batch['image'].dtype == np.uint8
   assert 20 < batch['image'].mean() < 235  # Real pixels.

@@ -12,15 +12,15 @@ from helpers import ROOT
 PACKAGE = 'resnet_jax'
 # Lowest first: a module may import its own layer or lower ones, never higher.
 LAYERS = (
-    ('resnet_jax.errors', 'resnet_jax.cli'),
-    ('resnet_jax.models',),
-    ('resnet_jax.data',),
-    ('resnet_jax.config_lib', 'resnet_jax.distributed', 'resnet_jax.experiment'),
-    ('resnet_jax.checkpointing',),
-    ('resnet_jax.evaluation',),
-    ('resnet_jax.training',),
-    ('resnet_jax.research',),
-    ('resnet_jax.tools', 'resnet_jax.main'),
+  ('resnet_jax.errors', 'resnet_jax.cli'),
+  ('resnet_jax.models',),
+  ('resnet_jax.data',),
+  ('resnet_jax.config_lib', 'resnet_jax.distributed', 'resnet_jax.experiment'),
+  ('resnet_jax.checkpointing',),
+  ('resnet_jax.evaluation',),
+  ('resnet_jax.training',),
+  ('resnet_jax.research',),
+  ('resnet_jax.tools', 'resnet_jax.main'),
 )
 
 
@@ -31,7 +31,7 @@ def _modules() -> dict[str, str]:
     for name in files:
       if name.endswith('.py'):
         path = os.path.join(directory, name)
-        parts = os.path.relpath(path, ROOT)[:-len('.py')].split(os.sep)
+        parts = os.path.relpath(path, ROOT)[: -len('.py')].split(os.sep)
         if parts[-1] == '__init__':
           parts = parts[:-1]
         out['.'.join(parts)] = path
@@ -72,7 +72,7 @@ def _cycle(graph) -> list[str] | None:
     stack.append(node)
     for target in sorted(graph[node]):
       if state.get(target) == 'open':
-        return stack[stack.index(target):] + [target]
+        return stack[stack.index(target) :] + [target]
       if target not in state and (found := visit(target)):
         return found
     state[node] = 'done'
@@ -96,6 +96,10 @@ def test_no_import_cycles():
 
 
 def test_no_module_imports_a_higher_layer():
-  upward = [f'{a} -> {b}' for a, targets in sorted(import_graph().items())
-            for b in sorted(targets) if _layer(b) > _layer(a)]
+  upward = [
+    f'{a} -> {b}'
+    for a, targets in sorted(import_graph().items())
+    for b in sorted(targets)
+    if _layer(b) > _layer(a)
+  ]
   assert not upward, upward

@@ -12,17 +12,28 @@ from helpers import DATA_DIR, ROOT
 
 def run_main(*flags):
   return subprocess.run(
-      [sys.executable, '-m', 'resnet_jax.main', '--config=configs/cifar10_resnet20.py', *flags],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+    [sys.executable, '-m', 'resnet_jax.main', '--config=configs/cifar10_resnet20.py', *flags],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA_DIR, 'cifar10_jpeg')),
-                    reason='../shared/data/tfds/cifar10_jpeg is not here')
+@pytest.mark.skipif(
+  not os.path.isdir(os.path.join(DATA_DIR, 'cifar10_jpeg')),
+  reason='../shared/data/tfds/cifar10_jpeg is not here',
+)
 def test_readme_command_trains_and_evaluates(tmp_path):
-  flags = [f'--workdir={tmp_path}', '--config.input.dataset=cifar10_jpeg',
-           f'--config.input.data_dir={DATA_DIR}', '--config.input.batch_size=16',
-           '--config.schedule.total_steps=3', '--config.schedule.boundaries=(2,)',
-           '--config.log_every_steps=1']
+  flags = [
+    f'--workdir={tmp_path}',
+    '--config.input.dataset=cifar10_jpeg',
+    f'--config.input.data_dir={DATA_DIR}',
+    '--config.input.batch_size=16',
+    '--config.schedule.total_steps=3',
+    '--config.schedule.boundaries=(2,)',
+    '--config.log_every_steps=1',
+  ]
   result = run_main(*flags)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 3/3 (100.0%)' in result.stdout
@@ -50,8 +61,9 @@ def test_evaluate_on_a_missing_workdir_fails_and_creates_nothing(tmp_path):
   result = run_main(f'--workdir={workdir}', '--mode=evaluate')
   assert result.returncode == 1
   assert result.stderr.strip().splitlines() == [
-      f'error: no checkpoint in {workdir}/checkpoints; train first or point '
-      '--workdir at a trained run.']
+    f'error: no checkpoint in {workdir}/checkpoints; train first or point '
+    '--workdir at a trained run.'
+  ]
   assert not workdir.exists()
 
 

@@ -51,26 +51,26 @@ def _cifar20_unrolled():
 
 def _paths(tree):
   """'a/b/c' paths of every leaf."""
-  return ['/'.join(str(k.key) for k in path)
-          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
+  return [
+    '/'.join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)
+  ]
 
 
 def _conv(x, kernel, strides=1):
   """The paper's convolution: (k-1)//2 zeros on each side, at any stride."""
   pads = [((k - 1) // 2,) * 2 for k in kernel.shape[:2]]
   return jax.lax.conv_general_dilated(
-      x, kernel, (strides, strides), pads,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x, kernel, (strides, strides), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
 
 
 def _bn_eval(x, params, stats, epsilon=1e-5):
-  return ((x - stats['mean']) / jnp.sqrt(stats['var'] + epsilon) *
-          params['scale'] + params['bias'])
+  return (x - stats['mean']) / jnp.sqrt(stats['var'] + epsilon) * params['scale'] + params['bias']
 
 
-
-
-@pytest.mark.parametrize('name,size,options,num_classes', [
+@pytest.mark.parametrize(
+  'name,size,options,num_classes',
+  [
     ('cifar_resnet20', 32, {}, 10),
     ('cifar_resnet20', 32, {'shortcut': 'B'}, 10),
     ('cifar_resnet20', 32, {'shortcut': 'C'}, 10),
@@ -81,15 +81,15 @@ def _bn_eval(x, params, stats, epsilon=1e-5):
     ('plain18', 64, {'num_classes': 7}, 7),
     ('resnet50', 64, {'num_classes': 5}, 5),
     ('resnet50', 64, {'downsample_on_3x3': True}, 1000),
-])
+  ],
+)
 def test_output_shape_train_and_eval(name, size, options, num_classes):
   model = models.create_model(name, **options)
 
   def forward(x):
     variables = model.init(KEY, x, train=False)
     eval_logits = model.apply(variables, x, train=False)
-    train_logits, _ = model.apply(variables, x, train=True,
-                                  mutable=['batch_stats'])
+    train_logits, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
     return eval_logits, train_logits
 
   for logits in jax.eval_shape(forward, _spec(size)):
@@ -103,10 +103,8 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(dtype):
 
   def forward(x):
     variables = model.init(KEY, x, train=False)
-    logits, state = model.apply(variables, x, train=True,
-                                mutable=['batch_stats', 'intermediates'])
-    return (variables, logits, state['batch_stats'],
-            layer_responses(state['intermediates']))
+    logits, state = model.apply(variables, x, train=True, mutable=['batch_stats', 'intermediates'])
+    return (variables, logits, state['batch_stats'], layer_responses(state['intermediates']))
 
   variables, logits, stats, responses = jax.eval_shape(forward, _spec(32))
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
@@ -126,8 +124,6 @@ def test_bfloat16_forward_close_to_float32():
   np.testing.assert_allclose(out, ref, atol=0.05 * float(jnp.abs(ref).max()))
 
 
-
-
 def test_train_mode_updates_batch_stats():
   model, variables = _cifar20_unrolled()
   x = _x(32, 4)
@@ -141,10 +137,8 @@ def test_train_mode_updates_batch_stats():
   # The first BN's running statistics, by hand: momentum 0.9 from (0, 1),
   # biased batch variance.
   y = _conv(x, variables['params']['conv_init']['kernel'])
-  np.testing.assert_allclose(new['bn_init']['mean'],
-                             0.1 * y.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(new['bn_init']['var'],
-                             0.9 + 0.1 * y.var((0, 1, 2)), rtol=1e-4)
+  np.testing.assert_allclose(new['bn_init']['mean'], 0.1 * y.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new['bn_init']['var'], 0.9 + 0.1 * y.var((0, 1, 2)), rtol=1e-4)
 
 
 def test_eval_mode_is_deterministic_and_stateless():
@@ -156,12 +150,12 @@ def test_eval_mode_is_deterministic_and_stateless():
   # Even when allowed to, eval mode writes no statistics.
   out2, state = model.apply(variables, x, train=False, mutable=['batch_stats'])
   np.testing.assert_array_equal(out2, out)
-  for a, b in zip(jax.tree.leaves(variables['batch_stats']),
-                  jax.tree.leaves(state['batch_stats'])):
+  for a, b in zip(jax.tree.leaves(variables['batch_stats']), jax.tree.leaves(state['batch_stats'])):
     np.testing.assert_array_equal(a, b)
   # Running statistics: an example's logits do not depend on the batch.
-  np.testing.assert_allclose(model.apply(variables, x[:1], train=False),
-                             out[:1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    model.apply(variables, x[:1], train=False), out[:1], rtol=1e-5, atol=1e-5
+  )
 
 
 def test_bn_group_size_equal_to_batch_matches_batchnorm():
@@ -194,21 +188,23 @@ def test_bn_group_size_smaller_than_batch():
   np.testing.assert_allclose(out[:2], first, rtol=1e-4, atol=1e-4)
   # Running statistics move; with equal groups, the mean over group means of
   # the first BN is the batch mean.
-  for a, b in zip(jax.tree.leaves(variables['batch_stats']),
-                  jax.tree.leaves(state['batch_stats'])):
+  for a, b in zip(jax.tree.leaves(variables['batch_stats']), jax.tree.leaves(state['batch_stats'])):
     assert not np.allclose(a, b)
-  np.testing.assert_allclose(state['batch_stats']['bn_init']['mean'],
-                             ref_state['batch_stats']['bn_init']['mean'],
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    state['batch_stats']['bn_init']['mean'],
+    ref_state['batch_stats']['bn_init']['mean'],
+    rtol=1e-4,
+    atol=1e-6,
+  )
   # Eval mode uses the running statistics, exactly as nn.BatchNorm.
-  np.testing.assert_allclose(grouped.apply(variables, x, train=False),
-                             model.apply(variables, x, train=False),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    grouped.apply(variables, x, train=False),
+    model.apply(variables, x, train=False),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   with pytest.raises(ValueError, match='divisible'):
-    model.clone(bn_group_size=3).apply(variables, x, train=True,
-                                       mutable=['batch_stats'])
-
-
+    model.clone(bn_group_size=3).apply(variables, x, train=True, mutable=['batch_stats'])
 
 
 def test_zero_pad_shortcut_values():
@@ -228,7 +224,9 @@ def test_zero_pad_shortcut_values():
     models.zero_pad_shortcut(x, 2, 1)
 
 
-@pytest.mark.parametrize('option,features,strides,projects', [
+@pytest.mark.parametrize(
+  'option,features,strides,projects',
+  [
     ('A', 16, 1, False),
     ('A', 32, 2, False),
     ('B', 16, 1, False),
@@ -237,7 +235,8 @@ def test_zero_pad_shortcut_values():
     ('B', 16, 2, True),
     ('C', 16, 1, True),
     ('C', 32, 2, True),
-])
+  ],
+)
 def test_shortcut_params(option, features, strides, projects):
   conv = functools.partial(nn.Conv, use_bias=False)
   norm = functools.partial(nn.BatchNorm, use_running_average=True)
@@ -253,19 +252,21 @@ def test_shortcut_params(option, features, strides, projects):
   else:
     assert not jax.tree.leaves(variables)
     if option == 'A':
-      np.testing.assert_array_equal(
-          y, models.zero_pad_shortcut(x, features, strides))
+      np.testing.assert_array_equal(y, models.zero_pad_shortcut(x, features, strides))
     else:
       np.testing.assert_array_equal(y, x)
 
 
-@pytest.mark.parametrize('name,options,size', [
+@pytest.mark.parametrize(
+  'name,options,size',
+  [
     ('plain18', {}, 64),
     ('plain34', {}, 64),
     ('plain18', {'shortcut': 'C'}, 64),  # `plain` wins over the option.
     ('cifar_plain20', {}, 32),
     ('cifar_plain110', {}, 32),
-])
+  ],
+)
 def test_plain_nets_have_no_shortcuts(name, options, size):
   model = models.create_model(name, **options)
   assert model.plain
@@ -273,30 +274,62 @@ def test_plain_nets_have_no_shortcuts(name, options, size):
   assert paths and not [p for p in paths if 'shortcut' in p]
 
 
-@pytest.mark.parametrize('name,options,size,expected', [
-    ('resnet18', {}, 64, {'stage2_block1': (1, 1, 64, 128),
-                          'stage3_block1': (1, 1, 128, 256),
-                          'stage4_block1': (1, 1, 256, 512)}),
-    ('resnet50', {}, 64, {'stage1_block1': (1, 1, 64, 256),
-                          'stage2_block1': (1, 1, 256, 512),
-                          'stage3_block1': (1, 1, 512, 1024),
-                          'stage4_block1': (1, 1, 1024, 2048)}),
+@pytest.mark.parametrize(
+  'name,options,size,expected',
+  [
+    (
+      'resnet18',
+      {},
+      64,
+      {
+        'stage2_block1': (1, 1, 64, 128),
+        'stage3_block1': (1, 1, 128, 256),
+        'stage4_block1': (1, 1, 256, 512),
+      },
+    ),
+    (
+      'resnet50',
+      {},
+      64,
+      {
+        'stage1_block1': (1, 1, 64, 256),
+        'stage2_block1': (1, 1, 256, 512),
+        'stage3_block1': (1, 1, 512, 1024),
+        'stage4_block1': (1, 1, 1024, 2048),
+      },
+    ),
     ('cifar_resnet20', {}, 32, {}),  # option A: parameter-free.
-    ('cifar_resnet20', {'shortcut': 'B'}, 32, {'stage2_block1': (1, 1, 16, 32),
-                                                'stage3_block1': (1, 1, 32, 64)}),
-    ('resnet18', {'shortcut': 'C'}, 64, {
-        'stage1_block1': (1, 1, 64, 64), 'stage1_rest': (1, 1, 1, 64, 64),
-        'stage2_block1': (1, 1, 64, 128), 'stage2_rest': (1, 1, 1, 128, 128),
-        'stage3_block1': (1, 1, 128, 256), 'stage3_rest': (1, 1, 1, 256, 256),
-        'stage4_block1': (1, 1, 256, 512), 'stage4_rest': (1, 1, 1, 512, 512)}),
-])
+    (
+      'cifar_resnet20',
+      {'shortcut': 'B'},
+      32,
+      {'stage2_block1': (1, 1, 16, 32), 'stage3_block1': (1, 1, 32, 64)},
+    ),
+    (
+      'resnet18',
+      {'shortcut': 'C'},
+      64,
+      {
+        'stage1_block1': (1, 1, 64, 64),
+        'stage1_rest': (1, 1, 1, 64, 64),
+        'stage2_block1': (1, 1, 64, 128),
+        'stage2_rest': (1, 1, 1, 128, 128),
+        'stage3_block1': (1, 1, 128, 256),
+        'stage3_rest': (1, 1, 1, 256, 256),
+        'stage4_block1': (1, 1, 256, 512),
+        'stage4_rest': (1, 1, 1, 512, 512),
+      },
+    ),
+  ],
+)
 def test_projection_shortcuts(name, options, size, expected):
   params = _init_shapes(models.create_model(name, **options), size)['params']
-  found = {block: sub['shortcut']['conv']['kernel'].shape
-           for block, sub in params.items() if 'shortcut' in sub}
+  found = {
+    block: sub['shortcut']['conv']['kernel'].shape
+    for block, sub in params.items()
+    if 'shortcut' in sub
+  }
   assert found == expected
-
-
 
 
 def _response_shapes(model, size, batch=2):
@@ -308,26 +341,31 @@ def _response_shapes(model, size, batch=2):
   return [r.shape for r in jax.eval_shape(responses, _spec(size, batch))]
 
 
-@pytest.mark.parametrize('name,options', [
+@pytest.mark.parametrize(
+  'name,options',
+  [
     ('cifar_resnet20', {}),
     ('cifar_plain20', {}),
     ('cifar_resnet20', {'scan_blocks': False}),
     ('cifar_resnet56', {}),
-])
+  ],
+)
 def test_layer_response_shapes_cifar(name, options):
   model = models.create_model(name, **options)
   n = model.stage_sizes[0]
-  expected = ([(2, 32, 32, 16)] * 2 * n + [(2, 16, 16, 32)] * 2 * n +
-              [(2, 8, 8, 64)] * 2 * n)
+  expected = [(2, 32, 32, 16)] * 2 * n + [(2, 16, 16, 32)] * 2 * n + [(2, 8, 8, 64)] * 2 * n
   assert _response_shapes(model, 32) == expected
   assert len(activations.response_names(model)) == 6 * n
 
 
-@pytest.mark.parametrize('name,options', [
+@pytest.mark.parametrize(
+  'name,options',
+  [
     ('resnet18', {}),
     ('resnet50', {}),
     ('resnet50', {'downsample_on_3x3': True}),
-])
+  ],
+)
 def test_layer_response_shapes_imagenet(name, options):
   # 64x64 input: 16x16 after the stem, then 8, 4, 2. One response per 3x3 conv:
   # two per basic block, one per bottleneck (its 3x3 has `features` channels).
@@ -367,11 +405,13 @@ def test_symmetric_padding_and_ceil_halving(name):
   model = models.create_model(name)
   h, w = (45, 61) if model.stem == 'imagenet' else (33, 31)
   calls, shapes = _conv_calls_and_response_shapes(
-      model, jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
+    model, jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+  )
   assert {k for k, _ in calls} >= {(3, 3)}
   for kernel_size, padding in calls:
     assert nn.linear.canonicalize_padding(padding, 2) == [
-        ((k - 1) // 2,) * 2 for k in kernel_size], (kernel_size, padding)
+      ((k - 1) // 2,) * 2 for k in kernel_size
+    ], (kernel_size, padding)
 
   def half(side):
     return tuple(-(-n // 2) for n in side)
@@ -384,17 +424,25 @@ def test_symmetric_padding_and_ceil_halving(name):
   assert [s[1:3] for s in shapes] == expected
 
 
-@pytest.mark.parametrize('block_cls,downsample_on_3x3', [
+@pytest.mark.parametrize(
+  'block_cls,downsample_on_3x3',
+  [
     (models.BasicBlock, False),
     (models.BottleneckBlock, True),
-])
+  ],
+)
 def test_stride2_3x3_is_centred_on_input_2i(block_cls, downsample_on_3x3):
   # With a kernel that keeps only its centre tap, the stride-2 3x3's output
   # (i, j) is input (2i, 2j), where the shortcut samples; 'SAME' would give
   # (2i+1, 2j+1) on even sizes.
-  block = block_cls(4, 2, conv=functools.partial(nn.Conv, use_bias=False),
-                    norm=functools.partial(nn.BatchNorm, use_running_average=True),
-                    shortcut='A', downsample_on_3x3=downsample_on_3x3)
+  block = block_cls(
+    4,
+    2,
+    conv=functools.partial(nn.Conv, use_bias=False),
+    norm=functools.partial(nn.BatchNorm, use_running_average=True),
+    shortcut='A',
+    downsample_on_3x3=downsample_on_3x3,
+  )
   for size in (8, 7):
     x = jax.random.normal(KEY, (1, size, size, 4))
     variables = block.init(KEY, x)
@@ -407,8 +455,7 @@ def test_stride2_3x3_is_centred_on_input_2i(block_cls, downsample_on_3x3):
     kernel = params[first]['kernel']
     centre = jnp.zeros_like(kernel).at[1, 1].set(jnp.eye(4))
     params = {**params, first: {'kernel': centre}}
-    _, state = block.apply({**variables, 'params': params}, x,
-                           mutable=['intermediates'])
+    _, state = block.apply({**variables, 'params': params}, x, mutable=['intermediates'])
     (y,) = state['intermediates'][response]
     half = -(-size // 2)
     assert y.shape == (1, half, half, 4)
@@ -423,14 +470,20 @@ def test_stem_conv_pads_3_on_each_side():
   model = models.create_model('resnet18').clone(stage_sizes=(1,))  # the stem is all we need.
   x = jax.random.normal(KEY, (1, 33, 40, 3))
   variables = jax.jit(functools.partial(model.init, train=False))(KEY, x)
-  _, state = jax.jit(functools.partial(
-      model.apply, train=False,
-      capture_intermediates=lambda module, _: module.name == 'conv_init'))(variables, x)
+  _, state = jax.jit(
+    functools.partial(
+      model.apply, train=False, capture_intermediates=lambda module, _: module.name == 'conv_init'
+    )
+  )(variables, x)
   (y,) = state['intermediates']['conv_init']['__call__']
   assert y.shape == (1, 17, 20, 64)
   expected = jax.lax.conv_general_dilated(
-      x, variables['params']['conv_init']['kernel'], (2, 2), ((3, 3), (3, 3)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    x,
+    variables['params']['conv_init']['kernel'],
+    (2, 2),
+    ((3, 3), (3, 3)),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
   np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -449,12 +502,10 @@ def test_layer_responses_values():
   # The first block's two responses, by hand: after BN, before the addition
   # and the ReLU (so they have negative entries).
   p, s = variables['params'], variables['batch_stats']
-  h = nn.relu(_bn_eval(_conv(x, p['conv_init']['kernel']), p['bn_init'],
-                       s['bn_init']))
+  h = nn.relu(_bn_eval(_conv(x, p['conv_init']['kernel']), p['bn_init'], s['bn_init']))
   b = 'stage1_block1'
   r1 = _bn_eval(_conv(h, p[b]['conv1']['kernel']), p[b]['bn1'], s[b]['bn1'])
-  r2 = _bn_eval(_conv(nn.relu(r1), p[b]['conv2']['kernel']), p[b]['bn2'],
-                s[b]['bn2'])
+  r2 = _bn_eval(_conv(nn.relu(r1), p[b]['conv2']['kernel']), p[b]['bn2'], s[b]['bn2'])
   np.testing.assert_allclose(responses[0], r1, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(responses[1], r2, rtol=1e-4, atol=1e-4)
   assert float(responses[0].min()) < 0 and float(responses[1].min()) < 0
@@ -465,9 +516,13 @@ def test_layer_responses_values():
 def _bottleneck(**options):
   """A stand-alone stride-2 option-B bottleneck block: 8 -> 16 channels."""
   return models.BottleneckBlock(
-      4, 2, conv=functools.partial(nn.Conv, use_bias=False),
-      norm=functools.partial(nn.BatchNorm, use_running_average=True),
-      shortcut='B', **options)
+    4,
+    2,
+    conv=functools.partial(nn.Conv, use_bias=False),
+    norm=functools.partial(nn.BatchNorm, use_running_average=True),
+    shortcut='B',
+    **options,
+  )
 
 
 @pytest.mark.parametrize('downsample_on_3x3', [False, True])
@@ -528,44 +583,44 @@ def test_layer_responses_order():
   def r(*values):
     return (jnp.array(values, jnp.float32),)
 
-  unrolled = {'stage2_block1': {'response2': r(21), 'response1': r(20)},
-              'stage1_block10': {'response1': r(18), 'response2': r(19)},
-              'stage1_block1': {'response1': r(0), 'response2': r(1)}}
+  unrolled = {
+    'stage2_block1': {'response2': r(21), 'response1': r(20)},
+    'stage1_block10': {'response1': r(18), 'response2': r(19)},
+    'stage1_block1': {'response1': r(0), 'response2': r(1)},
+  }
   for j in range(2, 10):
-    unrolled[f'stage1_block{j}'] = {'response1': r(2 * j - 2),
-                                    'response2': r(2 * j - 1)}
+    unrolled[f'stage1_block{j}'] = {'response1': r(2 * j - 2), 'response2': r(2 * j - 1)}
   got = [float(a[0]) for a in layer_responses(unrolled)]
   assert got == list(range(22))
 
   def stacked(*values):  # scanned: (length, ...) per response.
     return (jnp.array(values, jnp.float32)[:, None],)
 
-  scanned = {'stage2_block1': {'response1': r(8), 'response2': r(9)},
-             'stage1_rest': {'response2': stacked(3, 5, 7),
-                             'response1': stacked(2, 4, 6)},
-             'stage1_block1': {'response1': r(0), 'response2': r(1)}}
+  scanned = {
+    'stage2_block1': {'response1': r(8), 'response2': r(9)},
+    'stage1_rest': {'response2': stacked(3, 5, 7), 'response1': stacked(2, 4, 6)},
+    'stage1_block1': {'response1': r(0), 'response2': r(1)},
+  }
   got = [float(a[0]) for a in layer_responses(scanned)]
   assert got == list(range(10))
 
 
-
-
 def _bn_scales(params):
   """{'block/.../bnX': scale} of every BN inside the stages."""
-  return {path[:-len('/scale')]: leaf
-          for path, leaf in zip(_paths(params), jax.tree.leaves(params))
-          if path.startswith('stage') and path.endswith('/scale')}
+  return {
+    path[: -len('/scale')]: leaf
+    for path, leaf in zip(_paths(params), jax.tree.leaves(params))
+    if path.startswith('stage') and path.endswith('/scale')
+  }
 
 
 def test_zero_init_last_bn_basic():
-  model = models.create_model('cifar_resnet20', zero_init_last_bn=True,
-                              scan_blocks=False)
+  model = models.create_model('cifar_resnet20', zero_init_last_bn=True, scan_blocks=False)
   x = _x(32, 4)
   variables = model.init(KEY, x[:1], train=False)
   scales = _bn_scales(variables['params'])
   blocks = [f'stage{i}_block{j}' for i in (1, 2, 3) for j in (1, 2, 3)]
-  assert sorted(k for k in scales if k.endswith('bn2')) == [
-      f'{b}/bn2' for b in blocks]
+  assert sorted(k for k in scales if k.endswith('bn2')) == [f'{b}/bn2' for b in blocks]
   for path, scale in scales.items():
     np.testing.assert_array_equal(scale, 0.0 if path.endswith('bn2') else 1.0)
   # The residual branches are switched off: their last responses are zero.
@@ -582,10 +637,8 @@ def test_zero_init_last_bn_basic():
 @pytest.mark.parametrize('zero_init', [False, True])
 def test_zero_init_last_bn_bottleneck(zero_init):
   block = _bottleneck(zero_init_last_bn=zero_init)
-  scales = _bn_scales({'stage1_block1': block.init(
-      KEY, jnp.ones((1, 4, 4, 8)))['params']})
-  assert sorted(scales) == ['stage1_block1/' + k
-                            for k in ('bn1', 'bn2', 'bn3', 'shortcut/bn')]
+  scales = _bn_scales({'stage1_block1': block.init(KEY, jnp.ones((1, 4, 4, 8)))['params']})
+  assert sorted(scales) == ['stage1_block1/' + k for k in ('bn1', 'bn2', 'bn3', 'shortcut/bn')]
   assert scales['stage1_block1/bn3'].shape == (16,)
   for path, scale in scales.items():
     # Only the residual branch's last BN; not bn1/bn2, not the projection's.
@@ -624,8 +677,6 @@ def test_he_init():
       np.testing.assert_array_equal(leaf, 0.0, err_msg=path)
 
 
-
-
 def test_unknown_model_name():
   with pytest.raises(ValueError, match='resnet50') as info:
     models.create_model('resnet19')
@@ -638,11 +689,14 @@ def test_unknown_option():
   assert 'foo' in str(info.value)
 
 
-@pytest.mark.parametrize('options', [
+@pytest.mark.parametrize(
+  'options',
+  [
     {'shortcut': 'D'},
     {'bn_group_size': 0},
     {'bn_group_size': -2},
-])
+  ],
+)
 def test_bad_option_values(options):
   with pytest.raises(ValueError):
     models.create_model('resnet18', **options)
@@ -686,10 +740,13 @@ def _check_dtype():
 
 def _check_bn_momentum():
   # From the initial running mean 0, one step leaves (1 - momentum) x batch mean.
-  stats = {m: _tiny_apply(models.create_model('cifar_resnet20', bn_momentum=m), True)[2]
-           for m in (0.0, 0.75)}
-  np.testing.assert_allclose(stats[0.75]['bn_init']['mean'],
-                             0.25 * stats[0.0]['bn_init']['mean'], rtol=1e-5, atol=1e-7)
+  stats = {
+    m: _tiny_apply(models.create_model('cifar_resnet20', bn_momentum=m), True)[2]
+    for m in (0.0, 0.75)
+  }
+  np.testing.assert_allclose(
+    stats[0.75]['bn_init']['mean'], 0.25 * stats[0.0]['bn_init']['mean'], rtol=1e-5, atol=1e-7
+  )
 
 
 def _check_bn_epsilon():
@@ -700,9 +757,9 @@ def _check_bn_epsilon():
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
     _, state = model.apply(variables, x, train=False, mutable=['intermediates'])
     return layer_responses(state['intermediates'])[0]
+
   # Stem BN, ReLU (positively homogeneous), conv, BN: scaled by (1 + eps)^-1.
-  np.testing.assert_allclose(first_response(3.0), first_response(0.0) / 4, rtol=1e-4,
-                             atol=1e-6)
+  np.testing.assert_allclose(first_response(3.0), first_response(0.0) / 4, rtol=1e-4, atol=1e-6)
 
 
 def _check_bn_group_size():
@@ -710,8 +767,9 @@ def _check_bn_group_size():
   _, _, grouped = _tiny_apply(models.create_model('cifar_resnet20', bn_group_size=2), True)
   # Running statistics: the mean over groups of group means equals the batch
   # mean, but the mean of group variances is below the batch variance.
-  np.testing.assert_allclose(grouped['bn_init']['mean'], whole['bn_init']['mean'],
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    grouped['bn_init']['mean'], whole['bn_init']['mean'], rtol=1e-4, atol=1e-6
+  )
   assert np.all(grouped['bn_init']['var'] <= whole['bn_init']['var'] + 1e-6)
   assert np.any(grouped['bn_init']['var'] < whole['bn_init']['var'] - 1e-6)
 
@@ -736,8 +794,9 @@ def _check_scan_blocks():
   assert unrolled['stage1_block3']['conv1']['kernel'].shape == (3, 3, 16, 16)
 
 
-OPTION_CHECKS = {name[len('_check_'):]: fn for name, fn in list(globals().items())
-                 if name.startswith('_check_')}
+OPTION_CHECKS = {
+  name[len('_check_') :]: fn for name, fn in list(globals().items()) if name.startswith('_check_')
+}
 
 
 @pytest.mark.parametrize('option', models.OPTIONS)
@@ -753,12 +812,14 @@ def test_resnet1202_forward_backward_compiles():
   variables = _init_shapes(model, 32, batch=2)
 
   def loss_fn(params, batch_stats, x):
-    logits, state = model.apply({'params': params, 'batch_stats': batch_stats},
-                                x, train=True, mutable=['batch_stats'])
+    logits, state = model.apply(
+      {'params': params, 'batch_stats': batch_stats}, x, train=True, mutable=['batch_stats']
+    )
     return -jax.nn.log_softmax(logits)[:, 0].mean(), state
 
   lowered = jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(
-      variables['params'], variables['batch_stats'], x)
+    variables['params'], variables['batch_stats'], x
+  )
   compiled = lowered.compile()
   # The 199 identical blocks of each stage run as one loop body, not unrolled:
   # the program stays small (an unrolled one has thousands of convolutions).
@@ -771,7 +832,5 @@ def test_resnet1202_forward_backward_compiles():
   for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(variables['params'])):
     assert g.shape == p.shape
   # 199 blocks per stage are stacked into one scanned body.
-  assert variables['params']['stage1_rest']['conv1']['kernel'].shape == (
-      199, 3, 3, 16, 16)
-  assert jax.tree.structure(state['batch_stats']) == jax.tree.structure(
-      variables['batch_stats'])
+  assert variables['params']['stage1_rest']['conv1']['kernel'].shape == (199, 3, 3, 16, 16)
+  assert jax.tree.structure(state['batch_stats']) == jax.tree.structure(variables['batch_stats'])

@@ -23,8 +23,7 @@ NHWC = ('NHWC', 'HWIO', 'NHWC')
 def _random_like(tree, seed):
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return treedef.unflatten([jax.random.normal(k, a.shape, a.dtype)
-                            for k, a in zip(keys, leaves)])
+  return treedef.unflatten([jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
 
 
 def _tree_axpy(a, x, y):
@@ -35,11 +34,16 @@ def _vdot(x, y):
   return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
 
 
-@pytest.mark.parametrize('kernel,padding', [((3, 3), ((1, 1), (1, 1))),
-                                            ((1, 1), ((0, 0), (0, 0))),
-                                            ((3, 3), 'SAME'),
-                                            ((3, 3), ((0, 2), (1, 1))),
-                                            ((3, 3), 'VALID')])
+@pytest.mark.parametrize(
+  'kernel,padding',
+  [
+    ((3, 3), ((1, 1), (1, 1))),
+    ((1, 1), ((0, 0), (0, 0))),
+    ((3, 3), 'SAME'),
+    ((3, 3), ((0, 2), (1, 1))),
+    ((3, 3), 'VALID'),
+  ],
+)
 @pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
 def test_cpu_gradient_conv_matches_lax(kernel, padding, strides):
   """Values, gradients and tangents of the CPU conv equal XLA's own; strided
@@ -59,8 +63,12 @@ def test_cpu_gradient_conv_matches_lax(kernel, padding, strides):
   def derivatives(conv_fn, x, k, tx, tk):
     f = functools.partial(loss, conv_fn)
     # Both arguments moving, then one (the other's tangent a symbolic zero).
-    return (jax.grad(f, (0, 1))(x, k), jax.jvp(f, (x, k), (tx, tk)),
-            jax.jvp(lambda a: f(a, k), (x,), (tx,)), jax.jvp(lambda b: f(x, b), (k,), (tk,)))
+    return (
+      jax.grad(f, (0, 1))(x, k),
+      jax.jvp(f, (x, k), (tx, tk)),
+      jax.jvp(lambda a: f(a, k), (x,), (tx,)),
+      jax.jvp(lambda b: f(x, b), (k,), (tk,)),
+    )
 
   in_loop = functools.partial(cpu_conv.conv_general_dilated, strided_as_stride1=True)
   ours = derivatives(in_loop, x, k, *tangents)
@@ -77,8 +85,10 @@ def test_cpu_gradients_inside_scan_are_forward_convolutions():
   # own transposed-layout gradient convolutions (e.g. f01b_i01o->01bf).
   def loss(kernels, x):
     def layer(h, k):
-      return jax.nn.relu(cpu_conv.conv_general_dilated(
-          h, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)), None
+      return jax.nn.relu(
+        cpu_conv.conv_general_dilated(h, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+      ), None
+
     h, _ = jax.lax.scan(layer, x, kernels)
     return jnp.sum(h**2)
 
@@ -97,7 +107,8 @@ def _cifar20_float64():
   variables = jax.tree.map(lambda a: a.astype(jnp.float64), variables)
   warm = jax.random.normal(jax.random.key(1), (4, 8, 8, 3), jnp.float64)
   _, state = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
-      variables, warm)
+    variables, warm
+  )
   return model, variables['params'], state['batch_stats']
 
 
@@ -109,47 +120,58 @@ def test_jvp_and_jacfwd_match_finite_differences():
     def f(params, x):
       # The fc layer's float64 output: the logits themselves are cast to
       # float32, too coarse for finite differences.
-      _, state = model.apply({'params': params, 'batch_stats': stats}, x, train=False,
-                             capture_intermediates=lambda module, _: module.name == 'fc')
+      _, state = model.apply(
+        {'params': params, 'batch_stats': stats},
+        x,
+        train=False,
+        capture_intermediates=lambda module, _: module.name == 'fc',
+      )
       return state['intermediates']['fc']['__call__'][0]
 
     x = jax.random.normal(jax.random.key(2), (1, 8, 8, 3), jnp.float64)
-    dparams = jax.tree.map(lambda t, p: 0.1 * t * jnp.abs(p).mean(),
-                           _random_like(params, 3), params)
+    dparams = jax.tree.map(
+      lambda t, p: 0.1 * t * jnp.abs(p).mean(), _random_like(params, 3), params
+    )
     dx = jax.random.normal(jax.random.key(4), x.shape, jnp.float64)
     y, dy = jax.jit(lambda p, x, dp, dx: jax.jvp(f, (p, x), (dp, dx)))(params, x, dparams, dx)
     assert y.dtype == dy.dtype == jnp.float64
     # Central differences, with a step small enough to cross no ReLU kink.
     eps = 1e-6
-    fd = (f(_tree_axpy(eps, dparams, params), x + eps * dx) -
-          f(_tree_axpy(-eps, dparams, params), x - eps * dx)) / (2 * eps)
+    fd = (
+      f(_tree_axpy(eps, dparams, params), x + eps * dx)
+      - f(_tree_axpy(-eps, dparams, params), x - eps * dx)
+    ) / (2 * eps)
     scale = float(jnp.abs(fd).max())
     assert scale > 0.1
     np.testing.assert_allclose(dy, fd, rtol=1e-6, atol=1e-6 * scale)
 
     # jax.linearize: the same tangent map.
     _, f_lin = jax.linearize(f, params, x)
-    np.testing.assert_allclose(jax.jit(f_lin)(dparams, dx), dy, rtol=1e-9,
-                               atol=1e-9 * scale)
+    np.testing.assert_allclose(jax.jit(f_lin)(dparams, dx), dy, rtol=1e-9, atol=1e-9 * scale)
 
     # jacfwd in the input against a finite-difference Jacobian (one column per
     # pixel and channel) and against jacrev (reverse mode, the CPU gradients).
     jac = jax.jit(jax.jacfwd(f, argnums=1))(params, x)
     assert jac.shape == (1, 10, 1, 8, 8, 3)
     basis = jnp.eye(x.size, dtype=x.dtype).reshape((x.size,) + x.shape)
-    fd_jac = jax.jit(jax.vmap(lambda e: (f(params, x + eps * e) - f(params, x - eps * e))
-                              / (2 * eps)))(basis)
+    fd_jac = jax.jit(
+      jax.vmap(lambda e: (f(params, x + eps * e) - f(params, x - eps * e)) / (2 * eps))
+    )(basis)
     fd_jac = jnp.moveaxis(fd_jac, 0, -1).reshape(jac.shape)
     jac_scale = float(jnp.abs(fd_jac).max())
     np.testing.assert_allclose(jac, fd_jac, rtol=1e-6, atol=1e-6 * jac_scale)
-    np.testing.assert_allclose(jax.jit(jax.jacrev(f, argnums=1))(params, x), jac,
-                               rtol=1e-9, atol=1e-9 * jac_scale)
+    np.testing.assert_allclose(
+      jax.jit(jax.jacrev(f, argnums=1))(params, x), jac, rtol=1e-9, atol=1e-9 * jac_scale
+    )
 
 
-@pytest.mark.parametrize('name,size,options', [
+@pytest.mark.parametrize(
+  'name,size,options',
+  [
     ('resnet50', 32, {}),
     ('cifar_resnet110', 8, {}),
-])
+  ],
+)
 def test_forward_mode_through_deep_and_imagenet_nets(name, size, options):
   model = models.create_model(name, **options)
   x = jax.random.normal(jax.random.key(1), (1, size, size, 3))
@@ -173,5 +195,6 @@ def test_forward_mode_through_deep_and_imagenet_nets(name, size, options):
   assert np.all(np.isfinite(dy)) and float(jnp.abs(dy).max()) > 0
   # Forward and reverse mode agree: <u, J v> = <J^T u, v>.
   forward, reverse = float(jnp.vdot(cotangent, dy)), float(_vdot(grads, tangents))
-  np.testing.assert_allclose(forward, reverse, rtol=1e-3,
-                             atol=1e-4 * float(jnp.abs(cotangent).sum() * jnp.abs(dy).max()))
+  np.testing.assert_allclose(
+    forward, reverse, rtol=1e-3, atol=1e-4 * float(jnp.abs(cotangent).sum() * jnp.abs(dy).max())
+  )

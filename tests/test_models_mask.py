@@ -21,8 +21,12 @@ def _variables(model, seed=1):
   variables = jax.jit(functools.partial(model.init, train=False))(KEY, jnp.zeros((1, 32, 32, 3)))
   leaves, treedef = jax.tree_util.tree_flatten_with_path(variables['batch_stats'])
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  stats = [jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0) if path[-1].key == 'var'
-           else 0.2 * jax.random.normal(k, a.shape) for k, (path, a) in zip(keys, leaves)]
+  stats = [
+    jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)
+    if path[-1].key == 'var'
+    else 0.2 * jax.random.normal(k, a.shape)
+    for k, (path, a) in zip(keys, leaves)
+  ]
   return {'params': variables['params'], 'batch_stats': treedef.unflatten(stats)}
 
 
@@ -40,13 +44,16 @@ def _canvas(sizes, canvas_size, seed=2):
   return images, canvas, mask
 
 
-@pytest.mark.parametrize('name,options,sizes', [
+@pytest.mark.parametrize(
+  'name,options,sizes',
+  [
     ('cifar_resnet20', {}, [(37, 53), (64, 41)]),
     ('cifar_resnet20', {'scan_blocks': False}, [(37, 53), (30, 31)]),
     ('resnet18', {'num_classes': 10}, [(61, 45), (33, 64)]),
     ('resnet50', {'num_classes': 10}, [(61, 45), (50, 57)]),
     ('resnet50', {'num_classes': 10, 'downsample_on_3x3': True}, [(61, 45), (64, 35)]),
-])
+  ],
+)
 def test_masked_canvas_matches_each_image_alone(name, options, sizes):
   model = models.create_model(name, **options)
   variables = _variables(model)
@@ -58,11 +65,11 @@ def test_masked_canvas_matches_each_image_alone(name, options, sizes):
     alone = apply(variables, image[None])[0]
     scale = float(jnp.abs(alone).max())
     assert scale > 0.1
-    np.testing.assert_allclose(logits[i], alone, rtol=1e-4, atol=1e-5 * scale,
-                               err_msg=f'image {i}, {image.shape}')
+    np.testing.assert_allclose(
+      logits[i], alone, rtol=1e-4, atol=1e-5 * scale, err_msg=f'image {i}, {image.shape}'
+    )
   # The padding does matter without the mask (an all-true mask is no mask).
-  unmasked = apply(variables, np.where(np.isfinite(canvas), canvas, 1.0),
-                   mask=np.ones_like(mask))
+  unmasked = apply(variables, np.where(np.isfinite(canvas), canvas, 1.0), mask=np.ones_like(mask))
   assert not np.allclose(unmasked[0], apply(variables, images[0][None])[0], rtol=1e-2)
 
 
@@ -71,8 +78,11 @@ def test_full_mask_is_no_mask():
   variables = _variables(model)
   x = jax.random.normal(jax.random.key(3), (2, 16, 16, 3))
   np.testing.assert_allclose(
-      model.apply(variables, x, train=False, mask=jnp.ones((2, 16, 16), jnp.float32)),
-      model.apply(variables, x, train=False), rtol=1e-6, atol=1e-6)
+    model.apply(variables, x, train=False, mask=jnp.ones((2, 16, 16), jnp.float32)),
+    model.apply(variables, x, train=False),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
 def test_empty_mask_gives_finite_logits():
@@ -84,8 +94,9 @@ def test_empty_mask_gives_finite_logits():
   mask = jnp.ones((2, 16, 16), bool).at[1].set(False)
   logits = model.apply(variables, x, train=False, mask=mask)
   np.testing.assert_allclose(logits[1], variables['params']['fc']['bias'], atol=1e-6)
-  np.testing.assert_allclose(logits[0], model.apply(variables, x[:1], train=False)[0],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    logits[0], model.apply(variables, x[:1], train=False)[0], rtol=1e-5, atol=1e-5
+  )
 
 
 def test_mask_is_for_inference_only():
@@ -93,8 +104,13 @@ def test_mask_is_for_inference_only():
   x = jnp.zeros((2, 16, 16, 3))
   variables = jax.eval_shape(functools.partial(model.init, train=False), KEY, x)
   with pytest.raises(ValueError, match='inference'):
-    jax.eval_shape(functools.partial(model.apply, train=True, mutable=['batch_stats']),
-                   variables, x, mask=jnp.ones((2, 16, 16), bool))
+    jax.eval_shape(
+      functools.partial(model.apply, train=True, mutable=['batch_stats']),
+      variables,
+      x,
+      mask=jnp.ones((2, 16, 16), bool),
+    )
   with pytest.raises(ValueError, match='shape'):
-    jax.eval_shape(functools.partial(model.apply, train=False), variables, x,
-                   mask=jnp.ones((2, 16, 15), bool))
+    jax.eval_shape(
+      functools.partial(model.apply, train=False), variables, x, mask=jnp.ones((2, 16, 15), bool)
+    )

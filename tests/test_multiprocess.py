@@ -39,9 +39,15 @@ def launch(workdir, num_processes=2, devices=2, **flags):
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   procs = []
   for i in range(num_processes):
-    args = [sys.executable, WORKER, f'--workdir={workdir}', f'--devices={devices}',
-            f'--num_processes={num_processes}', f'--process_id={i}',
-            f'--coordinator_address={address}']
+    args = [
+      sys.executable,
+      WORKER,
+      f'--workdir={workdir}',
+      f'--devices={devices}',
+      f'--num_processes={num_processes}',
+      f'--process_id={i}',
+      f'--coordinator_address={address}',
+    ]
     args += [f'--{k}' if v is True else f'--{k}={v}' for k, v in flags.items()]
     log = open(os.path.join(str(workdir) + f'.log{i}'), 'w')
     procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env))
@@ -63,8 +69,9 @@ def wait(procs, workdir, limit=TIME_LIMIT):
 
 
 def logs(workdir, n):
-  return '\n'.join(f'--- process {i}:\n' + open(f'{workdir}.log{i}').read()[-3000:]
-                   for i in range(n))
+  return '\n'.join(
+    f'--- process {i}:\n' + open(f'{workdir}.log{i}').read()[-3000:] for i in range(n)
+  )
 
 
 def run(workdir, num_processes=2, devices=2, **flags):
@@ -83,16 +90,19 @@ def final_state(workdir, step=None):
     abstract = jax.eval_shape(lambda: models.abstract_variables(model))
     abstract['step'] = jax.ShapeDtypeStruct((), np.int32)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                            abstract)
+    abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
+    )
     state = checkpointing.restore_inference(mngr, step, abstract)
   return jax.device_get(state)
 
 
 def assert_same_state(a, b, exact):
   assert int(a['step']) == int(b['step'])
-  for x, y in zip(jax.tree.leaves((a['params'], a['batch_stats'])),
-                  jax.tree.leaves((b['params'], b['batch_stats']))):
+  for x, y in zip(
+    jax.tree.leaves((a['params'], a['batch_stats'])),
+    jax.tree.leaves((b['params'], b['batch_stats'])),
+  ):
     if exact:
       np.testing.assert_array_equal(x, y)
     else:
@@ -128,15 +138,16 @@ def test_two_processes_train_and_evaluate_like_one(reference_runs):
   # wrote the logs and JSON files.
   data_dir = os.path.join(multi, 'checkpoints', '6', 'data')
   assert sorted(f for f in os.listdir(data_dir) if f.endswith('.json')) == [
-      'process_0-of-2.json', 'process_1-of-2.json']
+    'process_0-of-2.json',
+    'process_1-of-2.json',
+  ]
   assert json.load(open(os.path.join(multi, 'eval.json')))['protocols']['center']['count'] == 37
   assert os.path.exists(os.path.join(multi, 'config.json'))
   log0, log1 = open(multi + '.log0').read(), open(multi + '.log1').read()
   assert 'step 6/6' in log0 and 'step 6/6' not in log1
 
 
-def test_two_processes_with_k_steps_per_call_and_the_split_on_the_devices(reference_runs,
-                                                                         tmp_path):
+def test_two_processes_with_k_steps_per_call_and_the_split_on_the_devices(reference_runs, tmp_path):
   # Each process puts the whole split on its 2 devices and sends only indices;
   # 3 calls of 2 steps must train like 6 single steps of 1 process x 4 devices.
   single, _ = reference_runs
@@ -144,8 +155,10 @@ def test_two_processes_with_k_steps_per_call_and_the_split_on_the_devices(refere
   run(workdir, num_processes=2, devices=2, steps_per_dispatch=2, device_resident=True)
   a, b = final_state(single), final_state(workdir)
   assert int(a['step']) == int(b['step']) == 6
-  for x, y in zip(jax.tree.leaves((a['params'], a['batch_stats'])),
-                  jax.tree.leaves((b['params'], b['batch_stats']))):
+  for x, y in zip(
+    jax.tree.leaves((a['params'], a['batch_stats'])),
+    jax.tree.leaves((b['params'], b['batch_stats'])),
+  ):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-5)  # Scan: float32 rounding.
 
 
@@ -153,8 +166,7 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere(reference_runs, t
   _, multi = reference_runs
   workdir = str(tmp_path / 'preempted')
   # SIGTERM to process 1 after its step 2 (checkpoints every 3 steps otherwise).
-  outputs = run(workdir, fault='sigterm', fault_step=2, fault_process=1,
-                checkpoint_every_steps=100)
+  outputs = run(workdir, fault='sigterm', fault_step=2, fault_process=1, checkpoint_every_steps=100)
   with checkpointing.manager(workdir, create=False) as mngr:
     steps = mngr.all_steps()
   assert len(steps) == 1 and 2 <= steps[0] <= 4, (steps, outputs[0])
@@ -170,8 +182,15 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere(reference_runs, t
 
 def test_killed_process_makes_the_other_fail_fast(tmp_path):
   workdir = str(tmp_path / 'killed')
-  procs = launch(workdir, total_steps=400, checkpoint_every_steps=2, fault='sigkill',
-                 fault_step=5, fault_process=1, heartbeat_timeout=5)
+  procs = launch(
+    workdir,
+    total_steps=400,
+    checkpoint_every_steps=2,
+    fault='sigkill',
+    fault_step=5,
+    fault_process=1,
+    heartbeat_timeout=5,
+  )
   codes = wait(procs, workdir, limit=180)
   ended = time.time()
   assert codes[1] == -9

@@ -22,6 +22,7 @@ def test_notebook_runs_and_draws(path, monkeypatch, tmp_path):
   if 'layer_responses' in path and not os.path.isdir(os.path.join(DATA_DIR, 'cifar10_jpeg')):
     pytest.skip('../shared/data/tfds/cifar10_jpeg is not here')
   import matplotlib
+
   matplotlib.use('Agg')
   monkeypatch.chdir(ROOT)
   monkeypatch.setenv('NOTEBOOK_OUT_DIR', str(tmp_path))

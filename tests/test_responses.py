@@ -62,9 +62,17 @@ def direct_stats(arrays, example_count=NUM_TEST):
     a = np.asarray(a, np.float64)
     assert a.shape[0] == example_count
     flat = a.reshape(-1, a.shape[-1])
-    out.append({'std': flat.std(0).mean(), 'std_all': flat.std(), 'mean': flat.mean(),
-                'mean_abs': np.abs(flat).mean(), 'channel_std': flat.std(0),
-                'channel_mean': flat.mean(0), 'count': flat.shape[0]})
+    out.append(
+      {
+        'std': flat.std(0).mean(),
+        'std_all': flat.std(),
+        'mean': flat.mean(),
+        'mean_abs': np.abs(flat).mean(),
+        'channel_std': flat.std(0),
+        'channel_mean': flat.mean(0),
+        'count': flat.shape[0],
+      }
+    )
   return out
 
 
@@ -80,36 +88,43 @@ def assert_stats_equal(got: list, want: list, rtol=2e-5):
     assert g.count == w['count']
     atol = rtol * w['mean_abs']
     for key in ('std', 'std_all', 'mean', 'mean_abs', 'channel_std', 'channel_mean'):
-      np.testing.assert_allclose(getattr(g, key), w[key], rtol=rtol, atol=atol,
-                                 err_msg=f'{g.name} {key}')
+      np.testing.assert_allclose(
+        getattr(g, key), w[key], rtol=rtol, atol=atol, err_msg=f'{g.name} {key}'
+      )
 
 
 def poisoned(batches):
   """Batches whose padding examples hold extreme pixels: they must not count."""
   for batch in batches:
     batch = dict(batch)
-    batch['image'] = np.where(batch['mask'][:, None, None, None] > 0, batch['image'],
-                              np.uint8(255))
+    batch['image'] = np.where(batch['mask'][:, None, None, None] > 0, batch['image'], np.uint8(255))
     yield batch
 
 
 def test_streaming_stats_match_whole_split_sharded_and_single_device(net):
   model, variables = net
   split = tiny_splits()[1]['test']
-  _, state = model.apply(variables, whole_split_input(split), train=False,
-                         mutable=['intermediates'])
+  _, state = model.apply(
+    variables, whole_split_input(split), train=False, mutable=['intermediates']
+  )
   want = direct_stats(layer_responses(state['intermediates']))
   # 8 devices, batches of 16 (the last holds 5 examples and 11 padding ones),
   # through the dataset's own padded evaluation batches.
   assert jax.device_count() == 8
   dataset = data.create(responses_config(), preloaded=tiny_splits())
-  sharded = responses.dataset_stats(model, variables, NORM, dataset, 'test',
-                                    mesh=distributed.make_mesh(), batch_size=16)
+  sharded = responses.dataset_stats(
+    model, variables, NORM, dataset, 'test', mesh=distributed.make_mesh(), batch_size=16
+  )
   assert_stats_equal(list(sharded.values()), want)
   # 1 device, batches of 5 with poisoned padding.
   single = responses.response_stats(
-      model, variables, poisoned(cifar.eval_batches(split, 5)), NORM,
-      mesh=distributed.make_mesh(jax.devices()[:1]), num_examples=NUM_TEST)
+    model,
+    variables,
+    poisoned(cifar.eval_batches(split, 5)),
+    NORM,
+    mesh=distributed.make_mesh(jax.devices()[:1]),
+    num_examples=NUM_TEST,
+  )
   assert_stats_equal(list(single.values()), want)
   assert list(single) == list(sharded)
   # The per-channel float64 sums too.
@@ -117,7 +132,7 @@ def test_streaming_stats_match_whole_split_sharded_and_single_device(net):
   flat = np.asarray(layer_responses(state['intermediates'])[7], np.float64)
   flat = flat.reshape(-1, flat.shape[-1])
   np.testing.assert_allclose(layer.sum, flat.sum(0), rtol=1e-4, atol=1e-3)
-  np.testing.assert_allclose(layer.sum_sq, (flat ** 2).sum(0), rtol=1e-5)
+  np.testing.assert_allclose(layer.sum_sq, (flat**2).sum(0), rtol=1e-5)
   np.testing.assert_allclose(layer.sum_abs, np.abs(flat).sum(0), rtol=1e-5)
   # The std of Fig. 7 is not the overall std (channel means differ here).
   assert abs(layer.std - layer.std_all) > 0.05 * layer.std_all
@@ -136,8 +151,12 @@ def test_names_order_and_scanned_equals_unscanned(net):
   model, variables = net
   names = activations.response_names(model)
   assert len(names) == len(activations.response_names(model)) == 18
-  assert names[:4] == ['stage1_block1/response1', 'stage1_block1/response2',
-                       'stage1_block2/response1', 'stage1_block2/response2']
+  assert names[:4] == [
+    'stage1_block1/response1',
+    'stage1_block1/response2',
+    'stage1_block2/response1',
+    'stage1_block2/response2',
+  ]
   assert names[6:8] == ['stage2_block1/response1', 'stage2_block1/response2']
   assert names[-1] == 'stage3_block3/response2'
   split = tiny_data(12, 3)
@@ -168,43 +187,75 @@ def test_collect_named_modules_matches_direct_capture(net):
   model, variables = net
   split = tiny_splits()[1]['test']
   x = whole_split_input(split)
-  _, state = model.apply(variables, x, train=False, mutable=['intermediates'],
-                         capture_intermediates=True)
+  _, state = model.apply(
+    variables, x, train=False, mutable=['intermediates'], capture_intermediates=True
+  )
   inter = state['intermediates']
   logits = model.apply(variables, x, train=False)
   pattern = r'stage1_block1/conv1|stage2_block3/conv1|output|stage\d_block\d/bn[12]'
-  got = responses.collect(model, variables, cifar.eval_batches(split, 16), NORM,
-                          names=pattern, mesh=distributed.make_mesh(), num_examples=NUM_TEST)
+  got = responses.collect(
+    model,
+    variables,
+    cifar.eval_batches(split, 16),
+    NORM,
+    names=pattern,
+    mesh=distributed.make_mesh(),
+    num_examples=NUM_TEST,
+  )
   names = list(got)
   # Network order: a module's outputs in call order, the root last.
   assert names[:3] == ['stage1_block1/conv1', 'stage1_block1/bn1', 'stage1_block1/bn2']
   assert names.index('stage2_block3/conv1') < names.index('stage2_block3/bn1')
   assert names[-1] == 'output'
-  want = direct_stats([
+  want = direct_stats(
+    [
       inter['stage1_block1']['conv1']['__call__'][0],
       inter['stage1_block1']['bn1']['__call__'][0],
       inter['stage2_rest']['conv1']['__call__'][0][1],  # block 3 = second scanned block.
-      logits])
-  assert_stats_equal([got['stage1_block1/conv1'], got['stage1_block1/bn1'],
-                      got['stage2_block3/conv1'], got['output']], want)
+      logits,
+    ]
+  )
+  assert_stats_equal(
+    [
+      got['stage1_block1/conv1'],
+      got['stage1_block1/bn1'],
+      got['stage2_block3/conv1'],
+      got['output'],
+    ],
+    want,
+  )
   # For basic blocks the responses of Fig. 7 are the bn1 / bn2 outputs.
-  fig7 = responses.response_stats(model, variables, cifar.eval_batches(split, 16), NORM,
-                                  mesh=distributed.make_mesh())
+  fig7 = responses.response_stats(
+    model, variables, cifar.eval_batches(split, 16), NORM, mesh=distributed.make_mesh()
+  )
   bns = [n for n in names if '/bn' in n]
   assert [n.replace('/bn', '/response') for n in bns] == list(fig7)
   for n in bns:
-    np.testing.assert_allclose(got[n].channel_std, fig7[n.replace('/bn', '/response')].channel_std,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      got[n].channel_std, fig7[n.replace('/bn', '/response')].channel_std, rtol=1e-6
+    )
   # A callable filter, and a name that matches nothing.
-  one = responses.collect(model, variables, cifar.eval_batches(split, 40), NORM,
-                          names=lambda n: n == 'stage3_block2/bn2',
-                          mesh=distributed.make_mesh(jax.devices()[:1]))
+  one = responses.collect(
+    model,
+    variables,
+    cifar.eval_batches(split, 40),
+    NORM,
+    names=lambda n: n == 'stage3_block2/bn2',
+    mesh=distributed.make_mesh(jax.devices()[:1]),
+  )
   assert list(one) == ['stage3_block2/bn2']
-  np.testing.assert_allclose(one['stage3_block2/bn2'].channel_std,
-                             got['stage3_block2/bn2'].channel_std, rtol=1e-5)
+  np.testing.assert_allclose(
+    one['stage3_block2/bn2'].channel_std, got['stage3_block2/bn2'].channel_std, rtol=1e-5
+  )
   with pytest.raises(ValueError, match='no activation matched'):
-    responses.collect(model, variables, cifar.eval_batches(split, 40), NORM,
-                      names='stage9_block1/bn1', mesh=distributed.make_mesh(jax.devices()[:1]))
+    responses.collect(
+      model,
+      variables,
+      cifar.eval_batches(split, 40),
+      NORM,
+      names='stage9_block1/bn1',
+      mesh=distributed.make_mesh(jax.devices()[:1]),
+    )
 
 
 def test_pixel_mask_counts_only_each_image(net):
@@ -215,13 +266,15 @@ def test_pixel_mask_counts_only_each_image(net):
   canvas[:, :8, :8] = split.images
   pixel_mask = np.zeros((4, 12, 12), bool)
   pixel_mask[:, :8, :8] = True
-  batch = {'image': canvas, 'mask': np.ones(4, np.float32), 'pixel_mask': pixel_mask,
-           'index': np.arange(4, dtype=np.int32)}
+  batch = {
+    'image': canvas,
+    'mask': np.ones(4, np.float32),
+    'pixel_mask': pixel_mask,
+    'index': np.arange(4, dtype=np.int32),
+  }
   mesh = distributed.make_mesh(jax.devices()[:1])
-  padded = responses.response_stats(model, variables, [batch], NORM, mesh=mesh,
-                                    num_examples=4)
-  plain = responses.response_stats(model, variables, cifar.eval_batches(split, 4), NORM,
-                                    mesh=mesh)
+  padded = responses.response_stats(model, variables, [batch], NORM, mesh=mesh, num_examples=4)
+  plain = responses.response_stats(model, variables, cifar.eval_batches(split, 4), NORM, mesh=mesh)
   for a, b in zip(padded.values(), plain.values()):
     assert a.count == b.count
     np.testing.assert_allclose(a.channel_std, b.channel_std, rtol=1e-4, atol=1e-5)
@@ -268,11 +321,16 @@ def test_cli_end_to_end_on_two_trained_workdirs(tmp_path, capsys):
   assert '| ResNet-20 | 18 |' in table and '| plain-20 | 18 |' in table
   # The numbers match a direct computation on the loaded checkpoint.
   model, variables, norm, _ = checkpointing.load_variables(workdirs[0])
-  direct = responses.response_stats(model, variables,
-                                    cifar.eval_batches(splits[1]['test'], 37), norm,
-                                    mesh=distributed.make_mesh(jax.devices()[:1]))
-  np.testing.assert_allclose(saved['results'][0]['std'], [s.std for s in direct.values()],
-                             rtol=1e-5)
+  direct = responses.response_stats(
+    model,
+    variables,
+    cifar.eval_batches(splits[1]['test'], 37),
+    norm,
+    mesh=distributed.make_mesh(jax.devices()[:1]),
+  )
+  np.testing.assert_allclose(
+    saved['results'][0]['std'], [s.std for s in direct.values()], rtol=1e-5
+  )
   # --data_dir overrides the workdir config's input (and is checked first).
   with pytest.raises(errors.MissingError, match='does not exist'):
     fig7.run(workdirs[:1], str(tmp_path / 'x.png'), data_dir=str(tmp_path / 'nowhere'))
@@ -286,8 +344,11 @@ def _parsed(*argv):
 
 
 def test_flags():
-  kwargs = fig7.run_kwargs(_parsed('--workdir=a', '--workdir=b', '--out=f.png',
-                                   '--data_dir=/data/tfds', '--dataset=cifar10_jpeg'))
+  kwargs = fig7.run_kwargs(
+    _parsed(
+      '--workdir=a', '--workdir=b', '--out=f.png', '--data_dir=/data/tfds', '--dataset=cifar10_jpeg'
+    )
+  )
   assert kwargs['workdirs'] == ['a', 'b'] and kwargs['out'] == 'f.png'
   assert kwargs['json_path'] is None and kwargs['data_dir'] == '/data/tfds'
   assert kwargs['dataset'] == 'cifar10_jpeg'

@@ -35,8 +35,11 @@ from helpers import (
 
 def dispatch_config(k=1, resident=False, **schedule):
   """tiny_config with every interval a multiple of 4 (so K = 1, 2, 4 all fit)."""
-  config = tiny_config(total_steps=schedule.pop('total_steps', 8),
-                       boundaries=schedule.pop('boundaries', (3, 6)), **schedule)
+  config = tiny_config(
+    total_steps=schedule.pop('total_steps', 8),
+    boundaries=schedule.pop('boundaries', (3, 6)),
+    **schedule,
+  )
   config.log_every_steps = 4
   config.eval_every_steps = 4
   config.checkpoint_every_steps = 4
@@ -64,15 +67,14 @@ def test_k_steps_in_one_call_equal_k_single_steps(resident):
 
   state, singles = single.init_fn(zero_norm(single)), []
   for i in range(8):
-    batch = single.to_global({'image': split.images[index[i]],
-                              'label': split.labels[index[i]]})
+    batch = single.to_global({'image': split.images[index[i]], 'label': split.labels[index[i]]})
     state, metrics = single.train_fn(state, batch, {})
     singles.append(jax.device_get(metrics))
 
   resident_arrays = multi.put_resident({'image': split.images, 'label': split.labels})
   stacked, multis = multi.init_fn(zero_norm(multi)), []
   for call in range(2):
-    rows = index[4 * call:4 * call + 4]
+    rows = index[4 * call : 4 * call + 4]
     if resident:
       batch = multi.to_global({'index': rows})
     else:
@@ -94,8 +96,9 @@ def test_k_steps_in_one_call_equal_k_single_steps(resident):
 def _assert_same_state(a, b):
   """Same params and BN statistics (to rounding), momentum (per-element
   gradients amplify rounding: compared by norm), step, warm-up state, rng."""
-  for x, y in zip(jax.tree.leaves((a.params, a.batch_stats)),
-                  jax.tree.leaves((b.params, b.batch_stats))):
+  for x, y in zip(
+    jax.tree.leaves((a.params, a.batch_stats)), jax.tree.leaves((b.params, b.batch_stats))
+  ):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=2e-5)
   momentum = lambda s: float(optax.global_norm(s.opt_state.inner_state[1][0].trace))
   assert momentum(a) == pytest.approx(momentum(b), rel=1e-3)
@@ -138,8 +141,7 @@ def test_loop_with_k_steps_and_resume_under_another_k_equals_single_steps(tmp_pa
   first.stop_after_steps = 4
   loop.train_and_evaluate(first, str(tmp_path / 'multi'), data=data)
   assert saved_steps(tmp_path / 'multi', first) == [4]
-  loop.train_and_evaluate(dispatch_config(4, resident=True), str(tmp_path / 'multi'),
-                           data=data)
+  loop.train_and_evaluate(dispatch_config(4, resident=True), str(tmp_path / 'multi'), data=data)
 
   config = dispatch_config(1)
   single, single_data = final_params(str(tmp_path / 'single'), config)
@@ -152,14 +154,18 @@ def test_loop_with_k_steps_and_resume_under_another_k_equals_single_steps(tmp_pa
     return [json.loads(line) for line in open(tmp_path / name / 'metrics.jsonl')]
 
   # Logged at the same steps, with means over the same per-step losses.
-  logged = {name: {r['step']: r for r in records(name) if 'train_loss' in r}
-            for name in ('single', 'multi')}
+  logged = {
+    name: {r['step']: r for r in records(name) if 'train_loss' in r} for name in ('single', 'multi')
+  }
   assert sorted(logged['single']) == sorted(logged['multi']) == [4, 8]
   for step in (4, 8):
     assert logged['multi'][step]['train_loss'] == pytest.approx(
-        logged['single'][step]['train_loss'], rel=1e-4)
-  tests = {name: [r['test_loss'] for r in records(name) if 'test_loss' in r]
-           for name in ('single', 'multi')}
+      logged['single'][step]['train_loss'], rel=1e-4
+    )
+  tests = {
+    name: [r['test_loss'] for r in records(name) if 'test_loss' in r]
+    for name in ('single', 'multi')
+  }
   assert len(tests['single']) == 2
   assert tests['multi'] == pytest.approx(tests['single'], rel=1e-4)
 
@@ -181,9 +187,12 @@ def test_non_finite_loss_is_caught_at_its_own_step_inside_a_call(tmp_path, monke
 
 def test_intervals_that_k_does_not_divide_are_refused():
   config = dispatch_config(3)
-  with pytest.raises(errors.ConfigError, match=r'steps_per_dispatch=3 must divide '
-                     r'log_every_steps=4, eval_every_steps=4, checkpoint_every_steps=4, '
-                     r'schedule.total_steps=8'):
+  with pytest.raises(
+    errors.ConfigError,
+    match=r'steps_per_dispatch=3 must divide '
+    r'log_every_steps=4, eval_every_steps=4, checkpoint_every_steps=4, '
+    r'schedule.total_steps=8',
+  ):
     config_lib.validate(config, 8)
   config = dispatch_config(0)
   with pytest.raises(errors.ConfigError, match='positive integer'):
@@ -195,7 +204,8 @@ def test_resume_at_a_step_that_k_does_not_divide_is_refused(tmp_path):
   config = dispatch_config(1)
   config.stop_after_steps = 2
   loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
-  with pytest.raises(errors.ConfigError, match='holds step 2, not a multiple of '
-                     'steps_per_dispatch=4'):
+  with pytest.raises(
+    errors.ConfigError, match='holds step 2, not a multiple of steps_per_dispatch=4'
+  ):
     loop.train_and_evaluate(dispatch_config(4), str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [2]

@@ -67,9 +67,15 @@ def test_sharded_step_matches_single_device_and_compiles_once():
 def test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold():
   smoothing, warmup_lr = 0.9, 0.01
   # A threshold never reached: warm-up all along; record the errors it sees.
-  trainer = make_trainer(tiny_config(warmup_lr=warmup_lr, warmup_until_error=1e-6,
-                                     warmup_max_steps=10**6, boundaries=(),
-                                     total_steps=100))
+  trainer = make_trainer(
+    tiny_config(
+      warmup_lr=warmup_lr,
+      warmup_until_error=1e-6,
+      warmup_max_steps=10**6,
+      boundaries=(),
+      total_steps=100,
+    )
+  )
   batch = fixed_batch(trainer)
   state = trainer.init_fn(zero_norm(trainer))
   ema, emas = float(state.train_error_ema), []
@@ -84,9 +90,15 @@ def test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold():
   # at step k+1 and not before.
   k = next(i for i in range(1, len(emas)) if emas[i] < min(emas[:i]) - 1e-4)
   threshold = (min(emas[:k]) + emas[k]) / 2
-  trainer = make_trainer(tiny_config(warmup_lr=warmup_lr, warmup_until_error=threshold,
-                                     warmup_max_steps=10**6, boundaries=(),
-                                     total_steps=100))
+  trainer = make_trainer(
+    tiny_config(
+      warmup_lr=warmup_lr,
+      warmup_until_error=threshold,
+      warmup_max_steps=10**6,
+      boundaries=(),
+      total_steps=100,
+    )
+  )
   state = trainer.init_fn(zero_norm(trainer))
   for step in range(1, k + 3):
     state, metrics = trainer.train_fn(state, batch, {})
@@ -94,8 +106,9 @@ def test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold():
     assert float(metrics['learning_rate']) == pytest.approx(expected_lr), step
     assert bool(state.warmup_active) == (step < k + 1), step
   # A threshold that is never reached keeps the warm-up until the safety cap.
-  trainer = make_trainer(tiny_config(warmup_lr=warmup_lr, warmup_until_error=1e-6,
-                                     warmup_max_steps=3))
+  trainer = make_trainer(
+    tiny_config(warmup_lr=warmup_lr, warmup_until_error=1e-6, warmup_max_steps=3)
+  )
   state = trainer.init_fn(zero_norm(trainer))
   for expected in (True, True, False):
     state, metrics = trainer.train_fn(state, batch, {})
@@ -121,8 +134,7 @@ def test_weight_decay_is_l2_before_momentum():
   params = jax.tree.map(lambda p, u: p + u, params, updates)
   w1 = params['fc']['kernel']
   updates, _ = opt.update(grads, opt_state, params)
-  np.testing.assert_allclose(updates['fc']['kernel'], -lr * (mu * wd * w0 + wd * w1),
-                             rtol=1e-5)
+  np.testing.assert_allclose(updates['fc']['kernel'], -lr * (mu * wd * w0 + wd * w1), rtol=1e-5)
   assert not np.allclose(updates['fc']['kernel'], -lr * wd * w1, rtol=1e-3)
 
 
@@ -134,8 +146,9 @@ def test_evaluate_counts_every_example_once():
   dataset = data.create(config, preloaded=(tiny_data(64), {'test': split}))
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   scorer = evaluation.Scorer(trainer.model, dataset, trainer.mesh)
-  out = evaluation.evaluate_protocol('center', scorer, variables, state.norm, dataset,
-                                     'test', config)
+  out = evaluation.evaluate_protocol(
+    'center', scorer, variables, state.norm, dataset, 'test', config
+  )
   assert out['count'] == 37
   images = (jnp.asarray(split.images, jnp.float32) - 127.5) / 64.0
   logits = np.asarray(trainer.model.apply(variables, images, train=False))
@@ -166,10 +179,10 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, warmup):
   resumed, resumed_data = final_params(str(tmp_path / 'resumed'), config)
   assert int(straight.step) == int(resumed.step) == 6
   assert straight_data == resumed_data  # Same position in the data order.
-  np.testing.assert_array_equal(jax.random.key_data(straight.rng),
-                                jax.random.key_data(resumed.rng))
-  for a, b in zip(jax.tree.leaves(straight.replace(rng=None)),
-                  jax.tree.leaves(resumed.replace(rng=None))):
+  np.testing.assert_array_equal(jax.random.key_data(straight.rng), jax.random.key_data(resumed.rng))
+  for a, b in zip(
+    jax.tree.leaves(straight.replace(rng=None)), jax.tree.leaves(resumed.replace(rng=None))
+  ):
     np.testing.assert_array_equal(a, b)
   assert not bool(resumed.warmup_active)
   if warmup:
@@ -227,14 +240,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
   patch_compiled_step(monkeypatch, on_call)
   config = tiny_config()
   # Step 5 is neither a log nor a checkpoint step: it is still caught there.
-  with pytest.raises(FloatingPointError, match=r'non-finite train_loss=nan at step 5;.*'
-                     r'last checkpoint \(step 3\) was kept'):
+  with pytest.raises(
+    FloatingPointError,
+    match=r'non-finite train_loss=nan at step 5;.*'
+    r'last checkpoint \(step 3\) was kept',
+  ):
     loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [3]  # The good one; nothing saved after.
 
 
 def test_diverged_fresh_run_leaves_no_config(tmp_path, monkeypatch):
   """A run that saves nothing records no config.json (it trained nothing)."""
+
   def on_call(n, out):
     state, metrics = out
     return state, dict(metrics, train_loss=metrics['train_loss'] * jnp.nan)
@@ -286,7 +303,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage, 
   loop.train_and_evaluate(tiny_config(), str(workdir), data=data)
   err = capfd.readouterr().err
   assert 'warning: checkpoint 4 in' in err and 'cannot be read' in err
-  assert len([l for l in err.splitlines() if 'checkpoint 4' in l]) <= 2, err
+  assert len([line for line in err.splitlines() if 'checkpoint 4' in line]) <= 2, err
   # Resumed from 3 and finished; the damaged step was moved aside, not deleted.
   assert (workdir / 'checkpoints' / '4.unreadable').is_dir()
   assert saved_steps(workdir, config)[-1] == 6
@@ -328,7 +345,7 @@ def test_config_history_keeps_each_config_that_trained(tmp_path):
   changed.eval_every_steps = 2  # Changed on resume.
   loop.train_and_evaluate(changed, str(tmp_path), data=tiny_splits())
   assert json.load(open(tmp_path / 'config.json'))['eval_every_steps'] == 2
-  history = [json.loads(l) for l in open(tmp_path / 'config_history.jsonl')]
+  history = [json.loads(line) for line in open(tmp_path / 'config_history.jsonl')]
   assert [h['from_step'] for h in history] == [0, 3]
   assert [h['config']['eval_every_steps'] for h in history] == [3, 2]
 
@@ -340,12 +357,15 @@ def test_unwritable_workdir_fails_in_one_line(tmp_path):
   assert '\n' not in str(error.value)
 
 
-@pytest.mark.parametrize('mutate,message', [
+@pytest.mark.parametrize(
+  'mutate,message',
+  [
     (lambda c: setattr(c, 'model', 'resnet19'), 'unknown model'),
     (lambda c: setattr(c.input, 'dataset', 'mnist'), 'unknown dataset'),
     (lambda c: setattr(c.input, 'batch_size', 12), 'multiple of the 8 devices'),
     (lambda c: setattr(c.schedule, 'boundaries', (3, 7)), 'past the end'),
-])
+  ],
+)
 def test_bad_config_fails_before_anything_runs(tmp_path, mutate, message):
   config = tiny_config()
   mutate(config)

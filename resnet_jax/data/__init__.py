@@ -15,8 +15,7 @@ from resnet_jax.data.cifar import CifarData
 from resnet_jax.data.core import DATASETS, HOLDOUT, Dataset, check_dataset
 from resnet_jax.data.imagenet import ImagenetData
 
-__all__ = ['DATASETS', 'HOLDOUT', 'CifarData', 'Dataset', 'ImagenetData', 'check_dataset',
-           'create']
+__all__ = ['DATASETS', 'HOLDOUT', 'CifarData', 'Dataset', 'ImagenetData', 'check_dataset', 'create']
 
 
 def create(config: ml_collections.ConfigDict, preloaded=None) -> Dataset:

@@ -28,6 +28,7 @@ PAD = 4  # Section 4.2: 4 pixels padded on each side.
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
   """One decoded split held in host memory."""
+
   images: np.ndarray  # (N, H, W, 3) uint8
   labels: np.ndarray  # (N,) int32
 
@@ -35,8 +36,9 @@ class ArraySplit:
     return len(self.labels)
 
 
-def load_split(name: str, split: str, data_dir: str | None,
-               num_threads: int | None = None) -> ArraySplit:
+def load_split(
+  name: str, split: str, data_dir: str | None, num_threads: int | None = None
+) -> ArraySplit:
   """Decodes a whole TFDS split into memory, reading it with Grain.
 
   Args:
@@ -50,24 +52,27 @@ def load_split(name: str, split: str, data_dir: str | None,
     The split's images (uint8, NHWC) and labels (int32), in stored order.
   """
   import tensorflow_datasets as tfds  # Heavy import; only where data is read.
+
   source = tfds.data_source(name, split=split, data_dir=data_dir)
   chunk = 1024
 
   def read_chunk(start):
     # The data source's batched read decodes ~3x faster than item by item.
     examples = source.__getitems__(range(start, min(start + chunk, len(source))))
-    return (np.stack([ex['image'] for ex in examples]).astype(np.uint8),
-            np.array([ex['label'] for ex in examples], np.int32))
+    return (
+      np.stack([ex['image'] for ex in examples]).astype(np.uint8),
+      np.array([ex['label'] for ex in examples], np.int32),
+    )
 
   ds = grain.MapDataset.range(0, len(source), chunk).map(read_chunk)
   num_threads = num_threads or min(16, os.cpu_count() or 1)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                            prefetch_buffer_size=num_threads))
+  ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads)
+  )
   images, labels = zip(*ds)
   images, labels = np.concatenate(images), np.concatenate(labels)
   if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f'{name}:{split} has images of shape {images.shape[1:]}, '
-                     'expected (H, W, 3)')
+    raise ValueError(f'{name}:{split} has images of shape {images.shape[1:]}, expected (H, W, 3)')
   return ArraySplit(images, labels)
 
 
@@ -76,9 +81,14 @@ def mean_image(split: ArraySplit) -> np.ndarray:
   return split.images.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def train_dataset(split: ArraySplit, local_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1,
-                  indices_only: bool = False) -> grain.IterDataset:
+def train_dataset(
+  split: ArraySplit,
+  local_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  indices_only: bool = False,
+) -> grain.IterDataset:
   """Endless, per-epoch-shuffled batches of this process's share of `split`.
 
   Every process shuffles the same global order (same seed) and takes its own
@@ -102,8 +112,9 @@ def train_dataset(split: ArraySplit, local_batch_size: int, seed: int,
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
 
 
-def eval_batches(split: ArraySplit, local_batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
+def eval_batches(
+  split: ArraySplit, local_batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict]:
   """Batches that score every example of `split` exactly once.
 
   Each process takes a contiguous shard; every process yields the same number
@@ -115,8 +126,9 @@ def eval_batches(split: ArraySplit, local_batch_size: int, process_index: int = 
     {'image': uint8 (B,H,W,3), 'label': int32 (B,), 'mask': float32 (B,),
      'index': int32 (B,) position in the split, -1 for padding}.
   """
-  start, stop, num_batches = core.eval_shard(len(split), process_index, process_count,
-                                             local_batch_size)
+  start, stop, num_batches = core.eval_shard(
+    len(split), process_index, process_count, local_batch_size
+  )
   for b in range(num_batches):
     lo = min(start + b * local_batch_size, stop)
     hi = min(lo + local_batch_size, stop)
@@ -177,8 +189,7 @@ class CifarData(core.Dataset):
     if name not in self._loaded:
       inp = self.config.input
       core.check_dataset(inp.dataset, inp.data_dir)
-      self._loaded[name] = load_split(inp.dataset, self.tfds_split(name),
-                                                  inp.data_dir)
+      self._loaded[name] = load_split(inp.dataset, self.tfds_split(name), inp.data_dir)
     return self._loaded[name]
 
   @property
@@ -195,9 +206,14 @@ class CifarData(core.Dataset):
     return {'mean': self.image_shape, 'std': (3,)}
 
   def train_batches(self, local_batch_size, seed, process_index, process_count):
-    return train_dataset(self._split('train'), local_batch_size, seed,
-                                     process_index, process_count,
-                                     indices_only=self._device_resident)
+    return train_dataset(
+      self._split('train'),
+      local_batch_size,
+      seed,
+      process_index,
+      process_count,
+      indices_only=self._device_resident,
+    )
 
   @property
   def _device_resident(self) -> bool:
@@ -214,8 +230,7 @@ class CifarData(core.Dataset):
   def eval_batches(self, split, view, local_batch_size, process_index, process_count):
     if view != 'center':
       raise ValueError(f'CIFAR is tested on the single original view, not {view!r}')
-    for batch in eval_batches(self._split(split), local_batch_size, process_index,
-                                          process_count):
+    for batch in eval_batches(self._split(split), local_batch_size, process_index, process_count):
       batch['image'] = batch['image'][:, None]  # One view per image.
       yield batch
 

@@ -25,6 +25,7 @@ from resnet_jax import errors
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """What the loop needs to know of a dataset before reading it."""
+
   family: str  # 'cifar' or 'imagenet'
   num_classes: int
   train_split: str
@@ -34,21 +35,43 @@ class DatasetInfo:
   prepare: str  # How to get it, for the error message.
 
 
-_TFDS_BUILD = ('prepare it once with `pip install -e ".[prepare]" && tfds build {} '
-               '--file_format=array_record{}` (TensorFlow is needed only then)')
+_TFDS_BUILD = (
+  'prepare it once with `pip install -e ".[prepare]" && tfds build {} '
+  '--file_format=array_record{}` (TensorFlow is needed only then)'
+)
 DATASETS = {
-    'cifar10': DatasetInfo('cifar', 10, 'train', 'test', 50_000, 10_000,
-                           _TFDS_BUILD.format('cifar10', '')),
-    'cifar10_jpeg': DatasetInfo('cifar', 10, 'train', 'test', 50_000, 10_000,
-                                'set --config.input.data_dir (or TFDS_DATA_DIR) to '
-                                'the TFDS data directory that holds it'),
-    'imagenet2012': DatasetInfo('imagenet', 1000, 'train', 'validation', 1_281_167, 50_000,
-                                _TFDS_BUILD.format('imagenet2012', ' --manual_dir=DIR') +
-                                ', DIR holding ILSVRC2012_img_train.tar and '
-                                'ILSVRC2012_img_val.tar'),
-    'imagenette224': DatasetInfo('imagenet', 10, 'train', 'validation', 9_469, 3_925,
-                                 'set --config.input.data_dir (or TFDS_DATA_DIR) to '
-                                 'the TFDS data directory that holds it'),
+  'cifar10': DatasetInfo(
+    'cifar', 10, 'train', 'test', 50_000, 10_000, _TFDS_BUILD.format('cifar10', '')
+  ),
+  'cifar10_jpeg': DatasetInfo(
+    'cifar',
+    10,
+    'train',
+    'test',
+    50_000,
+    10_000,
+    'set --config.input.data_dir (or TFDS_DATA_DIR) to the TFDS data directory that holds it',
+  ),
+  'imagenet2012': DatasetInfo(
+    'imagenet',
+    1000,
+    'train',
+    'validation',
+    1_281_167,
+    50_000,
+    _TFDS_BUILD.format('imagenet2012', ' --manual_dir=DIR')
+    + ', DIR holding ILSVRC2012_img_train.tar and '
+    'ILSVRC2012_img_val.tar',
+  ),
+  'imagenette224': DatasetInfo(
+    'imagenet',
+    10,
+    'train',
+    'validation',
+    9_469,
+    3_925,
+    'set --config.input.data_dir (or TFDS_DATA_DIR) to the TFDS data directory that holds it',
+  ),
 }
 HOLDOUT = 'holdout'  # Name of the held-out slice of the training split.
 
@@ -56,13 +79,15 @@ HOLDOUT = 'holdout'  # Name of the held-out slice of the training split.
 def check_dataset(name: str, data_dir: str | None):
   """Fails fast, with the fix, if `name` cannot be read from `data_dir`."""
   if name not in DATASETS:
-    raise errors.ConfigError(f'unknown dataset {name!r}; valid: {sorted(DATASETS)}. '
-                     'Set --config.input.dataset.')
+    raise errors.ConfigError(
+      f'unknown dataset {name!r}; valid: {sorted(DATASETS)}. Set --config.input.dataset.'
+    )
   # epath: data_dir may be gs:// or any other etils.epath path.
   if data_dir is not None and not epath.Path(data_dir).is_dir():
     raise errors.MissingError(
-        f'data_dir {data_dir!r} does not exist. Point --config.input.data_dir '
-        'at a TFDS data directory (one that holds a folder per dataset).')
+      f'data_dir {data_dir!r} does not exist. Point --config.input.data_dir '
+      'at a TFDS data directory (one that holds a folder per dataset).'
+    )
   root = data_dir or os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
   if not epath.Path(root, name).is_dir():
     prepare = DATASETS[name].prepare.replace('array_record`', f'array_record --data_dir={root}`')
@@ -79,8 +104,9 @@ class ProcessBlocks(grain.MapDataset):
   processes, and each process reads only its own examples.
   """
 
-  def __init__(self, parent: grain.MapDataset, local_batch_size: int, process_index: int,
-               process_count: int):
+  def __init__(
+    self, parent: grain.MapDataset, local_batch_size: int, process_index: int, process_count: int
+  ):
     super().__init__(parent)
     self._b, self._p, self._n = local_batch_size, process_index, process_count
 
@@ -123,8 +149,7 @@ class Dataset(abc.ABC):
     return None
 
   @abc.abstractmethod
-  def train_batches(self, local_batch_size: int, seed: int, process_index: int,
-                    process_count: int):
+  def train_batches(self, local_batch_size: int, seed: int, process_index: int, process_count: int):
     """Endless `grain.IterDataset` of {'image': uint8, 'label': int32}, or of
     {'index': int32} into `resident_arrays()` if those are given (its
     iterators' get_state/set_state are the checkpointable position)."""
@@ -135,8 +160,9 @@ class Dataset(abc.ABC):
     return {}
 
   @abc.abstractmethod
-  def eval_batches(self, split: str, view: str, local_batch_size: int,
-                   process_index: int, process_count: int):
+  def eval_batches(
+    self, split: str, view: str, local_batch_size: int, process_index: int, process_count: int
+  ):
     """Padded batches scoring every example of `split` once over all processes.
 
     Yields {'image': uint8 (B, V, H, W, 3), 'label', 'mask' (0: padding),
@@ -179,8 +205,9 @@ class Dataset(abc.ABC):
     return normalize(images, norm)
 
 
-def eval_shard(n: int, process_index: int, process_count: int,
-               local_batch_size: int) -> tuple[int, int, int]:
+def eval_shard(
+  n: int, process_index: int, process_count: int, local_batch_size: int
+) -> tuple[int, int, int]:
   """This process's contiguous share [start, stop) of `n` evaluation examples,
   and the batch count every process uses (all run the same steps)."""
   per_process = -(-n // process_count)
@@ -206,8 +233,9 @@ class ExampleCounter:
     if self.count is not None:
       index = np.asarray(out['index'])[valid]
       if index.size and (index.min() < 0 or index.max() >= self.num_examples):
-        raise AssertionError(f'example index out of range [0, {self.num_examples}): '
-                             f'{index.min()}..{index.max()}')
+        raise AssertionError(
+          f'example index out of range [0, {self.num_examples}): {index.min()}..{index.max()}'
+        )
       np.add.at(self.count, index, 1)
     return valid
 
@@ -218,8 +246,9 @@ class ExampleCounter:
     wrong = np.flatnonzero(self.count != times)
     if wrong.size:
       raise AssertionError(
-          f'{wrong.size} examples were {verb} {sorted(set(self.count[wrong].tolist()))} '
-          f'times, expected {times} (e.g. example {wrong[0]})')
+        f'{wrong.size} examples were {verb} {sorted(set(self.count[wrong].tolist()))} '
+        f'times, expected {times} (e.g. example {wrong[0]})'
+      )
 
 
 def flatten_views(images: jax.Array) -> tuple[jax.Array, int, int]:
@@ -255,4 +284,5 @@ def prefetch(batches: grain.IterDataset, convert, depth: int = 2):
   host-to-device copies overlap the running step. Its `get_state()` is the
   position after the last batch handed out, not after those still queued."""
   from grain.experimental import ThreadPrefetchIterDataset
+
   return iter(ThreadPrefetchIterDataset(batches.map(convert), prefetch_buffer_size=depth))

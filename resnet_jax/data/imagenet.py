@@ -48,9 +48,10 @@ STDDEV_RGB = 255 * np.array([0.229, 0.224, 0.225], np.float32)
 # luminance direction, ~(1, 1, 1)/sqrt(3), with the largest eigenvalue); its
 # rows are the three triples listed in PAPER.md, as in transforms.lua.
 PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
-PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                       [-0.5808, -0.0045, -0.8140],
-                       [-0.5836, -0.6948, 0.4203]], np.float32)
+PCA_EIGVEC = np.array(
+  [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]], np.float32
+)
+
 
 def open_source(name: str, split: str, data_dir: str | None):
   """The TFDS data source of a split, with the JPEG bytes left undecoded.
@@ -68,28 +69,38 @@ def open_source(name: str, split: str, data_dir: str | None):
     FileNotFoundError: the dataset is not prepared under `data_dir`.
   """
   import tensorflow_datasets as tfds  # Heavy import; only where data is read.
-  root = data_dir or os.environ.get('TFDS_DATA_DIR',
-                                    os.path.expanduser('~/tensorflow_datasets'))
-  hint = (f'prepare it once with `tfds build {name} --manual_dir=DIR '
-          f'--file_format=array_record --data_dir={root}` (DIR holds the '
-          'ILSVRC2012 tars; needs TensorFlow once), or set '
-          '--config.input.data_dir to the directory that holds it.')
+
+  root = data_dir or os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+  hint = (
+    f'prepare it once with `tfds build {name} --manual_dir=DIR '
+    f'--file_format=array_record --data_dir={root}` (DIR holds the '
+    'ILSVRC2012 tars; needs TensorFlow once), or set '
+    '--config.input.data_dir to the directory that holds it.'
+  )
   # A prepared dataset has name/[config/]version/dataset_info.json.
   # epath: data_dir may be gs:// or any other etils.epath path.
   dataset_dir = epath.Path(root, name)
-  if not any(info for pattern in ('*/dataset_info.json', '*/*/dataset_info.json')
-             for info in dataset_dir.glob(pattern)):
+  if not any(
+    info
+    for pattern in ('*/dataset_info.json', '*/*/dataset_info.json')
+    for info in dataset_dir.glob(pattern)
+  ):
     raise errors.MissingError(f'dataset {name!r} not found under {root!r}: {hint}')
   try:
-    return tfds.data_source(name, split=split, data_dir=root, download=False,
-                            decoders={'image': tfds.decode.SkipDecoding()})
+    return tfds.data_source(
+      name,
+      split=split,
+      data_dir=root,
+      download=False,
+      decoders={'image': tfds.decode.SkipDecoding()},
+    )
   except NotImplementedError as e:  # Prepared, but as TFRecord files.
-    raise errors.MissingError(f'dataset {name!r} under {root!r} is not in the '
-                            f'ArrayRecord format: {hint}') from e
+    raise errors.MissingError(
+      f'dataset {name!r} under {root!r} is not in the ArrayRecord format: {hint}'
+    ) from e
 
 
-def image_sizes(source, indices: Sequence[int],
-                num_threads: int = 8) -> np.ndarray:
+def image_sizes(source, indices: Sequence[int], num_threads: int = 8) -> np.ndarray:
   """Header sizes of many examples of a data source.
 
   Args:
@@ -104,7 +115,7 @@ def image_sizes(source, indices: Sequence[int],
   chunk = 256
 
   def read(start):
-    part = indices[start:start + chunk]
+    part = indices[start : start + chunk]
     if hasattr(source, '__getitems__'):
       examples = source.__getitems__(part)  # One batched read per chunk.
     else:
@@ -155,21 +166,30 @@ def _prefetch(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
     # notebooks) their defaults must count as parsed.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                        worker_init_fn=_init_worker)
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=_init_worker
+    )
   return ds
 
 
 def _train_element(example, rng, crop_size, scale_range):
-  return {'image': train_example(example['image'], rng, crop_size, scale_range),
-          'label': np.int32(example['label'])}
+  return {
+    'image': train_example(example['image'], rng, crop_size, scale_range),
+    'label': np.int32(example['label']),
+  }
 
 
-def train_dataset(source, *, local_batch_size: int, seed: int,
-                  process_index: int = 0, process_count: int = 1,
-                  crop_size: int = CROP_SIZE,
-                  scale_range: tuple[int, int] = TRAIN_SCALE_RANGE,
-                  num_workers: int = 0) -> grain.IterDataset:
+def train_dataset(
+  source,
+  *,
+  local_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  crop_size: int = CROP_SIZE,
+  scale_range: tuple[int, int] = TRAIN_SCALE_RANGE,
+  num_workers: int = 0,
+) -> grain.IterDataset:
   """Endless, per-epoch-shuffled training batches of this process's share.
 
   Every process shuffles the same global order (same seed) and takes its own
@@ -192,20 +212,24 @@ def train_dataset(source, *, local_batch_size: int, seed: int,
   """
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   # Augment before sharding: the generator index is the global position.
-  ds = ds.random_map(functools.partial(_train_element, crop_size=crop_size,
-                                       scale_range=scale_range))
+  ds = ds.random_map(
+    functools.partial(_train_element, crop_size=crop_size, scale_range=scale_range)
+  )
   ds = core.ProcessBlocks(ds, local_batch_size, process_index, process_count)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   return _prefetch(ds, num_workers)
 
 
-def _eval_element(position, *, source, start, stop, view, resize_size,
-                  crop_size):
+def _eval_element(position, *, source, start, stop, view, resize_size, crop_size):
   index = start + position
   num_views = VIEWS[view]
   if index >= stop:  # Padding: scored with mask 0.
-    return {'image': np.zeros((num_views, crop_size, crop_size, 3), np.uint8),
-            'label': np.int32(0), 'mask': np.float32(0), 'index': np.int32(-1)}
+    return {
+      'image': np.zeros((num_views, crop_size, crop_size, 3), np.uint8),
+      'label': np.int32(0),
+      'mask': np.float32(0),
+      'index': np.int32(-1),
+    }
   example = source[index]
   jpeg = example['image']
   image = decode(jpeg, min_shorter_side=resize_size)
@@ -214,14 +238,25 @@ def _eval_element(position, *, source, start, stop, view, resize_size,
     images = center_crop(resized, crop_size)[None]
   else:
     images = ten_crops(resized, crop_size)
-  return {'image': images, 'label': np.int32(example['label']),
-          'mask': np.float32(1), 'index': np.int32(index)}
+  return {
+    'image': images,
+    'label': np.int32(example['label']),
+    'mask': np.float32(1),
+    'index': np.int32(index),
+  }
 
 
-def eval_dataset(source, *, view: str, local_batch_size: int,
-                 process_index: int = 0, process_count: int = 1,
-                 num_workers: int = 0, resize_size: int = EVAL_RESIZE,
-                 crop_size: int = CROP_SIZE) -> grain.IterDataset:
+def eval_dataset(
+  source,
+  *,
+  view: str,
+  local_batch_size: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  num_workers: int = 0,
+  resize_size: int = EVAL_RESIZE,
+  crop_size: int = CROP_SIZE,
+) -> grain.IterDataset:
   """Test batches that score every example of a split exactly once.
 
   Each process takes a contiguous shard; every process yields the same number
@@ -241,38 +276,62 @@ def eval_dataset(source, *, view: str, local_batch_size: int,
   """
   if view not in VIEWS:
     raise ValueError(f'unknown view {view!r}; valid: {sorted(VIEWS)}')
-  start, stop, num_batches = core.eval_shard(len(source), process_index, process_count,
-                                             local_batch_size)
+  start, stop, num_batches = core.eval_shard(
+    len(source), process_index, process_count, local_batch_size
+  )
   ds = grain.MapDataset.range(num_batches * local_batch_size).map(
-      functools.partial(_eval_element, source=source, start=start, stop=stop,
-                        view=view, resize_size=resize_size,
-                        crop_size=crop_size))
+    functools.partial(
+      _eval_element,
+      source=source,
+      start=start,
+      stop=stop,
+      view=view,
+      resize_size=resize_size,
+      crop_size=crop_size,
+    )
+  )
   return _prefetch(ds.batch(local_batch_size), num_workers)
 
 
 def _multi_scale_element(position, *, source, indices, scale, canvas_hw):
   hc, wc = canvas_hw
   if position >= len(indices):
-    return {'image': np.zeros((2, hc, wc, 3), np.uint8),
-            'pixel_mask': np.zeros((hc, wc), bool), 'label': np.int32(0),
-            'mask': np.float32(0), 'index': np.int32(-1)}
+    return {
+      'image': np.zeros((2, hc, wc, 3), np.uint8),
+      'pixel_mask': np.zeros((hc, wc), bool),
+      'label': np.int32(0),
+      'mask': np.float32(0),
+      'index': np.int32(-1),
+    }
   index = int(indices[position])
   example = source[index]
   jpeg = example['image']
   h, w = image_size(jpeg)
   image = decode(jpeg, min_shorter_side=scale)
-  views, (vh, vw) = multi_scale_views(image, scale, canvas_hw,
-                                      resized_hw=resized_shape(h, w, scale))
+  views, (vh, vw) = multi_scale_views(
+    image, scale, canvas_hw, resized_hw=resized_shape(h, w, scale)
+  )
   pixel_mask = np.zeros((hc, wc), bool)
   pixel_mask[:vh, :vw] = True
-  return {'image': views, 'pixel_mask': pixel_mask,
-          'label': np.int32(example['label']), 'mask': np.float32(1),
-          'index': np.int32(index)}
+  return {
+    'image': views,
+    'pixel_mask': pixel_mask,
+    'label': np.int32(example['label']),
+    'mask': np.float32(1),
+    'index': np.int32(index),
+  }
 
 
-def multi_scale_dataset(source, indices: Sequence[int], *, scale: int,
-                        canvas_hw: tuple[int, int], local_batch_size: int,
-                        num_batches: int, num_workers: int = 0) -> grain.IterDataset:
+def multi_scale_dataset(
+  source,
+  indices: Sequence[int],
+  *,
+  scale: int,
+  canvas_hw: tuple[int, int],
+  local_batch_size: int,
+  num_batches: int,
+  num_workers: int = 0,
+) -> grain.IterDataset:
   """Whole-image batches of one canvas bucket at one scale (multi-scale test).
 
   The caller groups example indices by `canvas_shape` and agrees num_batches
@@ -295,11 +354,14 @@ def multi_scale_dataset(source, indices: Sequence[int], *, scale: int,
   """
   indices = np.asarray(indices, np.int64)
   if len(indices) > num_batches * local_batch_size:
-    raise ValueError(f'{len(indices)} examples do not fit {num_batches} '
-                     f'batches of {local_batch_size}')
+    raise ValueError(
+      f'{len(indices)} examples do not fit {num_batches} batches of {local_batch_size}'
+    )
   ds = grain.MapDataset.range(num_batches * local_batch_size).map(
-      functools.partial(_multi_scale_element, source=source, indices=indices,
-                        scale=scale, canvas_hw=tuple(canvas_hw)))
+    functools.partial(
+      _multi_scale_element, source=source, indices=indices, scale=scale, canvas_hw=tuple(canvas_hw)
+    )
+  )
   return _prefetch(ds.batch(local_batch_size), num_workers)
 
 
@@ -333,9 +395,13 @@ class ImagenetData(core.Dataset):
     count = min(inp.num_mean_images, len(source))
     total = np.zeros(self.image_shape, np.float64)
     batches = eval_dataset(
-        _Prefix(source, count), view='center', local_batch_size=100,
-        num_workers=self.num_workers, resize_size=self.config.eval.resize_size,
-        crop_size=inp.image_size)
+      _Prefix(source, count),
+      view='center',
+      local_batch_size=100,
+      num_workers=self.num_workers,
+      resize_size=self.config.eval.resize_size,
+      crop_size=inp.image_size,
+    )
     for batch in batches:
       total += (batch['image'][:, 0] * batch['mask'][:, None, None, None]).sum(0)
     return {'mean': (total / count).astype(np.float32), 'std': np.ones((3,), np.float32)}
@@ -348,17 +414,28 @@ class ImagenetData(core.Dataset):
   def train_batches(self, local_batch_size, seed, process_index, process_count):
     inp = self.config.input
     return train_dataset(
-        self._source('train'), local_batch_size=local_batch_size, seed=seed,
-        process_index=process_index, process_count=process_count,
-        crop_size=inp.image_size, scale_range=tuple(inp.scale_range),
-        num_workers=self.num_workers)
+      self._source('train'),
+      local_batch_size=local_batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      crop_size=inp.image_size,
+      scale_range=tuple(inp.scale_range),
+      num_workers=self.num_workers,
+    )
 
   def eval_batches(self, split, view, local_batch_size, process_index, process_count):
     e = self.config.eval
     return eval_dataset(
-        self._source(split), view=view, local_batch_size=local_batch_size,
-        process_index=process_index, process_count=process_count,
-        num_workers=self.num_workers, resize_size=e.resize_size, crop_size=e.crop_size)
+      self._source(split),
+      view=view,
+      local_batch_size=local_batch_size,
+      process_index=process_index,
+      process_count=process_count,
+      num_workers=self.num_workers,
+      resize_size=e.resize_size,
+      crop_size=e.crop_size,
+    )
 
   def multi_scale_groups(self, split, scale, process_index, process_count):
     """This process's examples of `split` grouped by canvas at `scale`.
@@ -377,9 +454,14 @@ class ImagenetData(core.Dataset):
 
   def multi_scale_batches(self, split, indices, scale, canvas, local_batch_size, num_batches):
     return multi_scale_dataset(
-        self._source(split), indices, scale=scale, canvas_hw=canvas,
-        local_batch_size=local_batch_size, num_batches=num_batches,
-        num_workers=self.num_workers)
+      self._source(split),
+      indices,
+      scale=scale,
+      canvas_hw=canvas,
+      local_batch_size=local_batch_size,
+      num_batches=num_batches,
+      num_workers=self.num_workers,
+    )
 
   @staticmethod
   def preprocess_train(rng, images, norm, config):

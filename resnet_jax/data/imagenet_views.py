@@ -70,14 +70,19 @@ def _decode_simplejpeg(data: bytes, min_shorter_side: int | None) -> np.ndarray:
     # Asking for exactly ceil(side / f) selects the 1/f scale, never M/8.
     # strict=False: decode what is there despite recoverable stream errors
     # (e.g. extraneous bytes), as TF and Pillow do.
-    return simplejpeg.decode_jpeg(data, 'RGB', min_height=-(-h // f),
-                                  min_width=-(-w // f), strict=False)
+    return simplejpeg.decode_jpeg(
+      data, 'RGB', min_height=-(-h // f), min_width=-(-w // f), strict=False
+    )
   except ValueError:
     return _decode_pillow(data, min_shorter_side)
 
 
-_CV2_REDUCED = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2,
-                4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_CV2_REDUCED = {
+  1: cv2.IMREAD_COLOR_RGB,
+  2: cv2.IMREAD_REDUCED_COLOR_2,
+  4: cv2.IMREAD_REDUCED_COLOR_4,
+  8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 def _decode_opencv(data: bytes, min_shorter_side: int | None) -> np.ndarray:
@@ -86,8 +91,7 @@ def _decode_opencv(data: bytes, min_shorter_side: int | None) -> np.ndarray:
   # The REDUCED flags include IMREAD_COLOR (BGR): swap it for the RGB bit.
   mode = (_CV2_REDUCED[f] & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB
   # Stored orientation, like the other decoders (and TF): ignore EXIF.
-  image = cv2.imdecode(np.frombuffer(data, np.uint8),
-                       mode | cv2.IMREAD_IGNORE_ORIENTATION)
+  image = cv2.imdecode(np.frombuffer(data, np.uint8), mode | cv2.IMREAD_IGNORE_ORIENTATION)
   if image is None:
     return _decode_pillow(data, min_shorter_side)
   return image
@@ -98,8 +102,7 @@ def _decode_opencv(data: bytes, min_shorter_side: int | None) -> np.ndarray:
 # Pillow's (per-call overhead; all three use libjpeg-turbo), and its training
 # view ~1.2x OpenCV's; on ImageNet-sized JPEGs it and OpenCV are within noise.
 # Its M/8 scales (3/4, 5/8, ...) decode slower than full size: only 1/2^k.
-DECODERS = {'simplejpeg': _decode_simplejpeg, 'opencv': _decode_opencv,
-            'pillow': _decode_pillow}
+DECODERS = {'simplejpeg': _decode_simplejpeg, 'opencv': _decode_opencv, 'pillow': _decode_pillow}
 DECODER = 'simplejpeg'
 
 
@@ -160,6 +163,7 @@ def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class TrainCrop:
   """One draw of the training view, in the coordinates of the resized image."""
+
   scale: int  # S, the resized shorter side.
   resized_hw: tuple[int, int]  # The whole image resized to shorter side S.
   top: int  # Crop offset in the resized image.
@@ -168,9 +172,13 @@ class TrainCrop:
   flip: bool
 
 
-def sample_train_crop(h: int, w: int, rng: np.random.Generator,
-                      crop_size: int = CROP_SIZE,
-                      scale_range: tuple[int, int] = TRAIN_SCALE_RANGE) -> TrainCrop:
+def sample_train_crop(
+  h: int,
+  w: int,
+  rng: np.random.Generator,
+  crop_size: int = CROP_SIZE,
+  scale_range: tuple[int, int] = TRAIN_SCALE_RANGE,
+) -> TrainCrop:
   """Draws the section 3.4 view of an h x w image: S, crop offset, flip.
 
   Args:
@@ -183,8 +191,7 @@ def sample_train_crop(h: int, w: int, rng: np.random.Generator,
     The drawn `TrainCrop`.
   """
   if scale_range[0] < crop_size or scale_range[0] > scale_range[1]:
-    raise ValueError(f'scale_range {scale_range} must satisfy '
-                     f'crop_size={crop_size} <= min <= max')
+    raise ValueError(f'scale_range {scale_range} must satisfy crop_size={crop_size} <= min <= max')
   scale = int(rng.integers(scale_range[0], scale_range[1], endpoint=True))
   rh, rw = resized_shape(h, w, scale)
   top = int(rng.integers(0, rh - crop_size, endpoint=True))
@@ -216,14 +223,16 @@ def render_train_crop(image: np.ndarray, crop: TrainCrop) -> np.ndarray:
   y0, x0 = round(crop.top * sy), round(crop.left * sx)
   y1 = min(ih, max(y0 + 1, round((crop.top + n) * sy)))
   x1 = min(iw, max(x0 + 1, round((crop.left + n) * sx)))
-  out = cv2.resize(image[y0:y1, x0:x1], (n, n),
-                   interpolation=_interpolation(max(sy, sx)))
+  out = cv2.resize(image[y0:y1, x0:x1], (n, n), interpolation=_interpolation(max(sy, sx)))
   return cv2.flip(out, 1) if crop.flip else out
 
 
-def train_view(image: np.ndarray, rng: np.random.Generator,
-               crop_size: int = CROP_SIZE,
-               scale_range: tuple[int, int] = TRAIN_SCALE_RANGE) -> np.ndarray:
+def train_view(
+  image: np.ndarray,
+  rng: np.random.Generator,
+  crop_size: int = CROP_SIZE,
+  scale_range: tuple[int, int] = TRAIN_SCALE_RANGE,
+) -> np.ndarray:
   """The paper's training view (section 3.4) of a decoded image.
 
   The shorter side is resized to S ~ U{scale_range} (inclusive), a random
@@ -244,9 +253,12 @@ def train_view(image: np.ndarray, rng: np.random.Generator,
   return render_train_crop(image, crop)
 
 
-def train_example(jpeg: bytes, rng: np.random.Generator,
-                  crop_size: int = CROP_SIZE,
-                  scale_range: tuple[int, int] = TRAIN_SCALE_RANGE) -> np.ndarray:
+def train_example(
+  jpeg: bytes,
+  rng: np.random.Generator,
+  crop_size: int = CROP_SIZE,
+  scale_range: tuple[int, int] = TRAIN_SCALE_RANGE,
+) -> np.ndarray:
   """`train_view` straight from the JPEG, decoding at reduced size if allowed.
 
   S is drawn from the header's size first, so the JPEG is decoded at the
@@ -270,7 +282,7 @@ def train_example(jpeg: bytes, rng: np.random.Generator,
 def center_crop(resized: np.ndarray, crop_size: int) -> np.ndarray:
   h, w = resized.shape[:2]
   top, left = (h - crop_size) // 2, (w - crop_size) // 2
-  return resized[top:top + crop_size, left:left + crop_size]
+  return resized[top : top + crop_size, left : left + crop_size]
 
 
 def ten_crops(resized: np.ndarray, crop_size: int) -> np.ndarray:
@@ -280,15 +292,16 @@ def ten_crops(resized: np.ndarray, crop_size: int) -> np.ndarray:
     raise ValueError(f'image {h}x{w} is smaller than the crop {c}')
   out = np.empty((10, c, c, 3), np.uint8)
   for i, (top, left) in enumerate(
-      [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c),
-       ((h - c) // 2, (w - c) // 2)]):
-    out[i] = resized[top:top + c, left:left + c]
+    [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]
+  ):
+    out[i] = resized[top : top + c, left : left + c]
   out[5:] = out[:5, :, ::-1]
   return out
 
 
-def center_view(image: np.ndarray, resize_size: int = EVAL_RESIZE,
-                crop_size: int = CROP_SIZE) -> np.ndarray:
+def center_view(
+  image: np.ndarray, resize_size: int = EVAL_RESIZE, crop_size: int = CROP_SIZE
+) -> np.ndarray:
   """The single-crop test view: shorter side to 256, central 224 crop.
 
   Args:
@@ -302,8 +315,9 @@ def center_view(image: np.ndarray, resize_size: int = EVAL_RESIZE,
   return center_crop(resize_shorter(image, resize_size), crop_size)
 
 
-def ten_crop_views(image: np.ndarray, resize_size: int = EVAL_RESIZE,
-                   crop_size: int = CROP_SIZE) -> np.ndarray:
+def ten_crop_views(
+  image: np.ndarray, resize_size: int = EVAL_RESIZE, crop_size: int = CROP_SIZE
+) -> np.ndarray:
   """The standard 10 test crops at shorter side 256.
 
   The four corners are those of the WHOLE resized image (fb.resnet.torch's
@@ -353,8 +367,12 @@ def canvas_shape(h: int, w: int, scale: int) -> tuple[int, int]:
   return (short_c, long_c) if h <= w else (long_c, short_c)
 
 
-def multi_scale_views(image: np.ndarray, scale: int, canvas_hw: tuple[int, int],
-                      resized_hw: tuple[int, int] | None = None):
+def multi_scale_views(
+  image: np.ndarray,
+  scale: int,
+  canvas_hw: tuple[int, int],
+  resized_hw: tuple[int, int] | None = None,
+):
   """The whole image at one test scale, and its mirror, on a zero canvas.
 
   Args:

@@ -21,15 +21,28 @@ from resnet_jax import errors, models
 
 # The paper's figures: Table 1 multiply-adds at 224x224 (option B), the exact
 # option-B parameter counts of torchvision, Table 6 parameters of the CIFAR nets.
-PAPER_MULT_ADDS = {'resnet18': 1.8e9, 'resnet34': 3.6e9, 'resnet50': 3.8e9,
-                   'resnet101': 7.6e9, 'resnet152': 11.3e9, 'plain18': 1.8e9,
-                   'plain34': 3.6e9}
-PAPER_PARAMS = {'resnet18': 11_689_512, 'resnet34': 21_797_672,
-                'resnet50': 25_557_032, 'resnet101': 44_549_160,
-                'resnet152': 60_192_808, 'cifar_resnet20': 0.27e6,
-                'cifar_resnet32': 0.46e6, 'cifar_resnet44': 0.66e6,
-                'cifar_resnet56': 0.85e6, 'cifar_resnet110': 1.7e6,
-                'cifar_resnet1202': 19.4e6}
+PAPER_MULT_ADDS = {
+  'resnet18': 1.8e9,
+  'resnet34': 3.6e9,
+  'resnet50': 3.8e9,
+  'resnet101': 7.6e9,
+  'resnet152': 11.3e9,
+  'plain18': 1.8e9,
+  'plain34': 3.6e9,
+}
+PAPER_PARAMS = {
+  'resnet18': 11_689_512,
+  'resnet34': 21_797_672,
+  'resnet50': 25_557_032,
+  'resnet101': 44_549_160,
+  'resnet152': 60_192_808,
+  'cifar_resnet20': 0.27e6,
+  'cifar_resnet32': 0.46e6,
+  'cifar_resnet44': 0.66e6,
+  'cifar_resnet56': 0.85e6,
+  'cifar_resnet110': 1.7e6,
+  'cifar_resnet1202': 19.4e6,
+}
 
 
 def _subjaxprs(eqn):
@@ -102,12 +115,17 @@ def summary(names=None) -> list[dict]:
   for name in names or models.MODELS:
     model = models.create_model(name)
     size = 32 if model.stem == 'cifar' else 224
-    rows.append(dict(name=name, image_size=size,
-                     layers=count_layers(model, size),
-                     params=count_params(model, size),
-                     mult_adds=count_mult_adds(model, size),
-                     paper_params=PAPER_PARAMS.get(name),
-                     paper_mult_adds=PAPER_MULT_ADDS.get(name)))
+    rows.append(
+      dict(
+        name=name,
+        image_size=size,
+        layers=count_layers(model, size),
+        params=count_params(model, size),
+        mult_adds=count_mult_adds(model, size),
+        paper_params=PAPER_PARAMS.get(name),
+        paper_mult_adds=PAPER_MULT_ADDS.get(name),
+      )
+    )
   return rows
 
 
@@ -118,18 +136,22 @@ def _fmt(value, scale, digits, unit=''):
 def main(argv):
   del argv
   from absl import flags
+
   names = flags.FLAGS.models.split(',') if flags.FLAGS.models else None
   unknown = sorted(set(names or ()) - set(models.MODELS))
   if unknown:
-    raise errors.ConfigError(f'unknown model(s) {unknown} in --models; valid: '
-                             f'{", ".join(models.MODELS)}')
+    raise errors.ConfigError(
+      f'unknown model(s) {unknown} in --models; valid: {", ".join(models.MODELS)}'
+    )
   print_table(names)
 
 
 def print_table(names=None):
   """Prints `summary(names)` beside the paper's figures."""
-  header = (f'{"model":18s} {"input":>5s} {"layers":>6s} {"params":>12s} '
-            f'{"paper":>12s} {"mult-adds":>10s} {"paper":>6s}')
+  header = (
+    f'{"model":18s} {"input":>5s} {"layers":>6s} {"params":>12s} '
+    f'{"paper":>12s} {"mult-adds":>10s} {"paper":>6s}'
+  )
   print(header)
   print('-' * len(header))
   for r in summary(names):
@@ -140,17 +162,22 @@ def print_table(names=None):
       paper_params_str = f'{paper_params:,}'
     else:
       paper_params_str = '-'
-    print(f'{r["name"]:18s} {r["image_size"]:5d} {r["layers"]:6d} '
-          f'{r["params"]:12,d} {paper_params_str:>12s} '
-          f'{_fmt(r["mult_adds"], 1e9, 3, "G"):>10s} '
-          f'{_fmt(r["paper_mult_adds"], 1e9, 1, "G"):>6s}')
-  print('\nmult-adds: one eval forward pass on one image (conv + fc); paper: Table 1 '
-        '(ImageNet, option B), torchvision exact counts, Table 6 (CIFAR).')
+    print(
+      f'{r["name"]:18s} {r["image_size"]:5d} {r["layers"]:6d} '
+      f'{r["params"]:12,d} {paper_params_str:>12s} '
+      f'{_fmt(r["mult_adds"], 1e9, 3, "G"):>10s} '
+      f'{_fmt(r["paper_mult_adds"], 1e9, 1, "G"):>6s}'
+    )
+  print(
+    '\nmult-adds: one eval forward pass on one image (conv + fc); paper: Table 1 '
+    '(ImageNet, option B), torchvision exact counts, Table 6 (CIFAR).'
+  )
 
 
 if __name__ == '__main__':
   from absl import flags
 
   from resnet_jax import cli
+
   flags.DEFINE_string('models', None, 'Comma-separated model names (default: every model).')
   cli.run(main)

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 
 
 def _conv(x, k, pads, precision):
-  return jax.lax.conv_general_dilated(x, k, (1, 1), pads, precision=precision,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jax.lax.conv_general_dilated(
+    x, k, (1, 1), pads, precision=precision, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
 
 
 def _input_gradient(k, pads, precision, dy):
@@ -24,8 +25,9 @@ def _input_gradient(k, pads, precision, dy):
   kh, kw = k.shape[:2]
   (lo_h, hi_h), (lo_w, hi_w) = pads
   k_flipped = jnp.flip(k, (0, 1)).transpose(0, 1, 3, 2)
-  return _conv(dy, k_flipped, ((kh - 1 - lo_h, kh - 1 - hi_h),
-                               (kw - 1 - lo_w, kw - 1 - hi_w)), precision)
+  return _conv(
+    dy, k_flipped, ((kh - 1 - lo_h, kh - 1 - hi_h), (kw - 1 - lo_w, kw - 1 - hi_w)), precision
+  )
 
 
 def _kernel_gradient(x, pads, precision, dy):
@@ -57,19 +59,29 @@ def _conv_cpu_gradients_jvp(pads, precision, primals, tangents):
   y_type = jax.ShapeDtypeStruct(y.shape, y.dtype)
   dy = None
   if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
-    dy, = jax.linear_transpose(
-        functools.partial(_input_gradient, k, pads, precision), y_type)(dx)
+    (dy,) = jax.linear_transpose(functools.partial(_input_gradient, k, pads, precision), y_type)(dx)
   if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
-    dy_k, = jax.linear_transpose(
-        functools.partial(_kernel_gradient, x, pads, precision), y_type)(dk)
+    (dy_k,) = jax.linear_transpose(functools.partial(_kernel_gradient, x, pads, precision), y_type)(
+      dk
+    )
     dy = dy_k if dy is None else dy + dy_k
   return y, jnp.zeros_like(y) if dy is None else dy
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count=1, precision=None, *,
-                         strided_as_stride1: bool = False, **kwargs):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  *,
+  strided_as_stride1: bool = False,
+  **kwargs,
+):
   """`lax.conv_general_dilated` with CPU-friendly gradients for stride-1 convs.
 
   On CPU, stride-1 NHWC convolutions (all those inside scanned stages) take
@@ -86,15 +98,24 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   convolutions keep XLA's own, cheaper path.
   """
   standard = functools.partial(
-      jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      precision=precision, **kwargs)
+    jax.lax.conv_general_dilated,
+    window_strides=window_strides,
+    padding=padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    precision=precision,
+    **kwargs,
+  )
   nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
-  simple = (feature_group_count == 1 and not kwargs
-            and all(d == 1 for d in (lhs_dilation or (1,)))
-            and all(d == 1 for d in (rhs_dilation or (1,)))
-            and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
+  simple = (
+    feature_group_count == 1
+    and not kwargs
+    and all(d == 1 for d in (lhs_dilation or (1,)))
+    and all(d == 1 for d in (rhs_dilation or (1,)))
+    and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+  )
   strided = any(s != 1 for s in window_strides)
   if not simple or (strided and not strided_as_stride1):
     return standard(lhs, rhs)
@@ -106,6 +127,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     y = _conv_cpu_gradients(x, k, pads, precision)
     # Output i of a stride-s conv is output s*i of the stride-1 conv with the
     # same padding (the same window and products).
-    return y[:, ::window_strides[0], ::window_strides[1]] if strided else y
+    return y[:, :: window_strides[0], :: window_strides[1]] if strided else y
 
   return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=standard)

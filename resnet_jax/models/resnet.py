@@ -65,6 +65,7 @@ class GroupBatchNorm(nn.Module):
   updated with the mean over groups of the group means and of the group
   (biased) variances: `ra = momentum * ra + (1 - momentum) * mean_k(stat_k)`.
   """
+
   group_size: int
   use_running_average: bool
   momentum: float = 0.9
@@ -85,9 +86,11 @@ class GroupBatchNorm(nn.Module):
     else:
       batch = x.shape[0]
       if batch % self.group_size:
-        raise ValueError(f'batch {batch} is not divisible by bn_group_size '
-                         f'{self.group_size}; pick a group size that divides '
-                         'the per-step batch.')
+        raise ValueError(
+          f'batch {batch} is not divisible by bn_group_size '
+          f'{self.group_size}; pick a group size that divides '
+          'the per-step batch.'
+        )
       # Why a separate group axis: under a batch-sharded jit the SPMD
       # partitioner then shards either the group axis (groups within a
       # device: statistics are local) or the within-group axis (groups over
@@ -105,10 +108,12 @@ class GroupBatchNorm(nn.Module):
       var = jnp.square(groups - mean).mean(axis=axes, keepdims=True)
       y = ((groups - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
       if not self.is_initializing():
-        ra_mean.value = (self.momentum * ra_mean.value +
-                         (1 - self.momentum) * mean.reshape(-1, features).mean(0))
-        ra_var.value = (self.momentum * ra_var.value +
-                        (1 - self.momentum) * var.reshape(-1, features).mean(0))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.reshape(
+          -1, features
+        ).mean(0)
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var.reshape(
+          -1, features
+        ).mean(0)
     y = y * scale + bias
     return y.astype(self.dtype or x.dtype)
 
@@ -137,8 +142,7 @@ def mask_at(mask, height_width):
   """
   while mask.shape[1:3] != tuple(height_width):
     if mask.shape[1] < height_width[0] or mask.shape[2] < height_width[1]:
-      raise ValueError(f'a mask of shape {mask.shape} does not subsample to '
-                       f'{tuple(height_width)}')
+      raise ValueError(f'a mask of shape {mask.shape} does not subsample to {tuple(height_width)}')
     mask = mask[:, ::2, ::2]
   return mask
 
@@ -153,6 +157,7 @@ def _zero_outside(x, mask):
 
 class Shortcut(nn.Module):
   """The shortcut branch of one block, for options A, B and C."""
+
   features: int
   strides: int
   option: str
@@ -163,8 +168,7 @@ class Shortcut(nn.Module):
   def __call__(self, x):
     changes = self.strides != 1 or x.shape[-1] != self.features
     if self.option == 'C' or (self.option == 'B' and changes):
-      x = self.conv(self.features, (1, 1), strides=(self.strides,) * 2, padding=0,
-                    name='conv')(x)
+      x = self.conv(self.features, (1, 1), strides=(self.strides,) * 2, padding=0, name='conv')(x)
       return self.norm(name='bn')(x)
     if self.option == 'A':
       return zero_pad_shortcut(x, self.features, self.strides)
@@ -173,6 +177,7 @@ class Shortcut(nn.Module):
 
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets)."""
+
   features: int
   strides: int
   conv: ModuleDef
@@ -185,8 +190,9 @@ class BasicBlock(nn.Module):
   def __call__(self, x, mask=None):
     # padding=(k-1)//2 at every stride (module docstring). `mask`: see `ResNet`;
     # only convolutions that read neighbours need zeros outside it.
-    y = self.conv(self.features, (3, 3), strides=(self.strides,) * 2, padding=1,
-                  name='conv1')(_zero_outside(x, mask))
+    y = self.conv(self.features, (3, 3), strides=(self.strides,) * 2, padding=1, name='conv1')(
+      _zero_outside(x, mask)
+    )
     y = self.norm(name='bn1')(y)
     self.sow('intermediates', 'response1', y)
     y = nn.relu(y)
@@ -195,13 +201,15 @@ class BasicBlock(nn.Module):
     y = self.norm(name='bn2', scale_init=last_init)(y)
     self.sow('intermediates', 'response2', y)
     if self.shortcut is not None:
-      y = y + Shortcut(self.features, self.strides, self.shortcut, self.conv,
-                       self.norm, name='shortcut')(x)
+      y = y + Shortcut(
+        self.features, self.strides, self.shortcut, self.conv, self.norm, name='shortcut'
+      )(x)
     return nn.relu(y)
 
 
 class BottleneckBlock(nn.Module):
   """1x1 reduce, 3x3, 1x1 expand to 4x `features` (ResNet-50/101/152)."""
+
   features: int
   strides: int
   conv: ModuleDef
@@ -214,11 +222,12 @@ class BottleneckBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None):
-    s1, s3 = ((1, self.strides) if self.downsample_on_3x3 else (self.strides, 1))
+    s1, s3 = (1, self.strides) if self.downsample_on_3x3 else (self.strides, 1)
     y = self.conv(self.features, (1, 1), strides=(s1, s1), padding=0, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = self.conv(self.features, (3, 3), strides=(s3, s3), padding=1,
-                  name='conv2')(_zero_outside(y, mask))
+    y = self.conv(self.features, (3, 3), strides=(s3, s3), padding=1, name='conv2')(
+      _zero_outside(y, mask)
+    )
     y = self.norm(name='bn2')(y)
     self.sow('intermediates', 'response2', y)
     y = nn.relu(y)
@@ -226,8 +235,9 @@ class BottleneckBlock(nn.Module):
     last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
     y = self.norm(name='bn3', scale_init=last_init)(y)
     if self.shortcut is not None:
-      y = y + Shortcut(4 * self.features, self.strides, self.shortcut, self.conv,
-                       self.norm, name='shortcut')(x)
+      y = y + Shortcut(
+        4 * self.features, self.strides, self.shortcut, self.conv, self.norm, name='shortcut'
+      )(x)
     return nn.relu(y)
 
 
@@ -235,7 +245,6 @@ def _scannable(block_cls):
   """A subclass of `block_cls` with the (carry, mask) -> (carry, y) scan signature."""
 
   class Scanned(block_cls):
-
     def __call__(self, x, mask):
       return super().__call__(x, mask), None
 
@@ -284,6 +293,7 @@ class ResNet(nn.Module):
       gradients stay fast in a while loop (`cpu_conv`). Same values; set by
       the train step, not a config option.
   """
+
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
   num_filters: int = 64
@@ -304,65 +314,83 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool, mask=None):
     if mask is not None:
       if train:
-        raise ValueError('mask is for inference only: with train=True, BatchNorm '
-                         'batch statistics would count the padding.')
+        raise ValueError(
+          'mask is for inference only: with train=True, BatchNorm '
+          'batch statistics would count the padding.'
+        )
       mask = jnp.asarray(mask)
       if mask.shape != x.shape[:3]:
-        raise ValueError(f'mask must have shape (batch, height, width) = '
-                         f'{x.shape[:3]}, got {mask.shape}')
+        raise ValueError(
+          f'mask must have shape (batch, height, width) = {x.shape[:3]}, got {mask.shape}'
+        )
       mask = mask.astype(bool)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=he_normal,
-                             conv_general_dilated=functools.partial(
-                                 cpu_conv.conv_general_dilated,
-                                 strided_as_stride1=self.in_step_loop))
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=he_normal,
+      conv_general_dilated=functools.partial(
+        cpu_conv.conv_general_dilated, strided_as_stride1=self.in_step_loop
+      ),
+    )
     if self.bn_group_size:
-      norm = functools.partial(GroupBatchNorm, group_size=self.bn_group_size,
-                               use_running_average=not train,
-                               momentum=self.bn_momentum,
-                               epsilon=self.bn_epsilon, dtype=self.dtype)
+      norm = functools.partial(
+        GroupBatchNorm,
+        group_size=self.bn_group_size,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+      )
     else:
-      norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                               momentum=self.bn_momentum,
-                               epsilon=self.bn_epsilon, dtype=self.dtype,
-                               param_dtype=jnp.float32)
+      norm = functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+      )
     x = _zero_outside(x.astype(self.dtype), mask)
     if self.stem == 'imagenet':
       x = conv(self.num_filters, (7, 7), strides=(2, 2), padding=3, name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
       # Zeros, not the padding's -inf, outside the mask: the inputs are
       # post-ReLU (>= 0) and every window holds a valid pixel, so they never win.
-      x = nn.max_pool(_zero_outside(x, mask), (3, 3), strides=(2, 2),
-                      padding=((1, 1), (1, 1)))
+      x = nn.max_pool(_zero_outside(x, mask), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     elif self.stem == 'cifar':
       x = conv(self.num_filters, (3, 3), padding=1, name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
     else:
       raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
 
-    block_args = dict(conv=conv, norm=norm,
-                      shortcut=None if self.plain else self.shortcut,
-                      zero_init_last_bn=self.zero_init_last_bn,
-                      downsample_on_3x3=self.downsample_on_3x3)
+    block_args = dict(
+      conv=conv,
+      norm=norm,
+      shortcut=None if self.plain else self.shortcut,
+      zero_init_last_bn=self.zero_init_last_bn,
+      downsample_on_3x3=self.downsample_on_3x3,
+    )
     for i, num_blocks in enumerate(self.stage_sizes):
       features = self.num_filters * 2**i
       strides = 2 if i > 0 else 1
-      x = self.block_cls(features, strides, name=f'stage{i + 1}_block1',
-                         **block_args)(x, mask)
+      x = self.block_cls(features, strides, name=f'stage{i + 1}_block1', **block_args)(x, mask)
       rest = num_blocks - 1
       if rest and self.scan_blocks:
         # Blocks 2..n of a stage share shapes: one scanned body, stacked params;
         # every block sees the same (input-resolution) mask.
-        stack = nn.scan(_SCANNABLE[self.block_cls],
-                        variable_axes={'params': 0, 'batch_stats': 0,
-                                       'intermediates': 0},
-                        split_rngs={'params': True}, in_axes=nn.broadcast,
-                        length=rest)
+        stack = nn.scan(
+          _SCANNABLE[self.block_cls],
+          variable_axes={'params': 0, 'batch_stats': 0, 'intermediates': 0},
+          split_rngs={'params': True},
+          in_axes=nn.broadcast,
+          length=rest,
+        )
         x, _ = stack(features, 1, name=f'stage{i + 1}_rest', **block_args)(x, mask)
       else:
         for j in range(rest):
-          x = self.block_cls(features, 1, name=f'stage{i + 1}_block{j + 2}',
-                             **block_args)(x, mask)
+          x = self.block_cls(features, 1, name=f'stage{i + 1}_block{j + 2}', **block_args)(x, mask)
     if mask is None:
       x = jnp.mean(x, axis=(1, 2))
     else:
@@ -370,40 +398,67 @@ class ResNet(nn.Module):
       count = mask_at(mask, x.shape[1:3]).sum(axis=(1, 2), dtype=jnp.float32)
       # An empty mask (a batch-padding example) pools to zeros, not nan.
       x = (total / jnp.maximum(count, 1)[:, None]).astype(self.dtype)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=fc_kernel_init, name='fc')(x)
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=fc_kernel_init,
+      name='fc',
+    )(x)
     return x.astype(jnp.float32)
 
 
 def _imagenet(stage_sizes, block_cls, plain=False):
-  return dict(stage_sizes=stage_sizes, block_cls=block_cls, plain=plain,
-              stem='imagenet', num_filters=64, shortcut='B', num_classes=1000)
+  return dict(
+    stage_sizes=stage_sizes,
+    block_cls=block_cls,
+    plain=plain,
+    stem='imagenet',
+    num_filters=64,
+    shortcut='B',
+    num_classes=1000,
+  )
 
 
 def _cifar(n, plain=False):
-  return dict(stage_sizes=(n, n, n), block_cls=BasicBlock, plain=plain,
-              stem='cifar', num_filters=16, shortcut='A', num_classes=10)
+  return dict(
+    stage_sizes=(n, n, n),
+    block_cls=BasicBlock,
+    plain=plain,
+    stem='cifar',
+    num_filters=16,
+    shortcut='A',
+    num_classes=10,
+  )
 
 
 # name -> ResNet attributes. ImageNet nets default to option B (the paper's
 # ResNet-50/101/152); CIFAR nets use option A (section 4.2).
 MODELS = {
-    'resnet18': _imagenet((2, 2, 2, 2), BasicBlock),
-    'resnet34': _imagenet((3, 4, 6, 3), BasicBlock),
-    'resnet50': _imagenet((3, 4, 6, 3), BottleneckBlock),
-    'resnet101': _imagenet((3, 4, 23, 3), BottleneckBlock),
-    'resnet152': _imagenet((3, 8, 36, 3), BottleneckBlock),
-    'plain18': _imagenet((2, 2, 2, 2), BasicBlock, plain=True),
-    'plain34': _imagenet((3, 4, 6, 3), BasicBlock, plain=True),
+  'resnet18': _imagenet((2, 2, 2, 2), BasicBlock),
+  'resnet34': _imagenet((3, 4, 6, 3), BasicBlock),
+  'resnet50': _imagenet((3, 4, 6, 3), BottleneckBlock),
+  'resnet101': _imagenet((3, 4, 23, 3), BottleneckBlock),
+  'resnet152': _imagenet((3, 8, 36, 3), BottleneckBlock),
+  'plain18': _imagenet((2, 2, 2, 2), BasicBlock, plain=True),
+  'plain34': _imagenet((3, 4, 6, 3), BasicBlock, plain=True),
 }
 for _n in (3, 5, 7, 9, 18, 200):
   MODELS[f'cifar_resnet{6 * _n + 2}'] = _cifar(_n)
   if _n != 200:
     MODELS[f'cifar_plain{6 * _n + 2}'] = _cifar(_n, plain=True)
 
-OPTIONS = ('num_classes', 'shortcut', 'dtype', 'bn_momentum', 'bn_epsilon',
-           'bn_group_size', 'zero_init_last_bn', 'downsample_on_3x3',
-           'scan_blocks')
+OPTIONS = (
+  'num_classes',
+  'shortcut',
+  'dtype',
+  'bn_momentum',
+  'bn_epsilon',
+  'bn_group_size',
+  'zero_init_last_bn',
+  'downsample_on_3x3',
+  'scan_blocks',
+)
 
 
 def create_model(name: str, **options) -> ResNet:
@@ -424,13 +479,15 @@ def create_model(name: str, **options) -> ResNet:
     raise ValueError(f'unknown model {name!r}; valid names: {", ".join(MODELS)}')
   unknown = sorted(set(options) - set(OPTIONS))
   if unknown:
-    raise ValueError(f'unknown option(s) {unknown} for create_model; valid '
-                     f'options: {", ".join(OPTIONS)}')
+    raise ValueError(
+      f'unknown option(s) {unknown} for create_model; valid options: {", ".join(OPTIONS)}'
+    )
   if 'shortcut' in options and options['shortcut'] not in SHORTCUTS:
-    raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {options['shortcut']!r}")
+    raise ValueError(f'shortcut must be one of {SHORTCUTS}, got {options["shortcut"]!r}')
   if options.get('bn_group_size') is not None and options['bn_group_size'] < 1:
-    raise ValueError(f"bn_group_size must be a positive integer or None, got "
-                     f"{options['bn_group_size']!r}")
+    raise ValueError(
+      f'bn_group_size must be a positive integer or None, got {options["bn_group_size"]!r}'
+    )
   if 'dtype' in options:
     options['dtype'] = jnp.dtype(options['dtype'])
   return ResNet(**{**MODELS[name], **options})
@@ -447,5 +504,6 @@ def abstract_variables(model: ResNet, image_shape=(64, 64, 3)) -> dict:
   (any input size gives the same: the nets are fully convolutional up to the
   global pool)."""
   params, batch_stats = jax.eval_shape(
-      functools.partial(init_variables, model, image_shape), jax.random.key(0))
+    functools.partial(init_variables, model, image_shape), jax.random.key(0)
+  )
   return {'params': params, 'batch_stats': batch_stats}

@@ -33,17 +33,19 @@ def named_responses(intermediates) -> list[tuple[str, jax.Array]]:
   """
   blocks = []  # (stage, block, name, {response: array})
   for key, value in intermediates.items():
-    if (m := _STAGE_BLOCK.match(key)):
-      blocks.append((int(m[1]), int(m[2]), key,
-                     {k: v[0] for k, v in value.items() if k.startswith('response')}))
-    elif (m := _STAGE_REST.match(key)):
+    if m := _STAGE_BLOCK.match(key):
+      blocks.append(
+        (int(m[1]), int(m[2]), key, {k: v[0] for k, v in value.items() if k.startswith('response')})
+      )
+    elif m := _STAGE_REST.match(key):
       stacked = {k: v[0] for k, v in value.items() if k.startswith('response')}
       if not stacked:
         continue
       length = next(iter(stacked.values())).shape[0]
       for j in range(length):
-        blocks.append((int(m[1]), j + 2, f'stage{m[1]}_block{j + 2}',
-                       {k: v[j] for k, v in stacked.items()}))
+        blocks.append(
+          (int(m[1]), j + 2, f'stage{m[1]}_block{j + 2}', {k: v[j] for k, v in stacked.items()})
+        )
   out = []
   for _, _, name, responses in sorted(blocks, key=lambda b: b[:2]):
     out.extend((f'{name}/{k}', responses[k]) for k in sorted(responses))
@@ -53,8 +55,12 @@ def named_responses(intermediates) -> list[tuple[str, jax.Array]]:
 def response_names(model: models.ResNet) -> list[str]:
   """The names `named_responses` gives `model`'s responses, in network order."""
   keys = ('response1', 'response2') if model.block_cls is models.BasicBlock else ('response2',)
-  return [f'stage{i + 1}_block{j + 1}/{k}' for i, n in enumerate(model.stage_sizes)
-          for j in range(n) for k in keys]
+  return [
+    f'stage{i + 1}_block{j + 1}/{k}'
+    for i, n in enumerate(model.stage_sizes)
+    for j in range(n)
+    for k in keys
+  ]
 
 
 def _name_filter(names) -> Callable[[str], bool]:
@@ -142,7 +148,7 @@ class Capture:
   @staticmethod
   def _value(intermediates, path):
     node = intermediates
-    for part in ([] if path == 'output' else path.split('/')):
+    for part in [] if path == 'output' else path.split('/'):
       node = node[part]
     leaves = [x for x in jax.tree.leaves(node['__call__'][0]) if hasattr(x, 'shape')]
     if not leaves:

@@ -26,8 +26,11 @@ def read_metrics(workdir: str) -> list[dict]:
   with open(path) as f:
     for line in f:
       record = json.loads(line)
-      kind = 'eval' if any(k.endswith('_error') and not k.startswith('train')
-                           for k in record) else 'train'
+      kind = (
+        'eval'
+        if any(k.endswith('_error') and not k.startswith('train') for k in record)
+        else 'train'
+      )
       by_key[(record['step'], kind)] = record
   return sorted(by_key.values(), key=lambda r: r['step'])
 
@@ -49,8 +52,9 @@ def default_eval_key(records: list[dict]) -> str:
   return EVAL_KEYS[0]
 
 
-def plot(workdirs: list[str], out: str, labels: list[str] | None = None,
-         eval_key: str | None = None):
+def plot(
+  workdirs: list[str], out: str, labels: list[str] | None = None, eval_key: str | None = None
+):
   """Draws training (thin) and `eval_key` (bold; None: `default_eval_key`)
   error, in %, against iterations."""
   # A Figure of its own (no pyplot): the caller's backend (e.g. a
@@ -79,6 +83,7 @@ def plot(workdirs: list[str], out: str, labels: list[str] | None = None,
 
 def main(argv):
   from absl import flags
+
   FLAGS = flags.FLAGS
   workdirs = argv[1:]
   if not workdirs:
@@ -94,8 +99,13 @@ if __name__ == '__main__':
   from absl import flags
 
   from resnet_jax import cli
+
   flags.DEFINE_string('out', None, 'The figure (png).', required=True)
   flags.DEFINE_string('labels', None, 'Comma-separated legend labels, one per workdir.')
-  flags.DEFINE_enum('eval_key', None, EVAL_KEYS, 'The bold curve; default: test_error if '
-                    'logged, else validation_error.')
+  flags.DEFINE_enum(
+    'eval_key',
+    None,
+    EVAL_KEYS,
+    'The bold curve; default: test_error if logged, else validation_error.',
+  )
   cli.run(main)

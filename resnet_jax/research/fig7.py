@@ -33,8 +33,9 @@ def model_label(model_name: str) -> str:
   return f'{"ResNet" if m[1] == "resnet" else "plain"}-{m[2]}'
 
 
-def override_input(config: ml_collections.ConfigDict, data_dir: str | None = None,
-                   dataset: str | None = None) -> ml_collections.ConfigDict:
+def override_input(
+  config: ml_collections.ConfigDict, data_dir: str | None = None, dataset: str | None = None
+) -> ml_collections.ConfigDict:
   """A copy of `config` reading its data from `data_dir` / `dataset` where given."""
   config = ml_collections.ConfigDict(config.to_dict())
   with config.unlocked():
@@ -47,9 +48,15 @@ def override_input(config: ml_collections.ConfigDict, data_dir: str | None = Non
   return config
 
 
-def workdir_responses(workdir: str, split: str | None = None, data=None,
-                      config: ml_collections.ConfigDict | None = None, *,
-                      batch_size: int | None = None, mesh=None) -> dict:
+def workdir_responses(
+  workdir: str,
+  split: str | None = None,
+  data=None,
+  config: ml_collections.ConfigDict | None = None,
+  *,
+  batch_size: int | None = None,
+  mesh=None,
+) -> dict:
   """Fig. 7 statistics of a trained workdir's latest checkpoint.
 
   Args:
@@ -80,23 +87,35 @@ def workdir_responses(workdir: str, split: str | None = None, data=None,
   if data is None:
     data_lib.check_dataset(config.input.dataset, config.input.data_dir)
   model, variables, norm, step = checkpointing.load_variables(
-      workdir, load_config, sharding=NamedSharding(mesh, P()))
+    workdir, load_config, sharding=NamedSharding(mesh, P())
+  )
   dataset = data_lib.create(config, preloaded=data)
   if model.num_classes != dataset.info.num_classes:
-    raise errors.ConfigError(f'{workdir} predicts {model.num_classes} classes, '
-                             f'{config.input.dataset} has {dataset.info.num_classes}')
+    raise errors.ConfigError(
+      f'{workdir} predicts {model.num_classes} classes, '
+      f'{config.input.dataset} has {dataset.info.num_classes}'
+    )
   split = split or dataset.info.eval_split
-  stats = responses.dataset_stats(model, variables, norm, dataset, split, mesh=mesh,
-                        batch_size=batch_size)
+  stats = responses.dataset_stats(
+    model, variables, norm, dataset, split, mesh=mesh, batch_size=batch_size
+  )
   layers = list(stats.values())
   std = [s.std for s in layers]
   return {
-      'workdir': str(workdir), 'model': config.model, 'label': model_label(config.model),
-      'step': int(step), 'split': split, 'num_examples': dataset.num_examples(split),
-      'definition': responses.STD_DEFINITION, 'layers': [s.name for s in layers], 'std': std,
-      'std_sorted': sorted(std, reverse=True), 'std_all': [s.std_all for s in layers],
-      'mean': [s.mean for s in layers], 'mean_abs': [s.mean_abs for s in layers],
-      'per_layer': [s.to_json() for s in layers],
+    'workdir': str(workdir),
+    'model': config.model,
+    'label': model_label(config.model),
+    'step': int(step),
+    'split': split,
+    'num_examples': dataset.num_examples(split),
+    'definition': responses.STD_DEFINITION,
+    'layers': [s.name for s in layers],
+    'std': std,
+    'std_sorted': sorted(std, reverse=True),
+    'std_all': [s.std_all for s in layers],
+    'mean': [s.mean for s in layers],
+    'mean_abs': [s.mean_abs for s in layers],
+    'per_layer': [s.to_json() for s in layers],
   }
 
 
@@ -112,8 +131,9 @@ def plot_responses(results: list[dict], out: str, title: str | None = None):
   for i, r in enumerate(results):
     std = np.asarray(r['std'])
     x = np.arange(1, len(std) + 1)
-    style = dict(color=f'C{i}', lw=1.2, marker='.', ms=3,
-                 ls='--' if 'plain' in r.get('model', '') else '-')
+    style = dict(
+      color=f'C{i}', lw=1.2, marker='.', ms=3, ls='--' if 'plain' in r.get('model', '') else '-'
+    )
     top.plot(x, std, label=r['label'], **style)
     bottom.plot(x, np.sort(std)[::-1], label=r['label'], **style)
   top.set_xlabel('layer index (original)')
@@ -137,14 +157,25 @@ def write_json(results: list[dict], path: str):
 def table(results: list[dict]) -> str:
   """A short table: model, number of layers, mean std over layers."""
   rows = ['| model | layers | mean std | mean std_all |', '| --- | --- | --- | --- |']
-  rows += [f'| {r["label"]} | {len(r["std"])} | {np.mean(r["std"]):.4f} | '
-           f'{np.mean(r["std_all"]):.4f} |' for r in results]
+  rows += [
+    f'| {r["label"]} | {len(r["std"])} | {np.mean(r["std"]):.4f} | {np.mean(r["std_all"]):.4f} |'
+    for r in results
+  ]
   return '\n'.join(rows)
 
 
-def run(workdirs: list[str], out: str, json_path: str | None = None, *, data=None,
-        data_dir: str | None = None, dataset: str | None = None, split: str | None = None,
-        batch_size: int | None = None, labels: list[str] | None = None) -> list[dict]:
+def run(
+  workdirs: list[str],
+  out: str,
+  json_path: str | None = None,
+  *,
+  data=None,
+  data_dir: str | None = None,
+  dataset: str | None = None,
+  split: str | None = None,
+  batch_size: int | None = None,
+  labels: list[str] | None = None,
+) -> list[dict]:
   """What the CLI does: responses of each workdir, the JSON, the plot, a table.
 
   `data`: preloaded CIFAR arrays for every workdir (tests, notebooks).
@@ -176,21 +207,38 @@ def run(workdirs: list[str], out: str, json_path: str | None = None, *, data=Non
 def define_flags(flag_values):
   """The CLI's flags, on `flag_values` (absl's global FLAGS when run)."""
   from absl import flags
-  flags.DEFINE_multi_string('workdir', None, 'A training workdir (repeat for several).',
-                            flag_values=flag_values)
+
+  flags.DEFINE_multi_string(
+    'workdir', None, 'A training workdir (repeat for several).', flag_values=flag_values
+  )
   flags.DEFINE_string('out', None, 'The figure (png).', flag_values=flag_values)
-  flags.DEFINE_string('json', None, 'The numbers (default: --out with a .json suffix).',
-                      flag_values=flag_values)
-  flags.DEFINE_string('data_dir', None, "Overrides each workdir config's input.data_dir "
-                      '(a TFDS data directory).', flag_values=flag_values)
-  flags.DEFINE_string('dataset', None, "Overrides each workdir config's input.dataset.",
-                      flag_values=flag_values)
-  flags.DEFINE_string('split', None, 'Default: the evaluation split (CIFAR: test).',
-                      flag_values=flag_values)
-  flags.DEFINE_integer('batch_size', None, "Images per batch (default: the config's "
-                       'eval_batch_size).', flag_values=flag_values)
-  flags.DEFINE_multi_string('label', None, 'Legend labels, one per --workdir (default: '
-                            "the model's name, e.g. ResNet-20).", flag_values=flag_values)
+  flags.DEFINE_string(
+    'json', None, 'The numbers (default: --out with a .json suffix).', flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    'data_dir',
+    None,
+    "Overrides each workdir config's input.data_dir (a TFDS data directory).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    'dataset', None, "Overrides each workdir config's input.dataset.", flag_values=flag_values
+  )
+  flags.DEFINE_string(
+    'split', None, 'Default: the evaluation split (CIFAR: test).', flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    'batch_size',
+    None,
+    "Images per batch (default: the config's eval_batch_size).",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_multi_string(
+    'label',
+    None,
+    "Legend labels, one per --workdir (default: the model's name, e.g. ResNet-20).",
+    flag_values=flag_values,
+  )
 
 
 def run_kwargs(values) -> dict:
@@ -199,13 +247,21 @@ def run_kwargs(values) -> dict:
     raise errors.ConfigError('--workdir (one or more) and --out are required')
   if values.label and len(values.label) != len(values.workdir):
     raise errors.ConfigError('give one --label per --workdir')
-  return dict(workdirs=values.workdir, out=values.out, json_path=values.json,
-              data_dir=values.data_dir, dataset=values.dataset, split=values.split,
-              batch_size=values.batch_size, labels=values.label)
+  return dict(
+    workdirs=values.workdir,
+    out=values.out,
+    json_path=values.json,
+    data_dir=values.data_dir,
+    dataset=values.dataset,
+    split=values.split,
+    batch_size=values.batch_size,
+    labels=values.label,
+  )
 
 
 def main(argv):
   from absl import app, flags
+
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   run(**run_kwargs(flags.FLAGS))
@@ -215,5 +271,6 @@ if __name__ == '__main__':
   from absl import flags
 
   from resnet_jax import cli
+
   define_flags(flags.FLAGS)  # Only when run: other CLIs define --workdir too.
   cli.run(main)

@@ -55,9 +55,10 @@ from resnet_jax.data import core as data_core
 from resnet_jax.models import resnet
 from resnet_jax.research.activations import Capture, named_responses
 
-STD_DEFINITION = ('per-channel std over examples x positions (population, ddof=0), '
-                  'averaged over channels; std_all: std over all elements of the layer')
-
+STD_DEFINITION = (
+  'per-channel std over examples x positions (population, ddof=0), '
+  'averaged over channels; std_all: std over all elements of the layer'
+)
 
 
 def _channel_moments(y, example_mask, pixel_mask=None) -> dict:
@@ -152,16 +153,23 @@ class ResponseMeter:
       pixel_mask = jnp.repeat(pixel_mask, v, axis=0)
       kwargs['mask'] = pixel_mask
     if self.capture is None:
-      _, state = self.model.apply(variables, x, train=False, mutable=['intermediates'],
-                                  **kwargs)
+      _, state = self.model.apply(variables, x, train=False, mutable=['intermediates'], **kwargs)
       named = named_responses(state['intermediates'])
     else:
-      _, state = self.model.apply(variables, x, train=False, mutable=['intermediates'],
-                                  capture_intermediates=self.capture, **kwargs)
+      _, state = self.model.apply(
+        variables,
+        x,
+        train=False,
+        mutable=['intermediates'],
+        capture_intermediates=self.capture,
+        **kwargs,
+      )
       named = self.capture.extract(state['intermediates'])
     if not named:
-      raise ValueError('no activation matched: check `names` against the module paths '
-                       "(e.g. 'stage1_block1/bn1', scanned stages as 'stage1_block2/...')")
+      raise ValueError(
+        'no activation matched: check `names` against the module paths '
+        "(e.g. 'stage1_block1/bn1', scanned stages as 'stage1_block2/...')"
+      )
     names = [n for n, _ in named]
     if self.names is None:
       self.names = names
@@ -199,6 +207,7 @@ class LayerStats:
   per channel (examples x positions); `sum`, `sum_sq`, `sum_abs`: per-channel
   float64 sums (`sum_sq` recovered from the centred sums).
   """
+
   name: str
   count: int
   sum: np.ndarray
@@ -213,11 +222,20 @@ class LayerStats:
   mean_abs: float
 
   def to_json(self, per_channel: bool = True) -> dict:
-    out = {'name': self.name, 'count': self.count, 'std': self.std, 'std_all': self.std_all,
-           'mean': self.mean, 'mean_abs': self.mean_abs}
+    out = {
+      'name': self.name,
+      'count': self.count,
+      'std': self.std,
+      'std_all': self.std_all,
+      'mean': self.mean,
+      'mean_abs': self.mean_abs,
+    }
     if per_channel:
-      out.update(channel_std=self.channel_std.tolist(), channel_mean=self.channel_mean.tolist(),
-                 channel_mean_abs=self.channel_mean_abs.tolist())
+      out.update(
+        channel_std=self.channel_std.tolist(),
+        channel_mean=self.channel_mean.tolist(),
+        channel_mean_abs=self.channel_mean_abs.tolist(),
+      )
     return out
 
 
@@ -253,8 +271,7 @@ class ResponseStats:
         continue
       acc = self._acc[name]
       n_a, s_a, m2_a, abs_a = acc
-      s_b = (np.asarray(m['sum'], np.float64) +
-             n_b * np.asarray(m.get('shift', 0.0), np.float64))
+      s_b = np.asarray(m['sum'], np.float64) + n_b * np.asarray(m.get('shift', 0.0), np.float64)
       m2_b = np.asarray(m['m2'], np.float64)
       n = n_a + n_b
       if n_a:
@@ -274,19 +291,28 @@ class ResponseStats:
     # Total M2 = within-channel + between-channel parts.
     var_all = float((m2.sum() + n * np.square(channel_mean - mean).sum()) / (n * len(s)))
     return LayerStats(
-        name=name, count=int(n), sum=s.copy(), sum_sq=m2 + s * s / n, sum_abs=sum_abs.copy(),
-        channel_mean=channel_mean, channel_std=np.sqrt(channel_var),
-        channel_mean_abs=sum_abs / n, std=float(np.sqrt(channel_var).mean()),
-        std_all=math.sqrt(max(var_all, 0.0)), mean=mean,
-        mean_abs=float((sum_abs / n).mean()))
+      name=name,
+      count=int(n),
+      sum=s.copy(),
+      sum_sq=m2 + s * s / n,
+      sum_abs=sum_abs.copy(),
+      channel_mean=channel_mean,
+      channel_std=np.sqrt(channel_var),
+      channel_mean_abs=sum_abs / n,
+      std=float(np.sqrt(channel_var).mean()),
+      std_all=math.sqrt(max(var_all, 0.0)),
+      mean=mean,
+      mean_abs=float((sum_abs / n).mean()),
+    )
 
   def result(self) -> dict[str, LayerStats]:
     """{name: LayerStats}, in network order."""
     return {name: self.layer(name) for name in self.names}
 
 
-def _stream(meter: ResponseMeter, variables, batches: Iterable[dict], norm,
-            num_examples: int | None) -> dict[str, LayerStats]:
+def _stream(
+  meter: ResponseMeter, variables, batches: Iterable[dict], norm, num_examples: int | None
+) -> dict[str, LayerStats]:
   stats, counter = ResponseStats(), data_core.ExampleCounter(num_examples)
   variables, norm = jax.device_put((variables, norm), meter.replicated)
   pending = None  # One batch in flight while the host merges the previous one.
@@ -307,8 +333,16 @@ def _merge(out, stats, counter):
   stats.add(out['moments'])
 
 
-def response_stats(model, variables, batches: Iterable[dict], norm=None, *, mesh=None,
-                   preprocess=None, num_examples: int | None = None) -> dict[str, LayerStats]:
+def response_stats(
+  model,
+  variables,
+  batches: Iterable[dict],
+  norm=None,
+  *,
+  mesh=None,
+  preprocess=None,
+  num_examples: int | None = None,
+) -> dict[str, LayerStats]:
   """Fig. 7 statistics of every 3x3 layer's response over `batches`.
 
   Args:
@@ -330,8 +364,17 @@ def response_stats(model, variables, batches: Iterable[dict], norm=None, *, mesh
   return _stream(meter, variables, batches, norm, num_examples)
 
 
-def collect(model, variables, batches: Iterable[dict], norm=None, names=None, *,
-            mesh=None, preprocess=None, num_examples: int | None = None) -> dict[str, LayerStats]:
+def collect(
+  model,
+  variables,
+  batches: Iterable[dict],
+  norm=None,
+  names=None,
+  *,
+  mesh=None,
+  preprocess=None,
+  num_examples: int | None = None,
+) -> dict[str, LayerStats]:
   """The same streaming statistics for any module outputs named by `names`.
 
   `names` matches module paths ('stage2_block1/bn1', '.*/conv1'; the root's
@@ -346,8 +389,17 @@ def collect(model, variables, batches: Iterable[dict], norm=None, names=None, *,
   return _stream(meter, variables, batches, norm, num_examples)
 
 
-def dataset_stats(model, variables, norm, dataset, split: str, *, mesh=None,
-                  batch_size: int | None = None, names=None) -> dict[str, LayerStats]:
+def dataset_stats(
+  model,
+  variables,
+  norm,
+  dataset,
+  split: str,
+  *,
+  mesh=None,
+  batch_size: int | None = None,
+  names=None,
+) -> dict[str, LayerStats]:
   """Statistics over every example of a dataset's split (center view).
 
   `batch_size`: images per global batch (default: the config's evaluation

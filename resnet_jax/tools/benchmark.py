@@ -11,7 +11,7 @@ after `--warmup` untimed ones, each call synchronised, and prints compile
 time, median time per train step and images/s. An ImageNet config
 (`--config=configs/imagenet_r50.py`) benchmarks at its crop size, 224x224.
 
-`--table=paper` runs the issue-9 table: cifar_resnet20/56/110 at batch 128 and
+`--table=paper` runs the paper-nets table: cifar_resnet20/56/110 at batch 128 and
 resnet18/34/50/101/152 at batch 256, each in float32 and bfloat16, each from
 its paper recipe (`--models`, `--dtypes` and `--set` change the list or the
 recipes). `--profile_dir` writes a `jax.profiler` trace of a few steps of
@@ -35,22 +35,34 @@ from resnet_jax import cli, config_lib, data, distributed, experiment, models
 from resnet_jax.training import step as step_lib
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file (one benchmark).',
-                                lock_config=False)
+config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config file (one benchmark).', lock_config=False
+)
 flags.DEFINE_enum('table', None, ['paper'], 'Benchmark a table of nets instead of --config.')
-flags.DEFINE_list('models', None, 'With --table: these nets instead of the table\'s.')
+flags.DEFINE_list('models', None, "With --table: these nets instead of the table's.")
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'With --table: compute dtypes.')
-flags.DEFINE_multi_string('set', [], 'With --table: config overrides for every net, '
-                          'e.g. --set=steps_per_dispatch=10 --set=input.device_resident=True.')
+flags.DEFINE_multi_string(
+  'set',
+  [],
+  'With --table: config overrides for every net, '
+  'e.g. --set=steps_per_dispatch=10 --set=input.device_resident=True.',
+)
 flags.DEFINE_string('table_out', None, 'With --table: also write the markdown table here.')
 flags.DEFINE_integer('steps', 30, 'Timed calls.')
 flags.DEFINE_integer('warmup', 3, 'Untimed calls after compilation.')
 flags.DEFINE_string('profile_dir', None, 'Write a jax.profiler trace of 5 calls here.')
 flags.DEFINE_string('json', None, 'Also append each result as one JSON line to this file.')
 
-PAPER_TABLE = {'cifar_resnet20': 128, 'cifar_resnet56': 128, 'cifar_resnet110': 128,
-               'resnet18': 256, 'resnet34': 256, 'resnet50': 256, 'resnet101': 256,
-               'resnet152': 256}
+PAPER_TABLE = {
+  'cifar_resnet20': 128,
+  'cifar_resnet56': 128,
+  'cifar_resnet110': 128,
+  'resnet18': 256,
+  'resnet34': 256,
+  'resnet50': 256,
+  'resnet101': 256,
+  'resnet152': 256,
+}
 
 
 def recipe(model: str) -> ml_collections.ConfigDict:
@@ -86,13 +98,18 @@ def _synthetic_input(trainer, config, num_classes):
   local = config.input.batch_size // jax.process_count()
   if config.input.get('device_resident'):
     n = data.DATASETS[config.input.dataset].num_train
-    resident = trainer.put_resident({
+    resident = trainer.put_resident(
+      {
         'image': rng.integers(0, 256, (n,) + trainer.image_shape, dtype=np.uint8),
-        'label': rng.integers(0, num_classes, (n,), dtype=np.int32)})
+        'label': rng.integers(0, num_classes, (n,), dtype=np.int32),
+      }
+    )
     batch = {'index': rng.integers(0, n, lead + (local,), dtype=np.int32)}
     return trainer.to_global(batch), resident
-  batch = {'image': rng.integers(0, 256, lead + (local,) + trainer.image_shape, dtype=np.uint8),
-           'label': rng.integers(0, num_classes, lead + (local,), dtype=np.int32)}
+  batch = {
+    'image': rng.integers(0, 256, lead + (local,) + trainer.image_shape, dtype=np.uint8),
+    'label': rng.integers(0, num_classes, lead + (local,), dtype=np.int32),
+  }
   return trainer.to_global(batch), {}
 
 
@@ -109,8 +126,10 @@ def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -
   trainer = step_lib.Trainer(config, model, distributed.make_mesh(), dataset)
   k = trainer.steps_per_dispatch
   batch_size = config.input.batch_size
-  norm = {key: np.full(s, 1.0 if key == 'std' else 120.0, np.float32)
-          for key, s in dataset.normalization_shapes().items()}
+  norm = {
+    key: np.full(s, 1.0 if key == 'std' else 120.0, np.float32)
+    for key, s in dataset.normalization_shapes().items()
+  }
 
   t0 = time.perf_counter()
   state = jax.block_until_ready(trainer.init_fn(jax.device_put(norm, trainer.replicated)))
@@ -137,23 +156,31 @@ def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -
   ms = 1000 * np.array(times) / k  # Per train step.
   step_ms = float(np.median(ms))
   return dict(
-      model=config.model, batch_size=batch_size,
-      dtype=str(getattr(model.dtype, 'name', model.dtype)),
-      steps_per_dispatch=k, device_resident=bool(config.input.get('device_resident')),
-      devices=f'{jax.device_count()}x {jax.devices()[0].device_kind}',
-      init_s=round(init_s, 2), compile_s=round(compile_s, 2),
-      step_ms=round(step_ms, 3), step_ms_p10=round(float(np.percentile(ms, 10)), 3),
-      step_ms_p90=round(float(np.percentile(ms, 90)), 3),
-      images_per_sec=round(1000 * batch_size / step_ms, 1),
-      jax=jax.__version__, cpu=platform.processor() or platform.machine())
+    model=config.model,
+    batch_size=batch_size,
+    dtype=str(getattr(model.dtype, 'name', model.dtype)),
+    steps_per_dispatch=k,
+    device_resident=bool(config.input.get('device_resident')),
+    devices=f'{jax.device_count()}x {jax.devices()[0].device_kind}',
+    init_s=round(init_s, 2),
+    compile_s=round(compile_s, 2),
+    step_ms=round(step_ms, 3),
+    step_ms_p10=round(float(np.percentile(ms, 10)), 3),
+    step_ms_p90=round(float(np.percentile(ms, 90)), 3),
+    images_per_sec=round(1000 * batch_size / step_ms, 1),
+    jax=jax.__version__,
+    cpu=platform.processor() or platform.machine(),
+  )
 
 
 def describe(result: dict, steps: int) -> str:
-  return (f"{result['model']} batch {result['batch_size']} {result['dtype']} "
-          f"K={result['steps_per_dispatch']} on {result['devices']}: compile "
-          f"{result['compile_s']:.1f} s, step {result['step_ms']:.2f} ms (median of "
-          f"{steps} calls; p10 {result['step_ms_p10']:.2f}, p90 "
-          f"{result['step_ms_p90']:.2f}), {result['images_per_sec']:.0f} images/s")
+  return (
+    f'{result["model"]} batch {result["batch_size"]} {result["dtype"]} '
+    f'K={result["steps_per_dispatch"]} on {result["devices"]}: compile '
+    f'{result["compile_s"]:.1f} s, step {result["step_ms"]:.2f} ms (median of '
+    f'{steps} calls; p10 {result["step_ms_p10"]:.2f}, p90 '
+    f'{result["step_ms_p90"]:.2f}), {result["images_per_sec"]:.0f} images/s'
+  )
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -165,13 +192,19 @@ def markdown_table(results: list[dict]) -> str:
   head = ['net', 'batch'] + [f'{d} images/s (compile s)' for d in dtypes]
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for (model, batch), by_dtype in rows.items():
-    cells = [f"{by_dtype[d]['images_per_sec']:,.0f} ({by_dtype[d]['compile_s']:.0f})"
-             if d in by_dtype else '' for d in dtypes]
+    cells = [
+      f'{by_dtype[d]["images_per_sec"]:,.0f} ({by_dtype[d]["compile_s"]:.0f})'
+      if d in by_dtype
+      else ''
+      for d in dtypes
+    ]
     lines.append('| ' + ' | '.join([model, str(batch)] + cells) + ' |')
   first = results[0]
   lines.append('')
-  lines.append(f"{first['devices']}, jax {first['jax']}, steps_per_dispatch="
-               f"{first['steps_per_dispatch']}, synthetic data, median of timed calls.")
+  lines.append(
+    f'{first["devices"]}, jax {first["jax"]}, steps_per_dispatch='
+    f'{first["steps_per_dispatch"]}, synthetic data, median of timed calls.'
+  )
   return '\n'.join(lines) + '\n'
 
 
@@ -201,8 +234,7 @@ def main(argv):
       config.model_options.dtype = dtype
       for assignment in FLAGS.set:
         apply_override(config, assignment)
-      profile = (os.path.join(FLAGS.profile_dir, f'{model}_{dtype}') if FLAGS.profile_dir
-                 else None)
+      profile = os.path.join(FLAGS.profile_dir, f'{model}_{dtype}') if FLAGS.profile_dir else None
       result = benchmark(config, FLAGS.steps, FLAGS.warmup, profile)
       print(describe(result, FLAGS.steps), flush=True)
       _record(result)

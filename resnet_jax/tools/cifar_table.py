@@ -41,15 +41,22 @@ from resnet_jax import cli
 from resnet_jax.research import curves
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('root', 'runs/table6', 'Parent of the runs\' workdirs.')
-flags.DEFINE_list('nets', ['resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110',
-                           'plain20', 'plain56'],
-                  'Nets to run: the NET of configs/cifar10_NET.py.')
-flags.DEFINE_list('seeds', ['0'], 'Seeds: one run per net and seed (Table 6 gives '
-                  'ResNet-110 as best and mean+-std of 5 runs: --seeds=0,1,2,3,4).')
-flags.DEFINE_string('dataset', 'cifar10_jpeg', 'TFDS name: cifar10, or the local '
-                    'cifar10_jpeg copy.')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory (None: TFDS\'s default).')
+flags.DEFINE_string('root', 'runs/table6', "Parent of the runs' workdirs.")
+flags.DEFINE_list(
+  'nets',
+  ['resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110', 'plain20', 'plain56'],
+  'Nets to run: the NET of configs/cifar10_NET.py.',
+)
+flags.DEFINE_list(
+  'seeds',
+  ['0'],
+  'Seeds: one run per net and seed (Table 6 gives '
+  'ResNet-110 as best and mean+-std of 5 runs: --seeds=0,1,2,3,4).',
+)
+flags.DEFINE_string(
+  'dataset', 'cifar10_jpeg', 'TFDS name: cifar10, or the local cifar10_jpeg copy.'
+)
+flags.DEFINE_string('data_dir', None, "TFDS data directory (None: TFDS's default).")
 flags.DEFINE_integer('concurrent', 0, 'Runs at once (0: all of them).')
 flags.DEFINE_string('results', None, 'Where to collect; None: ROOT/results.')
 flags.DEFINE_bool('collect_only', False, 'Only collect the finished runs.')
@@ -58,15 +65,28 @@ flags.DEFINE_integer('poll_s', 30, 'Seconds between progress updates.')
 # The repository's configs/ (this file is resnet_jax/tools/cifar_table.py).
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'configs')
 # Table 6's test errors (%), and Fig. 6's plain nets (no table entry).
-PAPER_ERROR = {'resnet20': 8.75, 'resnet32': 7.51, 'resnet44': 7.17, 'resnet56': 6.97,
-               'resnet110': 6.43, 'resnet1202': 7.93}
-PAPER_PARAMS = {'resnet20': '0.27M', 'resnet32': '0.46M', 'resnet44': '0.66M',
-                'resnet56': '0.85M', 'resnet110': '1.7M', 'resnet1202': '19.4M'}
+PAPER_ERROR = {
+  'resnet20': 8.75,
+  'resnet32': 7.51,
+  'resnet44': 7.17,
+  'resnet56': 6.97,
+  'resnet110': 6.43,
+  'resnet1202': 7.93,
+}
+PAPER_PARAMS = {
+  'resnet20': '0.27M',
+  'resnet32': '0.46M',
+  'resnet44': '0.66M',
+  'resnet56': '0.85M',
+  'resnet110': '1.7M',
+  'resnet1202': '19.4M',
+}
 
 
 @dataclasses.dataclass
 class Run:
   """One net's training run: its command, workdir and process."""
+
   net: str
   seed: int
   root: str
@@ -108,14 +128,21 @@ def make_runs(nets, seeds, root, dataset, data_dir, extra_flags) -> list[Run]:
   for net in nets:
     config = os.path.join(CONFIGS, f'cifar10_{net}.py')
     if not os.path.exists(config):
-      choices = sorted(f[len('cifar10_'):-3] for f in os.listdir(CONFIGS)
-                       if f.startswith('cifar10_'))
+      choices = sorted(
+        f[len('cifar10_') : -3] for f in os.listdir(CONFIGS) if f.startswith('cifar10_')
+      )
       raise app.UsageError(f'no config for net {net!r} ({config}); valid: {", ".join(choices)}')
     for seed in seeds:
       run = Run(net, seed, root)
-      run.command = [sys.executable, '-m', 'resnet_jax.main', f'--config={config}',
-                     f'--workdir={run.workdir}', f'--config.input.dataset={dataset}',
-                     f'--config.seed={seed}']
+      run.command = [
+        sys.executable,
+        '-m',
+        'resnet_jax.main',
+        f'--config={config}',
+        f'--workdir={run.workdir}',
+        f'--config.input.dataset={dataset}',
+        f'--config.seed={seed}',
+      ]
       if data_dir:
         run.command.append(f'--config.input.data_dir={data_dir}')
       run.command += list(extra_flags)
@@ -151,10 +178,12 @@ def progress_lines(runs: list[Run]) -> list[str]:
       state = 'running' if run.process is not None else 'waiting'
     parts = [f'{run.name:>16}: {state}']
     if train:
-      parts.append(f"step {train['step']}, train error {100 * train['train_error']:.2f}%, "
-                   f"{train.get('step_time_ms', float('nan')):.1f} ms/step")
+      parts.append(
+        f'step {train["step"]}, train error {100 * train["train_error"]:.2f}%, '
+        f'{train.get("step_time_ms", float("nan")):.1f} ms/step'
+      )
     if test:
-      parts.append(f"test error {100 * test['test_error']:.2f}% at {test['step']}")
+      parts.append(f'test error {100 * test["test_error"]:.2f}% at {test["step"]}')
     lines.append(', '.join(parts))
   return lines
 
@@ -174,16 +203,20 @@ def launch(runs: list[Run], concurrent: int, root: str, poll_s: float) -> list[R
       if lock is None:  # Two trainers in one workdir would corrupt it.
         run.returncode = 'already running'
         unfinished.append(run)
-        print(f'{run.name} is already running (a process holds {run.workdir}/.lock: '
-              'another launcher, or a run it left behind); not started', flush=True)
+        print(
+          f'{run.name} is already running (a process holds {run.workdir}/.lock: '
+          'another launcher, or a run it left behind); not started',
+          flush=True,
+        )
         continue
       with open(run.log_path, 'a') as log, lock:
         log.write(f'\n$ {" ".join(run.command)}\n')
         log.flush()
         # The run inherits the locked file, so the lock lasts as long as it
         # does, even if this launcher dies first.
-        run.process = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT,
-                                       env=env, pass_fds=(lock.fileno(),))
+        run.process = subprocess.Popen(
+          run.command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock.fileno(),)
+        )
       active.append(run)
       print(f'started {run.name} (pid {run.process.pid}): {run.log_path}', flush=True)
     if not active:
@@ -202,8 +235,10 @@ def launch(runs: list[Run], concurrent: int, root: str, poll_s: float) -> list[R
       unfinished.append(run)
       with open(run.log_path) as log:
         tail = ''.join(log.readlines()[-5:])
-      print(f'{run.name} did not finish ({run.outcome}); last lines of '
-            f'{run.log_path}:\n{tail}', flush=True)
+      print(
+        f'{run.name} did not finish ({run.outcome}); last lines of {run.log_path}:\n{tail}',
+        flush=True,
+      )
     with open(os.path.join(root, 'progress.txt'), 'w') as f:
       f.write(time.strftime('%Y-%m-%d %H:%M:%S') + '\n' + '\n'.join(progress_lines(runs)) + '\n')
   return unfinished
@@ -250,12 +285,21 @@ def collect(runs: list[Run], results: str) -> list[dict]:
     train, _ = _last_records(records)
     with open(os.path.join(run.workdir, 'config.json')) as f:
       dataset = json.load(f)['input']['dataset']
-    rows.append({'run': run.name, 'net': run.net, 'seed': run.seed, 'dataset': dataset,
-                 'test_error': 100 * center['top1_error'], 'count': center.get('count'),
-                 'step': scored.get('step'),
-                 'final_train_error': 100 * train['train_error'] if train else None,
-                 'paper_error': PAPER_ERROR.get(run.net),
-                 'params': PAPER_PARAMS.get(run.net), 'wall_s': _wall_time(records)})
+    rows.append(
+      {
+        'run': run.name,
+        'net': run.net,
+        'seed': run.seed,
+        'dataset': dataset,
+        'test_error': 100 * center['top1_error'],
+        'count': center.get('count'),
+        'step': scored.get('step'),
+        'final_train_error': 100 * train['train_error'] if train else None,
+        'paper_error': PAPER_ERROR.get(run.net),
+        'params': PAPER_PARAMS.get(run.net),
+        'wall_s': _wall_time(records),
+      }
+    )
   if not rows:
     print(f'nothing finished to collect under {FLAGS.root}', flush=True)
     return rows
@@ -269,14 +313,18 @@ def collect(runs: list[Run], results: str) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-  lines = ['| run | params (paper) | test error % | paper % | final train error % | '
-           'steps | wall time |', '|---|---|---|---|---|---|---|']
+  lines = [
+    '| run | params (paper) | test error % | paper % | final train error % | steps | wall time |',
+    '|---|---|---|---|---|---|---|',
+  ]
   for r in rows:
-    wall = f"{r['wall_s'] / 60:.1f} min" if r['wall_s'] else ''
-    paper = f"{r['paper_error']:.2f}" if r['paper_error'] is not None else '(Fig. 6)'
-    train = f"{r['final_train_error']:.2f}" if r['final_train_error'] is not None else ''
-    lines.append(f"| {r['run']} | {r['params'] or ''} | {r['test_error']:.2f} | {paper} | "
-                 f"{train} | {r['step']} | {wall} |")
+    wall = f'{r["wall_s"] / 60:.1f} min' if r['wall_s'] else ''
+    paper = f'{r["paper_error"]:.2f}' if r['paper_error'] is not None else '(Fig. 6)'
+    train = f'{r["final_train_error"]:.2f}' if r['final_train_error'] is not None else ''
+    lines.append(
+      f'| {r["run"]} | {r["params"] or ""} | {r["test_error"]:.2f} | {paper} | '
+      f'{train} | {r["step"]} | {wall} |'
+    )
   by_net = {}
   for r in rows:
     by_net.setdefault(r['net'], []).append(r['test_error'])
@@ -285,13 +333,17 @@ def markdown_table(rows: list[dict]) -> str:
     lines += ['', '| net | runs | best % | mean ± std % | paper % |', '|---|---|---|---|---|']
     for net, errors in repeated.items():
       paper = {'resnet110': '6.43 (6.61 ± 0.16, 5 runs)'}.get(net, PAPER_ERROR.get(net, ''))
-      lines.append(f'| {net} | {len(errors)} | {min(errors):.2f} | {np.mean(errors):.2f} ± '
-                   f'{np.std(errors, ddof=1):.2f} | {paper} |')
+      lines.append(
+        f'| {net} | {len(errors)} | {min(errors):.2f} | {np.mean(errors):.2f} ± '
+        f'{np.std(errors, ddof=1):.2f} | {paper} |'
+      )
   if any(r.get('dataset') == 'cifar10_jpeg' for r in rows):
     lines.append('')
-    lines.append('Trained and tested on cifar10_jpeg, CIFAR-10 stored as JPEG (quality '
-                 'about 75, pixels off by 5.8/255 on average): its README expects a few '
-                 "tenths of a percent more error than on the paper's lossless images.")
+    lines.append(
+      'Trained and tested on cifar10_jpeg, CIFAR-10 stored as JPEG (quality '
+      'about 75, pixels off by 5.8/255 on average): its README expects a few '
+      "tenths of a percent more error than on the paper's lossless images."
+    )
   return '\n'.join(lines) + '\n'
 
 
@@ -302,14 +354,16 @@ def _figure(runs: list[Run], out: str):
     if run.finished():
       first.setdefault(run.net, run)
   done = list(first.values())
-  panels = [('plain', [r for r in done if r.net.startswith('plain')]),
-            ('ResNet', [r for r in done if r.net.startswith('resnet')
-                        and r.net != 'resnet1202'])]
+  panels = [
+    ('plain', [r for r in done if r.net.startswith('plain')]),
+    ('ResNet', [r for r in done if r.net.startswith('resnet') and r.net != 'resnet1202']),
+  ]
   deep = [r for r in done if r.net in ('resnet110', 'resnet1202')]
   if any(r.net == 'resnet1202' for r in deep):
     panels.append(('ResNet-110 vs 1202', deep))
   panels = [(title, rs) for title, rs in panels if rs]
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(5 * len(panels), 4))
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
   for ax, (title, panel_runs) in zip(axes, panels):
@@ -319,8 +373,14 @@ def _figure(runs: list[Run], out: str):
       steps, values = curves.series(records, 'train_error')
       ax.plot(steps, [100 * v for v in values], color=f'C{i}', lw=0.6, alpha=0.7)
       steps, values = curves.series(records, 'test_error')
-      ax.plot(steps, [100 * v for v in values], color=f'C{i}', lw=2, label=run.net,
-              marker='o' if len(steps) < 3 else None)  # A lone point shows too.
+      ax.plot(
+        steps,
+        [100 * v for v in values],
+        color=f'C{i}',
+        lw=2,
+        label=run.net,
+        marker='o' if len(steps) < 3 else None,
+      )  # A lone point shows too.
       final = max(final, 100 * values[-1]) if values else final
     ax.set_title(title)
     ax.set_xlabel('iterations')
@@ -344,9 +404,11 @@ def main(argv):
     unfinished = launch(runs, FLAGS.concurrent, FLAGS.root, FLAGS.poll_s)
   collect(runs, results)
   if unfinished:
-    raise SystemExit('error: runs did not finish: ' + ', '.join(
-        f'{r.name} ({r.outcome}, {r.log_path})' for r in unfinished) +
-        '; fix the cause and run the same command again to resume them.')
+    raise SystemExit(
+      'error: runs did not finish: '
+      + ', '.join(f'{r.name} ({r.outcome}, {r.log_path})' for r in unfinished)
+      + '; fix the cause and run the same command again to resume them.'
+    )
 
 
 if __name__ == '__main__':

@@ -30,8 +30,9 @@ from resnet_jax import cli
 from resnet_jax.data import imagenet, imagenet_views
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config: dataset and view sizes.',
-                                lock_config=False)
+config_flags.DEFINE_config_file(
+  'config', None, 'Experiment config: dataset and view sizes.', lock_config=False
+)
 flags.DEFINE_string('dataset', 'imagenette224', 'TFDS dataset name.')
 flags.DEFINE_string('data_dir', None, 'TFDS data directory.')
 flags.DEFINE_string('split', 'train', 'Split to read.')
@@ -41,14 +42,15 @@ flags.DEFINE_integer('crop_size', 224, 'Crop side.')
 flags.DEFINE_integer('scale_min', 256, 'Training view: smallest shorter side.')
 flags.DEFINE_integer('scale_max', 480, 'Training view: largest shorter side.')
 flags.DEFINE_integer('resize_size', 256, 'Test views: shorter side.')
-flags.DEFINE_integer('num_workers', 0,
-                     'If > 0, also time the whole pipeline with this many '
-                     'Grain worker processes.')
+flags.DEFINE_integer(
+  'num_workers', 0, 'If > 0, also time the whole pipeline with this many Grain worker processes.'
+)
 flags.DEFINE_integer('batch_size', 128, 'Pipeline batch size.')
 flags.DEFINE_integer('batches', 40, 'Pipeline batches timed (after 3 warm-up).')
 flags.DEFINE_bool('decoders', False, 'Also print the decoder comparison.')
-flags.DEFINE_list('reencode_hw', [], 'H,W: resize every image to H x W and '
-                  're-encode it (4:2:0) before measuring.')
+flags.DEFINE_list(
+  'reencode_hw', [], 'H,W: resize every image to H x W and re-encode it (4:2:0) before measuring.'
+)
 flags.DEFINE_integer('reencode_quality', 90, 'JPEG quality of --reencode_hw.')
 flags.DEFINE_string('json', None, 'Append the results to this file (JSON lines).')
 
@@ -79,8 +81,9 @@ def reencode(jpeg: bytes, hw: tuple[int, int], quality: int) -> bytes:
   """The image resized (bicubic) to hw and JPEG-encoded again, 4:2:0."""
   image = imagenet_views.decode(jpeg)
   image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
-  return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality,
-                                colorspace='RGB', colorsubsampling='420')
+  return simplejpeg.encode_jpeg(
+    np.ascontiguousarray(image), quality=quality, colorspace='RGB', colorsubsampling='420'
+  )
 
 
 def view_fn(view: str):
@@ -90,8 +93,7 @@ def view_fn(view: str):
   if view == 'train':
     return lambda jpeg: imagenet_views.train_example(jpeg, rng, crop, scales)
   size = FLAGS.resize_size
-  views = {'center': imagenet_views.center_view,
-           'ten_crop': imagenet_views.ten_crop_views}[view]
+  views = {'center': imagenet_views.center_view, 'ten_crop': imagenet_views.ten_crop_views}[view]
   return lambda jpeg: views(imagenet_views.decode(jpeg, size), size, crop)
 
 
@@ -105,12 +107,14 @@ def decoder_table(jpegs: list[bytes]) -> list[dict]:
     for name, fn in imagenet_views.DECODERS.items():
       imagenet_views.DECODER = name
       pairs = list(zip(jpegs, half))
-      rows.append({
+      rows.append(
+        {
           'decoder': name,
-          'decode_full': rate(lambda j: fn(j, None), jpegs),
-          'decode_half': rate(lambda p: fn(p[0], p[1]), pairs),
+          'decode_full': rate(lambda j, fn=fn: fn(j, None), jpegs),
+          'decode_half': rate(lambda p, fn=fn: fn(p[0], p[1]), pairs),
           'train_view': rate(view_fn('train'), jpegs),
-      })
+        }
+      )
   finally:
     imagenet_views.DECODER = default
   return rows
@@ -126,14 +130,22 @@ def pipeline_rate(source) -> tuple[float, float]:
   b = FLAGS.batch_size
   if FLAGS.view == 'train':
     ds = imagenet.train_dataset(
-        source, local_batch_size=b, seed=0, crop_size=FLAGS.crop_size,
-        scale_range=(FLAGS.scale_min, FLAGS.scale_max),
-        num_workers=FLAGS.num_workers)
+      source,
+      local_batch_size=b,
+      seed=0,
+      crop_size=FLAGS.crop_size,
+      scale_range=(FLAGS.scale_min, FLAGS.scale_max),
+      num_workers=FLAGS.num_workers,
+    )
   else:
     ds = imagenet.eval_dataset(
-        source, view=FLAGS.view, local_batch_size=b,
-        num_workers=FLAGS.num_workers, resize_size=FLAGS.resize_size,
-        crop_size=FLAGS.crop_size)
+      source,
+      view=FLAGS.view,
+      local_batch_size=b,
+      num_workers=FLAGS.num_workers,
+      resize_size=FLAGS.resize_size,
+      crop_size=FLAGS.crop_size,
+    )
   it = iter(ds)
   for _ in range(3):  # Worker start-up.
     next(it)
@@ -152,8 +164,10 @@ def _use_config(config):
   inp = config.input
   FLAGS.dataset, FLAGS.data_dir = inp.dataset, inp.data_dir
   if 'image_size' not in inp:
-    raise app.UsageError(f'{inp.dataset} is not an ImageNet-family dataset: '
-                         'its input is decoded once into memory, not streamed')
+    raise app.UsageError(
+      f'{inp.dataset} is not an ImageNet-family dataset: '
+      'its input is decoded once into memory, not streamed'
+    )
   FLAGS.crop_size = inp.image_size
   FLAGS.scale_min, FLAGS.scale_max = inp.scale_range
   FLAGS.resize_size = config.eval.resize_size
@@ -174,43 +188,54 @@ def main(argv):
     jpegs = [reencode(j, hw, FLAGS.reencode_quality) for j in jpegs]
   sizes = np.array([imagenet_views.image_size(j) for j in jpegs])
   result = {
-      'dataset': FLAGS.dataset, 'split': FLAGS.split, 'images': n,
-      'reencode_hw': FLAGS.reencode_hw or None,
-      'reencode_quality': FLAGS.reencode_quality if FLAGS.reencode_hw else None,
-      'view': FLAGS.view, 'decoder': imagenet_views.DECODER,
-      'crop_size': FLAGS.crop_size,
-      'scale_range': [FLAGS.scale_min, FLAGS.scale_max],
-      'mean_jpeg_bytes': float(np.mean([len(j) for j in jpegs])),
-      'mean_hw': sizes.mean(axis=0).round(1).tolist(),
-      'mean_megapixels': float(np.prod(sizes, axis=1).mean() / 1e6),
-      'read_per_s': read_rate,
-      'images_per_s_per_core': rate(view_fn(FLAGS.view), jpegs),
+    'dataset': FLAGS.dataset,
+    'split': FLAGS.split,
+    'images': n,
+    'reencode_hw': FLAGS.reencode_hw or None,
+    'reencode_quality': FLAGS.reencode_quality if FLAGS.reencode_hw else None,
+    'view': FLAGS.view,
+    'decoder': imagenet_views.DECODER,
+    'crop_size': FLAGS.crop_size,
+    'scale_range': [FLAGS.scale_min, FLAGS.scale_max],
+    'mean_jpeg_bytes': float(np.mean([len(j) for j in jpegs])),
+    'mean_hw': sizes.mean(axis=0).round(1).tolist(),
+    'mean_megapixels': float(np.prod(sizes, axis=1).mean() / 1e6),
+    'read_per_s': read_rate,
+    'images_per_s_per_core': rate(view_fn(FLAGS.view), jpegs),
   }
-  print(f'{FLAGS.dataset}:{FLAGS.split}, {n} images'
-        + (f' re-encoded at {FLAGS.reencode_hw} q{FLAGS.reencode_quality}'
-           if FLAGS.reencode_hw else '')
-        + f': mean JPEG {result["mean_jpeg_bytes"]:,.0f} bytes, mean '
-        f'{result["mean_hw"][0]:.0f}x{result["mean_hw"][1]:.0f} px')
+  print(
+    f'{FLAGS.dataset}:{FLAGS.split}, {n} images'
+    + (f' re-encoded at {FLAGS.reencode_hw} q{FLAGS.reencode_quality}' if FLAGS.reencode_hw else '')
+    + f': mean JPEG {result["mean_jpeg_bytes"]:,.0f} bytes, mean '
+    f'{result["mean_hw"][0]:.0f}x{result["mean_hw"][1]:.0f} px'
+  )
   print(f'records read (1 thread, page cache warm): {read_rate:,.0f} /s')
-  print(f'{FLAGS.view} view, decoder {imagenet_views.DECODER}: '
-        f'{result["images_per_s_per_core"]:,.0f} images/s per core')
+  print(
+    f'{FLAGS.view} view, decoder {imagenet_views.DECODER}: '
+    f'{result["images_per_s_per_core"]:,.0f} images/s per core'
+  )
   if FLAGS.decoders:
     rows = decoder_table(jpegs)
     result['decoders'] = rows
-    print(f'{"decoder":<12}{"decode full":>13}{"decode 1/2":>13}'
-          f'{"train view":>13}   (images/s per core)')
+    print(
+      f'{"decoder":<12}{"decode full":>13}{"decode 1/2":>13}'
+      f'{"train view":>13}   (images/s per core)'
+    )
     for row in rows:
-      print(f'{row["decoder"]:<12}{row["decode_full"]:>13,.0f}'
-            f'{row["decode_half"]:>13,.0f}{row["train_view"]:>13,.0f}')
+      print(
+        f'{row["decoder"]:<12}{row["decode_full"]:>13,.0f}'
+        f'{row["decode_half"]:>13,.0f}{row["train_view"]:>13,.0f}'
+      )
   if FLAGS.num_workers > 0:
     if FLAGS.reencode_hw:
       print('pipeline timing reads the stored JPEGs (not re-encoded ones)')
     result['num_workers'] = FLAGS.num_workers
-    result['pipeline_images_per_s'], result['main_cpu_s_per_1000'] = (
-        pipeline_rate(source))
-    print(f'pipeline, {FLAGS.num_workers} workers, batch {FLAGS.batch_size}: '
-          f'{result["pipeline_images_per_s"]:,.0f} images/s; main process CPU '
-          f'{result["main_cpu_s_per_1000"]:.3f} s per 1000 images')
+    result['pipeline_images_per_s'], result['main_cpu_s_per_1000'] = pipeline_rate(source)
+    print(
+      f'pipeline, {FLAGS.num_workers} workers, batch {FLAGS.batch_size}: '
+      f'{result["pipeline_images_per_s"]:,.0f} images/s; main process CPU '
+      f'{result["main_cpu_s_per_1000"]:.3f} s per 1000 images'
+    )
   if FLAGS.json:
     with open(FLAGS.json, 'a') as f:
       f.write(json.dumps(result) + '\n')

@@ -32,15 +32,18 @@ from resnet_jax.training import step as step_lib
 
 def _check_finite(metrics: dict, step: int, last_saved: int | None):
   """Raises at the first step whose loss or gradient is not finite."""
-  bad = {k: float(metrics[k]) for k in ('train_loss', 'grad_norm')
-         if not np.isfinite(metrics[k])}
+  bad = {k: float(metrics[k]) for k in ('train_loss', 'grad_norm') if not np.isfinite(metrics[k])}
   if bad:
-    kept = (f'the last checkpoint (step {last_saved}) was kept' if last_saved is not None
-            else 'no checkpoint was saved')
+    kept = (
+      f'the last checkpoint (step {last_saved}) was kept'
+      if last_saved is not None
+      else 'no checkpoint was saved'
+    )
     raise errors.DivergedError(
-        f'non-finite {", ".join(f"{k}={v}" for k, v in bad.items())} at step {step}; '
-        f'training stopped there and {kept}. Lower --config.schedule.base_lr or '
-        'use a warm-up (--config.schedule.warmup_lr), then resume.')
+      f'non-finite {", ".join(f"{k}={v}" for k, v in bad.items())} at step {step}; '
+      f'training stopped there and {kept}. Lower --config.schedule.base_lr or '
+      'use a warm-up (--config.schedule.warmup_lr), then resume.'
+    )
 
 
 def _per_step(metrics: dict, steps: int) -> list[dict]:
@@ -57,8 +60,7 @@ def _summarize(window) -> dict:
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       data=None) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> dict:
   """Trains the config's model, resuming from `workdir` if it holds a checkpoint.
 
   Args:
@@ -79,15 +81,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointing.prepare_workdir(workdir)
   dataset = data_lib.create(config, preloaded=data)
   with checkpointing.manager(workdir, config.keep_checkpoints) as manager:
-    trainer = step_lib.Trainer(config, experiment.model_from_config(config),
-                               distributed.make_mesh(), dataset)
+    trainer = step_lib.Trainer(
+      config, experiment.model_from_config(config), distributed.make_mesh(), dataset
+    )
     order = checkpointing.data_order(config, jax.process_count(), dataset.num_workers)
-    restored = checkpointing.restore_latest(manager, config, order,
-                                            trainer.sharded_abstract_state())
+    restored = checkpointing.restore_latest(
+      manager, config, order, trainer.sharded_abstract_state()
+    )
     if restored is not None and restored[0] >= config.schedule.total_steps:
-      _log(f'{workdir} already holds step {restored[0]} (total_steps='
-           f'{config.schedule.total_steps}): training is finished. Score it with '
-           '--mode=evaluate, or raise --config.schedule.total_steps to train further.')
+      _log(
+        f'{workdir} already holds step {restored[0]} (total_steps='
+        f'{config.schedule.total_steps}): training is finished. Score it with '
+        '--mode=evaluate, or raise --config.schedule.total_steps to train further.'
+      )
       return {}
     checkpointing.check_resumable_under(restored, trainer.steps_per_dispatch, workdir)
     return _Run(config, workdir, trainer, manager, order, restored).train()
@@ -128,8 +134,9 @@ class _Run:
   def _open_batches(self):
     """Host batches -> global arrays on Grain's prefetch thread, ahead of the step."""
     local_batch = self.config.input.batch_size // jax.process_count()
-    host_batches = self.dataset.train_batches(local_batch, self.config.seed,
-                                              jax.process_index(), jax.process_count())
+    host_batches = self.dataset.train_batches(
+      local_batch, self.config.seed, jax.process_index(), jax.process_count()
+    )
     if self.per_dispatch > 1:
       # K batches stacked per call. Grain's position stays counted in single
       # batches, so a checkpoint resumes under any K that divides its step.
@@ -142,8 +149,10 @@ class _Run:
     compiled = self.trainer.compile_train(self.config.input.batch_size, resident)
     memory = compiled.memory_analysis()
     if memory is not None:
-      _log(f'Compiled train step in {time.time() - t0:.1f}s; temp memory '
-           f'{getattr(memory, "temp_size_in_bytes", 0) / 2**20:.1f} MiB per device')
+      _log(
+        f'Compiled train step in {time.time() - t0:.1f}s; temp memory '
+        f'{getattr(memory, "temp_size_in_bytes", 0) / 2**20:.1f} MiB per device'
+      )
     return compiled, resident
 
   def train(self) -> dict:
@@ -162,8 +171,10 @@ class _Run:
           self._after_step(stopped)
         if stopped:
           name = stop_request.signal_name or 'a stop request in another process'
-          _log(f'Stopped on {name}: saved a checkpoint at step {self.step}. Run the same '
-               'command again to resume.')
+          _log(
+            f'Stopped on {name}: saved a checkpoint at step {self.step}. Run the same '
+            'command again to resume.'
+          )
         elif self.step == self.total:
           self._final_evaluation()
     finally:
@@ -212,20 +223,23 @@ class _Run:
     return {'params': self.state.params, 'batch_stats': self.state.batch_stats}
 
   def _evaluate(self):
-    results = evaluation.evaluate_splits(self.scorer, self._variables(), self.state.norm,
-                                         self.dataset, self.config)
+    results = evaluation.evaluate_splits(
+      self.scorer, self._variables(), self.state.norm, self.dataset, self.config
+    )
     if data_lib.HOLDOUT in self.dataset.eval_splits():
       holdout_error = np.float32(results[f'{data_lib.HOLDOUT}_error'])
       self.state = self.trainer.plateau_fn(
-          self.state, jax.device_put(holdout_error, self.trainer.replicated))
+        self.state, jax.device_put(holdout_error, self.trainer.replicated)
+      )
       results['lr_scale'] = float(jax.device_get(self.state.plateau.scale))
     self.writer.write(self.step, results)
     self.writer.progress(self.step, results, None)
     self.last_eval = results
 
   def _save(self):
-    checkpointing.save(self.manager, self.step, self.state, self.batches.get_state(),
-                       self.config, self.order)
+    checkpointing.save(
+      self.manager, self.step, self.state, self.batches.get_state(), self.config, self.order
+    )
     if not self.config_recorded:  # config.json: only a config that trained.
       checkpointing.record_config(self.workdir, self.config, self.start)
       self.config_recorded = True
@@ -233,7 +247,8 @@ class _Run:
 
   def _final_evaluation(self):
     self.manager.wait_until_finished()
-    results = evaluation.final_protocols(self.scorer, self._variables(), self.state.norm,
-                                         self.dataset, self.config, self.last_eval)
+    results = evaluation.final_protocols(
+      self.scorer, self._variables(), self.state.norm, self.dataset, self.config, self.last_eval
+    )
     for protocol, result in results.items():
       evaluation.record(self.workdir, self.config, protocol, result, self.step)

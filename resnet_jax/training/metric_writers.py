@@ -32,6 +32,7 @@ class MetricWriter:
     self._remote_lines = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # No TensorFlow needed.
+
       path = epath.Path(workdir)
       path.mkdir(parents=True, exist_ok=True)
       self._tb = SummaryWriter(str(path / 'tensorboard'))

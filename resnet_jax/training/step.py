@@ -40,6 +40,7 @@ from resnet_jax import config_lib, data, distributed, models
 @flax.struct.dataclass
 class TrainState:
   """Everything that training carries from step to step."""
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -62,8 +63,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   base_lr = config_lib.scaled_lr(config)
   if s.kind != 'piecewise':
     return optax.constant_schedule(base_lr)
-  return optax.piecewise_constant_schedule(
-      base_lr, {int(b): s.decay_factor for b in s.boundaries})
+  return optax.piecewise_constant_schedule(base_lr, {int(b): s.decay_factor for b in s.boundaries})
 
 
 def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
@@ -74,8 +74,12 @@ def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformat
   """
   s = config.schedule
   return optax.contrib.reduce_on_plateau(
-      factor=s.decay_factor, patience=s.plateau_patience, rtol=s.plateau_rtol,
-      cooldown=s.plateau_cooldown, min_scale=s.decay_factor ** s.plateau_max_decays)
+    factor=s.decay_factor,
+    patience=s.plateau_patience,
+    rtol=s.plateau_rtol,
+    cooldown=s.plateau_cooldown,
+    min_scale=s.decay_factor**s.plateau_max_decays,
+  )
 
 
 def weight_decay_mask(params, exclude_bn_and_bias: bool):
@@ -86,7 +90,8 @@ def weight_decay_mask(params, exclude_bn_and_bias: bool):
   if not exclude_bn_and_bias:
     return jax.tree.map(lambda _: True, params)
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+    lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params
+  )
 
 
 def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
@@ -100,12 +105,15 @@ def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.Gradien
 
   @optax.inject_hyperparams
   def sgd_with_l2(learning_rate, momentum, weight_decay):
-    return optax.chain(optax.add_decayed_weights(weight_decay, mask),
-                       optax.sgd(learning_rate, momentum=momentum))
+    return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask), optax.sgd(learning_rate, momentum=momentum)
+    )
 
-  return sgd_with_l2(learning_rate=config.schedule.base_lr,
-                     momentum=config.optimizer.momentum,
-                     weight_decay=config.optimizer.weight_decay)
+  return sgd_with_l2(
+    learning_rate=config.schedule.base_lr,
+    momentum=config.optimizer.momentum,
+    weight_decay=config.optimizer.weight_decay,
+  )
 
 
 def initial_state(config, model, optimizer, image_shape, norm) -> TrainState:
@@ -114,12 +122,16 @@ def initial_state(config, model, optimizer, image_shape, norm) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   params, batch_stats = models.init_variables(model, image_shape, init_rng)
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=optimizer.init(params), rng=state_rng,
-      warmup_active=jnp.asarray(config.schedule.warmup_lr > 0),
-      train_error_ema=jnp.asarray(1.0 - 1.0 / model.num_classes, jnp.float32),
-      plateau=plateau_rule(config).init(params),
-      norm=jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), norm))
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=optimizer.init(params),
+    rng=state_rng,
+    warmup_active=jnp.asarray(config.schedule.warmup_lr > 0),
+    train_error_ema=jnp.asarray(1.0 - 1.0 / model.num_classes, jnp.float32),
+    plateau=plateau_rule(config).init(params),
+    norm=jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), norm),
+  )
 
 
 def cross_entropy(logits, labels):
@@ -134,8 +146,12 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   labels = batch['label']
 
   def loss_fn(params):
-    logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
-                                  images, train=True, mutable=['batch_stats'])
+    logits, updates = model.apply(
+      {'params': params, 'batch_stats': state.batch_stats},
+      images,
+      train=True,
+      mutable=['batch_stats'],
+    )
     return cross_entropy(logits, labels).mean(), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -144,18 +160,29 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   schedule_lr = learning_rate_schedule(config)(state.step) * state.plateau.scale
   lr = jnp.where(state.warmup_active, s.warmup_lr, schedule_lr)
   opt_state = state.opt_state._replace(
-      hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr})
+    hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr}
+  )
   updates, opt_state = optimizer.update(grads, opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
   ema = s.warmup_error_smoothing * state.train_error_ema + (1 - s.warmup_error_smoothing) * error
-  warmup_active = (state.warmup_active & (ema >= s.warmup_until_error) &
-                   (state.step + 1 < s.warmup_max_steps))
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, warmup_active=warmup_active,
-                            train_error_ema=ema)
-  metrics = {'train_loss': loss, 'train_error': error, 'learning_rate': lr,
-             'grad_norm': optax.global_norm(grads)}
+  warmup_active = (
+    state.warmup_active & (ema >= s.warmup_until_error) & (state.step + 1 < s.warmup_max_steps)
+  )
+  new_state = state.replace(
+    step=state.step + 1,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    warmup_active=warmup_active,
+    train_error_ema=ema,
+  )
+  metrics = {
+    'train_loss': loss,
+    'train_error': error,
+    'learning_rate': lr,
+    'grad_norm': optax.global_norm(grads),
+  }
   return new_state, metrics
 
 
@@ -189,6 +216,7 @@ def plateau_step(state: TrainState, holdout_error, *, config) -> TrainState:
 @dataclasses.dataclass
 class Trainer:
   """The compiled functions of one experiment, and the shardings they use."""
+
   config: ml_collections.ConfigDict
   model: models.ResNet
   mesh: Mesh
@@ -212,51 +240,70 @@ class Trainer:
     self.steps_per_dispatch = self.config.get('steps_per_dispatch', 1)
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(
-        self.mesh, P('data') if self.steps_per_dispatch == 1 else P(None, 'data'))
+      self.mesh, P('data') if self.steps_per_dispatch == 1 else P(None, 'data')
+    )
     self.optimizer = create_optimizer(
-        self.config, models.abstract_variables(self.model, self.image_shape)['params'])
-    init = functools.partial(initial_state, self.config, self.model, self.optimizer,
-                             self.image_shape)
-    norm = {k: jax.ShapeDtypeStruct(s, jnp.float32)
-            for k, s in self.dataset.normalization_shapes().items()}
+      self.config, models.abstract_variables(self.model, self.image_shape)['params']
+    )
+    init = functools.partial(
+      initial_state, self.config, self.model, self.optimizer, self.image_shape
+    )
+    norm = {
+      k: jax.ShapeDtypeStruct(s, jnp.float32)
+      for k, s in self.dataset.normalization_shapes().items()
+    }
     self.abstract_state = jax.eval_shape(init, norm)
     self.state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
-    self.init_fn = jax.jit(init, in_shardings=self.replicated,
-                           out_shardings=self.state_sharding)
+    self.init_fn = jax.jit(init, in_shardings=self.replicated, out_shardings=self.state_sharding)
     self.train_fn = jax.jit(
-        functools.partial(train_steps, steps=self.steps_per_dispatch, model=self.model,
-                          optimizer=self.optimizer, config=self.config,
-                          dataset=self.dataset),
-        in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
-        out_shardings=(self.state_sharding, self.replicated),
-        donate_argnums=(0,))
-    self.plateau_fn = jax.jit(functools.partial(plateau_step, config=self.config),
-                              in_shardings=(self.state_sharding, self.replicated),
-                              out_shardings=self.state_sharding, donate_argnums=(0,))
+      functools.partial(
+        train_steps,
+        steps=self.steps_per_dispatch,
+        model=self.model,
+        optimizer=self.optimizer,
+        config=self.config,
+        dataset=self.dataset,
+      ),
+      in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+      out_shardings=(self.state_sharding, self.replicated),
+      donate_argnums=(0,),
+    )
+    self.plateau_fn = jax.jit(
+      functools.partial(plateau_step, config=self.config),
+      in_shardings=(self.state_sharding, self.replicated),
+      out_shardings=self.state_sharding,
+      donate_argnums=(0,),
+    )
 
   def batch_spec(self, batch_size: int, resident: bool = False):
     """Abstract input of one dispatch (K stacked global batches, or one), for
     ahead-of-time compilation; with `resident`, batches of example indices."""
     lead = (self.steps_per_dispatch,) if self.steps_per_dispatch > 1 else ()
-    spec = lambda shape, dtype: jax.ShapeDtypeStruct(lead + shape, dtype,
-                                                     sharding=self.batch_sharding)
+    spec = lambda shape, dtype: jax.ShapeDtypeStruct(
+      lead + shape, dtype, sharding=self.batch_sharding
+    )
     if resident:
       return {'index': spec((batch_size,), jnp.int32)}
-    return {'image': spec((batch_size,) + self.image_shape, jnp.uint8),
-            'label': spec((batch_size,), jnp.int32)}
+    return {
+      'image': spec((batch_size,) + self.image_shape, jnp.uint8),
+      'label': spec((batch_size,), jnp.int32),
+    }
 
   def sharded_abstract_state(self):
     """`abstract_state` with its shardings: the target of a restore."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        self.abstract_state, self.state_sharding)
+    return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      self.abstract_state,
+      self.state_sharding,
+    )
 
   def compile_train(self, batch_size: int, resident=None):
     """Compiles the train step (K steps if steps_per_dispatch=K) ahead of
     time; returns it, called as `step(state, batches, resident)`."""
     resident = resident or {}
-    return self.train_fn.lower(self.sharded_abstract_state(),
-                               self.batch_spec(batch_size, bool(resident)),
-                               resident).compile()
+    return self.train_fn.lower(
+      self.sharded_abstract_state(), self.batch_spec(batch_size, bool(resident)), resident
+    ).compile()
 
   def to_global(self, local_batch):
     """Per-process numpy input of one dispatch -> global `jax.Array`s, the
