@@ -31,8 +31,16 @@ parser.add_argument('--device_resident', action='store_true')
 parser.add_argument('--result')
 args = parser.parse_args()
 
-# Before JAX starts: this process's CPU devices, and the tests' compile cache.
-os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={args.devices}'
+# Before JAX starts: this process's CPU devices (the other flags and the
+# compile cache come from the tests' environment).
+xla_flags = [
+  f
+  for f in os.environ.get('XLA_FLAGS', '').split()
+  if not f.startswith('--xla_force_host_platform_device_count')
+]
+os.environ['XLA_FLAGS'] = ' '.join(
+  [*xla_flags, f'--xla_force_host_platform_device_count={args.devices}']
+)
 os.environ['JAX_PLATFORMS'] = 'cpu'
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 

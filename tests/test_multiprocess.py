@@ -33,10 +33,8 @@ def launch(workdir, num_processes=2, devices=2, **flags):
   """Starts the worker processes; returns them (stdout+stderr to files)."""
   address = f'localhost:{free_port()}'
   env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)  # The worker sets its own device count.
-  # The tests' persistent compile cache: each tiny program compiles once.
-  env['JAX_COMPILATION_CACHE_DIR'] = jax.config.jax_compilation_cache_dir or ''
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  # The worker replaces conftest's device count with its own; the other XLA
+  # flags and the compile cache are conftest's.
   procs = []
   for i in range(num_processes):
     args = [
