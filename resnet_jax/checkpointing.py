@@ -87,7 +87,7 @@ class DataPosition:
   """An input iterator's saved position, in the form Grain's Orbax handler
   (`grain.checkpoint.CheckpointSave/Restore`) writes: one JSON file per
   process. The loop saves the position after the last batch it *used*
-  (`data.prefetch`'s iterator), not that of the reader, which runs ahead."""
+  (`data.core.prefetch`'s iterator), not that of the reader, which runs ahead."""
 
   def __init__(self, state=None):
     self.state = state

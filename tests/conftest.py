@@ -28,3 +28,22 @@ os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 # breaks and the hook fails the test at hand (seen in CI on a tfds import).
 # Imported here, it is already loaded when the hook needs it.
 import tracemalloc  # noqa: E402,F401
+
+# The slowest modules first: with `-n 2`, a long test started last keeps one
+# worker busy while the other idles; started first, the short ones fill in
+# around it. (The order within a module is kept.)
+_SLOWEST_FIRST = (
+  'test_multiprocess.py',
+  'test_cifar_table.py',
+  'test_notebooks.py',
+  'test_main.py',
+  'test_imagenet_train.py',
+  'test_evaluation.py',
+  'test_steps_per_dispatch.py',
+  'test_models_autodiff.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

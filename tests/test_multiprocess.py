@@ -2,7 +2,7 @@
 
 Each run is `multiprocess_worker.py` launched as N processes with a free
 coordinator port and a hard time limit; the tiny CIFAR problem of
-test_train.py trains in a few seconds.
+helpers.py trains in a few seconds.
 """
 
 import functools

@@ -92,7 +92,7 @@ def train_dataset(
   """Endless, per-epoch-shuffled batches of this process's share of `split`.
 
   Every process shuffles the same global order (same seed) and takes its own
-  block of each global batch (`data.ProcessBlocks`), so processes see disjoint
+  block of each global batch (`core.ProcessBlocks`), so processes see disjoint
   data and the global batch is the same for any process count. Batches run on
   across epoch boundaries, as an iteration-counted schedule expects.
 
@@ -145,7 +145,7 @@ def eval_batches(
 def augment(rng: jax.Array, images: jax.Array, pad: int = PAD) -> jax.Array:
   """Section 4.2 augmentation, on device: zero-pad, random crop, random flip.
 
-  Apply after `data.normalize`, so padded pixels are zero in mean-subtracted space
+  Apply after `core.normalize`, so padded pixels are zero in mean-subtracted space
   (the zero padding the paper describes).
 
   Args:

@@ -193,7 +193,7 @@ def train_dataset(
   """Endless, per-epoch-shuffled training batches of this process's share.
 
   Every process shuffles the same global order (same seed) and takes its own
-  block of each global batch (`data.ProcessBlocks`), so the global batch is
+  block of each global batch (`core.ProcessBlocks`), so the global batch is
   the same for any process count. Each example's view is drawn from a generator
   seeded by (seed, its position in the global stream), so batches are the
   same for any num_workers and after resuming from a checkpointed state.
