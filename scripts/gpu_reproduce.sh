@@ -18,6 +18,13 @@
 # --nets=resnet110), TABLE6_FLAGS to every run (e.g. to shorten them);
 # TFDS_DATA_DIR is where the data is (default .bundle/tfds).
 set -uo pipefail
+case "${1:-}" in
+  bench|start|poll) ;;
+  *)
+    echo "usage: bash scripts/gpu_reproduce.sh bench|start|poll" >&2
+    exit 2
+    ;;
+esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
 DATA=${TFDS_DATA_DIR:-.bundle/tfds}
