@@ -15,6 +15,7 @@ aside (`N.unreadable`, which Orbax ignores) and resumes from the newest good
 one.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -61,6 +62,21 @@ def manager(workdir, keep: int = 3, create: bool = True) -> ocp.CheckpointManage
   )
 
 
+@contextlib.contextmanager
+def managed(workdir, keep: int = 3):
+  """`manager(workdir, keep)` as a context that, when the run fails, closes it
+  without raising again (a failed save would re-raise on close, hiding the
+  one-line error the run raised for it)."""
+  mngr = manager(workdir, keep)
+  try:
+    yield mngr
+  except BaseException:
+    with contextlib.suppress(Exception):
+      mngr.close()
+    raise
+  mngr.close()
+
+
 def structure(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint must agree on with the config that restores it."""
   opts = {
@@ -103,7 +119,8 @@ class DataPosition:
 
 
 def _unreadable(mngr, step, e) -> errors.CheckpointError:
-  first_line = (str(e).strip().splitlines() or [''])[0][:300]
+  # TensorStore appends a repr of its whole spec: not for a one-line report.
+  first_line = (str(e).strip().splitlines() or [''])[0].split('. See full TensorStore')[0][:300]
   return errors.CheckpointError(
     f'checkpoint {step} in {mngr.directory} cannot be read ({type(e).__name__}: {first_line})'
   )
@@ -175,6 +192,48 @@ def save(
     ),
     force=True,
   )
+
+
+def confirm_saves(mngr: ocp.CheckpointManager, step: int | None, now: int, wait: bool = False):
+  """SaveError if a save issued so far (the last one: `step`) failed; with
+  `wait`, first waits for the save in flight. Orbax writes in the background,
+  so a failed write shows only here: the loop calls this after every step
+  (`now`: the step training reached)."""
+  try:
+    if wait:
+      mngr.wait_until_finished()
+    else:
+      mngr.check_for_errors()
+  except Exception as e:  # Orbax raises whatever the storage raised.
+    raise _save_failed(mngr, step, now, e) from e
+
+
+def _save_failed(mngr, step, now, e: Exception) -> errors.SaveError:
+  cause = _root_cause(e)
+  what = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+  where = getattr(cause, 'filename', None) or mngr.directory
+  with contextlib.suppress(Exception):  # Let the rest of the failed save end.
+    mngr.wait_until_finished()
+  kept = sorted(s for s in mngr.all_steps() if s != step)
+  earlier = (
+    f'the checkpoints before it ({", ".join(map(str, kept))}) are intact: '
+    f'fix the storage, then run the same command to resume from step {kept[-1]}'
+    if kept
+    else 'no earlier checkpoint exists: fix the storage and start again'
+  )
+  return errors.SaveError(
+    f'saving checkpoint {step} failed ({type(cause).__name__}: {what.lower()}: {where}); '
+    f'training stopped at step {now}. {earlier[0].upper()}{earlier[1:]}.'
+  )
+
+
+def _root_cause(e: BaseException) -> BaseException:
+  """The storage's own error (the first OSError) in the chain Orbax raised."""
+  chain = []
+  while e is not None and all(e is not c for c in chain):
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  return next((c for c in chain if isinstance(c, OSError)), chain[0])
 
 
 def _meta(config, step: int, order: dict | None) -> dict:

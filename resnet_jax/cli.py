@@ -4,7 +4,8 @@ bad input reported as one `error:` line (exit 1) instead of a traceback.
 `run(main)` is `absl.app.run(main)` with two additions:
 - flag parsing errors become one line: a mistyped or unknown `--config.*`
   field (named with its nearest valid name), a value of the wrong type, a
-  config file that is missing, does not parse or raises;
+  config file that is missing, does not parse or raises, a `--config.*` field
+  given twice (refused: ml_collections would concatenate two tuples);
 - `main` runs under `errors.one_line_errors()`, so a `UserError` raised by the
   work (bad data, checkpoint, workdir) is one line too.
 `--help` prints the command's module docstring and its flags (absl's).
@@ -40,6 +41,8 @@ _HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
 
 
 def _parse_flags(argv):
+  if (message := _repeated_override_error(argv)) is not None:
+    fail(message)
   try:
     rest = flags.FLAGS(argv)
   except SystemExit:
@@ -82,6 +85,20 @@ def _config_overrides(argv) -> list[tuple[str, str]]:
       field, _, value = arg[len('--config.') :].partition('=')
       out.append((field, value))
   return out
+
+
+def _repeated_override_error(argv) -> str | None:
+  """Why a `--config.*` field given twice is refused: ml_collections would
+  concatenate two tuple values (a silent third value), so neither wins."""
+  seen = {}
+  for field, value in _config_overrides(argv):
+    if field in seen:
+      return (
+        f'--config.{field} is given twice ({seen[field]!r} and {value!r}); '
+        'give it once, with the value you want'
+      )
+    seen[field] = value
+  return None
 
 
 def load_config_file(path: str):

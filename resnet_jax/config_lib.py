@@ -8,12 +8,16 @@ config before anything is compiled or read, so bad input fails fast with the
 fix in the message.
 """
 
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
 from resnet_jax import data, errors, models
 
 PROTOCOLS = ('center', 'ten_crop', 'multi_scale', 'ensemble')
+# Compute dtypes ('auto': bfloat16 on GPU/TPU, float32 on CPU); params stay float32.
+DTYPES = ('auto', None, 'float32', 'bfloat16', 'float16')
 SCHEDULES = ('piecewise', 'plateau')
 NORMALIZATIONS = ('channel_mean_std', 'pixel_mean')
 
@@ -132,6 +136,7 @@ def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
   config.input.device_resident = False
   config.schedule.total_steps = 64_000
   config.schedule.boundaries = (32_000, 48_000)
+  config.eval.ensemble_protocol = 'center'  # CIFAR's only test view.
   return config
 
 
@@ -226,6 +231,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   info = _validate_model_and_dataset(config, fail)
   _validate_batch(config, num_devices, num_processes, fail)
   _validate_schedule(config, fail)
+  _validate_optimizer(config, fail)
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
       fail(f'{key}={config[key]} must be positive')
@@ -260,6 +266,16 @@ def _validate_model_and_dataset(config, fail) -> data.core.DatasetInfo:
       f'to one of {sorted(data.DATASETS)}'
     )
   info = data.DATASETS[config.input.dataset]
+  dtype = config.model_options.get('dtype')
+  if dtype not in DTYPES:
+    fail(f'model_options.dtype={dtype!r}; set it to one of {", ".join(map(str, DTYPES))}')
+  classes = config.model_options.get('num_classes')
+  if classes is not None and (not isinstance(classes, int) or classes < info.num_classes):
+    fail(
+      f'model_options.num_classes={classes} is fewer than the {info.num_classes} classes '
+      f'of {config.input.dataset} (its labels would fall outside the output); '
+      f'leave it unset (None) or set it to at least {info.num_classes}'
+    )
   is_imagenet_model = models.MODELS[config.model]['stem'] == 'imagenet'
   if (info.family == 'imagenet') != is_imagenet_model:
     fail(
@@ -333,8 +349,22 @@ def _validate_schedule(config, fail):
     fail('schedule.plateau_patience must be >= 1, plateau_max_decays and plateau_rtol >= 0')
   if s.reference_batch_size is not None and s.reference_batch_size <= 0:
     fail(f'schedule.reference_batch_size={s.reference_batch_size} must be positive or None')
-  if s.warmup_lr < 0 or not 0 < s.warmup_until_error <= 1:
-    fail('schedule.warmup_lr must be >= 0 and warmup_until_error in (0, 1]')
+  if not _finite(s.base_lr) or s.base_lr <= 0:
+    fail(f'schedule.base_lr={s.base_lr} must be a positive finite number (e.g. 0.1)')
+  if not _finite(s.warmup_lr) or s.warmup_lr < 0 or not 0 < s.warmup_until_error <= 1:
+    fail('schedule.warmup_lr must be finite and >= 0, and warmup_until_error in (0, 1]')
+
+
+def _validate_optimizer(config, fail):
+  o = config.optimizer
+  if not _finite(o.weight_decay) or o.weight_decay < 0:
+    fail(f'optimizer.weight_decay={o.weight_decay} must be a finite number >= 0 (e.g. 1e-4)')
+  if not _finite(o.momentum) or not 0 <= o.momentum < 1:
+    fail(f'optimizer.momentum={o.momentum} must be in [0, 1) (e.g. 0.9)')
+
+
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _validate_steps_per_dispatch(config, fail):
@@ -372,6 +402,11 @@ def _validate_eval(config, info, fail):
           f'CIFAR is tested on the single original view (section 4.2): eval '
           f"protocol {name!r} is for ImageNet; use 'center'"
         )
+    if e.protocol == 'ensemble' and e.ensemble_protocol != 'center':
+      fail(
+        f'eval.ensemble_protocol={e.ensemble_protocol!r} is for ImageNet; CIFAR '
+        'members are tested on the original view: set --config.eval.ensemble_protocol=center'
+      )
   if e.ensemble_protocol not in PROTOCOLS[:3]:
     fail(f'eval.ensemble_protocol={e.ensemble_protocol!r} must be one of {PROTOCOLS[:3]}')
   if e.protocol == 'ensemble' and not e.ensemble_workdirs:

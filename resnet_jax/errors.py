@@ -1,4 +1,5 @@
-"""Errors that mean bad input (config, data, checkpoint, workdir), not a bug.
+"""Errors that mean bad input (config, data, checkpoint, workdir) or a fault
+of the machine (a save that failed), not a bug.
 
 `main` prints their message alone, one line, and exits 1: the message says
 what is wrong and how to fix it, so a traceback would only hide it. Each also
@@ -7,6 +8,8 @@ Command lines run their work under `one_line_errors()`.
 """
 
 import contextlib
+import logging
+import os
 import sys
 
 
@@ -30,6 +33,10 @@ class WorkdirError(UserError, OSError):
   """A workdir that cannot be written."""
 
 
+class SaveError(UserError, OSError):
+  """A checkpoint that could not be written (disk full, permissions, storage)."""
+
+
 class DivergedError(UserError, FloatingPointError):
   """Training produced a non-finite loss or gradient."""
 
@@ -37,19 +44,61 @@ class DivergedError(UserError, FloatingPointError):
 @contextlib.contextmanager
 def one_line_errors():
   """For a command line: a `UserError` prints `error: <message>` alone and
-  exits 1. Orbax's async reader callbacks report 'Event loop is closed' after
-  a failed read: noise around that one line, so not printed."""
-  sys.unraisablehook = _quiet_closed_event_loops
+  exits 1; a Ctrl-C that interrupts (the second one: the first asks for a
+  save) prints one line and exits 130, as shells expect.
+
+  Orbax's own reports are not printed: its log lines (tracebacks of a failed
+  background save or read, a missing-metadata warning for every checkpoint
+  without the optional `_CHECKPOINT_METADATA`), asyncio's "exception was never
+  retrieved" for its reader tasks, and 'Event loop is closed' from its
+  finalizers. Where they matter, the `error:` line carries their cause.
+  """
+  sys.unraisablehook = _quiet_orbax_unraisable
+  quiet = _QuietOrbax()
+  loggers = [logging.getLogger('absl'), logging.getLogger('asyncio')]
+  for logger in loggers:
+    logger.addFilter(quiet)
   try:
     yield
   except UserError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print(
+      'error: interrupted by Ctrl-C: stopped at once, without saving; the checkpoints '
+      'already saved are kept. Run the same command to resume from the latest.',
+      file=sys.stderr,
+      flush=True,
+    )
+    sys.exit(130)
+  # On success only: after an error, Orbax's threads of a failed save still
+  # report as the interpreter shuts down, so the filter stays to the end.
+  for logger in loggers:
+    logger.removeFilter(quiet)
 
 
-def _quiet_closed_event_loops(unraisable):
-  if not (
-    isinstance(unraisable.exc_value, RuntimeError)
-    and 'Event loop is closed' in str(unraisable.exc_value)
-  ):
+class _QuietOrbax(logging.Filter):
+  """Drops log records written from Orbax's code, and asyncio's reports of
+  reader tasks whose exception nobody awaited (Orbax's, after a failed read)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if _ORBAX_CODE in record.pathname:
+      return False
+    return 'exception was never retrieved' not in str(record.msg).split('\n', 1)[0]
+
+
+_ORBAX_CODE = f'{os.sep}orbax{os.sep}'
+
+
+def _quiet_orbax_unraisable(unraisable):
+  """Drops exceptions Orbax's reader coroutines and finalizers raise after a
+  failed read (nobody can catch them); others go to Python's hook."""
+  tb, from_orbax = unraisable.exc_traceback, False
+  while tb is not None and not from_orbax:
+    from_orbax = _ORBAX_CODE in tb.tb_frame.f_code.co_filename
+    tb = tb.tb_next
+  closed_loop = isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
+    unraisable.exc_value
+  )
+  if not (from_orbax or closed_loop):
     sys.__unraisablehook__(unraisable)

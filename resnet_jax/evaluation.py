@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpointing, config_lib, distributed, errors
+from resnet_jax import checkpointing, config_lib, distributed, errors, experiment
 from resnet_jax import data as data_lib
 from resnet_jax.data import core as data_core
 
@@ -216,21 +216,42 @@ def final_protocols(
   return out
 
 
-def evaluate_ensemble(config: ml_collections.ConfigDict, dataset, mesh, split: str) -> dict:
-  """Averaged scores of the workdirs in `eval.ensemble_workdirs` (Table 5)."""
-  workdirs = [w for w in str(config.eval.ensemble_workdirs).split(',') if w]
+def check_ensemble(config: ml_collections.ConfigDict, dataset) -> list[tuple[str, object]]:
+  """(workdir, its config) of each `eval.ensemble_workdirs` member, after
+  checking, before anything is scored, that each holds a readable checkpoint
+  of a net with the dataset's classes."""
+  members = []
+  for workdir in [w for w in str(config.eval.ensemble_workdirs).split(',') if w]:
+    try:
+      checkpointing.require_checkpoints(workdir)
+      member = checkpointing.read_config(workdir)
+    except errors.MissingError as e:
+      raise errors.MissingError(
+        f'ensemble member {workdir}: {e} List trained workdirs in --config.eval.ensemble_workdirs.'
+      ) from e
+    classes = experiment.model_from_config(member).num_classes
+    if classes != dataset.info.num_classes:
+      raise errors.ConfigError(
+        f'ensemble member {workdir} predicts {classes} classes, {config.input.dataset} '
+        f'has {dataset.info.num_classes}; list only members trained on it'
+      )
+    with checkpointing.manager(workdir, create=False) as mngr:
+      if checkpointing.check_matches(mngr, member) is None:
+        checkpointing.require_checkpoints(workdir, any_step=True)
+    members.append((workdir, member))
+  return members
+
+
+def evaluate_ensemble(
+  config: ml_collections.ConfigDict, dataset, mesh, split: str, members: list
+) -> dict:
+  """Averaged scores of the `check_ensemble` members (Table 5)."""
   replicated = NamedSharding(mesh, P())
   total, labels = 0.0, None
-  for workdir in workdirs:
-    member = checkpointing.read_config(workdir)
+  for workdir, member in members:
     model, variables, norm, step = checkpointing.load_variables(
       workdir, member, sharding=replicated
     )
-    if model.num_classes != dataset.info.num_classes:
-      raise errors.ConfigError(
-        f'{workdir} predicts {model.num_classes} classes, '
-        f'{config.input.dataset} has {dataset.info.num_classes}'
-      )
     probs, labels = protocol_scores(
       config.eval.ensemble_protocol,
       Scorer(model, dataset, mesh),
@@ -246,6 +267,7 @@ def evaluate_ensemble(config: ml_collections.ConfigDict, dataset, mesh, split: s
       f'{metrics(probs, labels)["top1_error"]:.2%} top-1 error',
       flush=True,
     )
+  workdirs = [workdir for workdir, _ in members]
   return {'split': split, 'members': workdirs, **metrics(total / len(workdirs), labels)}
 
 
@@ -286,6 +308,14 @@ def record(workdir: str, config, protocol: str, result: dict, step: int):
   tmp.replace(path)
 
 
+def has_final_results(workdir, config, step: int) -> bool:
+  """Whether `eval.json` holds every `eval.final_protocols` result of `step`."""
+  path = checkpointing.workdir_path(workdir) / 'eval.json'
+  results = json.loads(path.read_text()) if path.exists() else {}
+  done = results.get('protocols', {}) if results.get('step') == step else {}
+  return set(config.eval.final_protocols) <= set(done)
+
+
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> dict:
   """`--mode=evaluate`: `config.eval.protocol` on the workdir's latest checkpoint.
 
@@ -302,10 +332,14 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=No
   if data is None:
     data_lib.check_dataset(config.input.dataset, config.input.data_dir)
   dataset = data_lib.create(config, preloaded=data)
-  mesh = distributed.make_mesh()
   split = dataset.info.eval_split
+  dataset.check_splits([split])
   if protocol == 'ensemble':
-    result = evaluate_ensemble(config, dataset, mesh, split)
+    members = check_ensemble(config, dataset)
+  checkpointing.prepare_workdir(workdir)  # eval.json goes there: writable before scoring.
+  mesh = distributed.make_mesh()
+  if protocol == 'ensemble':
+    result = evaluate_ensemble(config, dataset, mesh, split, members)
     step = None
   else:
     model, variables, norm, step = checkpointing.load_variables(
@@ -314,7 +348,5 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=No
     result = evaluate_protocol(
       protocol, Scorer(model, dataset, mesh), variables, norm, dataset, split, config
     )
-  if protocol == 'ensemble':  # Where its eval.json goes.
-    checkpointing.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
   record(workdir, config, protocol, result, step)
   return {'step': step, 'protocol': protocol, **result}

@@ -43,6 +43,11 @@ def tiny_config(model='cifar_resnet20', **schedule):
   return config
 
 
+def fault_config():
+  """The fault tests' run: 12 steps, evaluations and checkpoints every 3."""
+  return tiny_config(total_steps=12, boundaries=(6, 9))
+
+
 def tiny_data(n=64, seed=0):
   """A learnable toy problem: the label is the brightest of 10 bands."""
   rng = np.random.default_rng(seed)

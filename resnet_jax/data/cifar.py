@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax import errors
 from resnet_jax.data import core
 
 PAD = 4  # Section 4.2: 4 pixels padded on each side.
@@ -241,6 +242,15 @@ class CifarData(core.Dataset):
 
   def num_examples(self, split):
     return len(self._split(split))
+
+  def check_splits(self, splits=None):
+    if self._splits is None:
+      return super().check_splits(splits)
+    for name in splits or ['train', *self.eval_splits()]:  # Preloaded: check the arrays.
+      split = self._split(name)
+      if not len(split):
+        raise errors.ConfigError(f'the preloaded {name!r} split holds no examples')
+      self.check_labels(int(split.labels.max()) + 1)
 
   @staticmethod
   def preprocess_train(rng, images, norm, config):

@@ -181,6 +181,52 @@ class Dataset(abc.ABC):
     """Examples in an evaluation split, as read (not as registered)."""
     return self.eval_splits()[split]
 
+  def check_splits(self, splits=None):
+    """ConfigError, before anything is compiled, unless each split the run
+    reads (`splits`, default: training and evaluation) is in the dataset and
+    holds examples, and its labels fit the model's outputs. Reads the TFDS
+    metadata only, no examples."""
+    import tensorflow_datasets as tfds  # Heavy import; only where data is read.
+
+    inp = self.config.input
+    info = tfds.builder(inp.dataset, data_dir=inp.data_dir).info
+    for name in splits or ['train', *self.eval_splits()]:
+      spec = self.tfds_split(name)
+      try:
+        count = info.splits[spec].num_examples
+      except (ValueError, KeyError) as e:
+        raise errors.ConfigError(
+          f'{self._split_field(name)}={spec!r}: {inp.dataset} has no such split '
+          f'(its splits: {", ".join(info.splits)}; slices such as '
+          f"'{self.info.train_split}[:1000]' are allowed)"
+        ) from e
+      if count == 0:
+        raise errors.ConfigError(
+          f'{self._split_field(name)}={spec!r} of {inp.dataset} holds no examples; '
+          'choose a non-empty split or slice'
+        )
+    label = info.features['label'] if 'label' in info.features else None
+    self.check_labels(getattr(label, 'num_classes', None))
+
+  def check_labels(self, dataset_classes: int | None):
+    """ConfigError unless labels 0..dataset_classes-1 fit the model's outputs."""
+    outputs = self.config.model_options.get('num_classes') or self.info.num_classes
+    if dataset_classes is not None and dataset_classes > outputs:
+      raise errors.ConfigError(
+        f'{self.config.input.dataset} has {dataset_classes} classes but the model '
+        f'predicts {outputs}; set --config.model_options.num_classes={dataset_classes} '
+        '(or leave it unset)'
+      )
+
+  def _split_field(self, name: str) -> str:
+    """The config field that chose split `name`."""
+    inp = self.config.input
+    if name == self.info.eval_split:
+      return '--config.input.eval_split'
+    if name == 'train' and inp.get('train_split'):
+      return '--config.input.train_split'
+    return '--config.input.num_holdout'
+
   def tfds_split(self, split: str) -> str:
     """TFDS split string of a training/evaluation split name."""
     inp = self.config.input

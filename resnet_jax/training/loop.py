@@ -78,9 +78,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
   config_lib.validate(config, jax.device_count(), jax.process_count())
   if data is None:
     data_lib.check_dataset(config.input.dataset, config.input.data_dir)
-  checkpointing.prepare_workdir(workdir)
   dataset = data_lib.create(config, preloaded=data)
-  with checkpointing.manager(workdir, config.keep_checkpoints) as manager:
+  dataset.check_splits()
+  checkpointing.prepare_workdir(workdir)
+  with checkpointing.managed(workdir, config.keep_checkpoints) as manager:
     trainer = step_lib.Trainer(
       config, experiment.model_from_config(config), distributed.make_mesh(), dataset
     )
@@ -88,7 +89,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     restored = checkpointing.restore_latest(
       manager, config, order, trainer.sharded_abstract_state()
     )
-    if restored is not None and restored[0] >= config.schedule.total_steps:
+    finished = restored is not None and restored[0] >= config.schedule.total_steps
+    if finished and not evaluation.has_final_results(workdir, config, restored[0]):
+      _log(
+        f'{workdir} holds the last step {restored[0]} without its final evaluation '
+        '(stopped during it): running it now.'
+      )
+      return _Run(config, workdir, trainer, manager, order, restored).evaluate_final()
+    if finished:
       _log(
         f'{workdir} already holds step {restored[0]} (total_steps='
         f'{config.schedule.total_steps}): training is finished. Score it with '
@@ -167,6 +175,7 @@ class _Run:
           self.step += self.per_dispatch
           self.in_flight.append((self.step, metrics))
           self._finish(keep=1)  # Bounded run-ahead: one dispatch runs while the last is checked.
+          checkpointing.confirm_saves(self.manager, self.last_saved, self.step)
           stopped = stop_request.reached(self.step)
           self._after_step(stopped)
         if stopped:
@@ -177,10 +186,19 @@ class _Run:
           )
         elif self.step == self.total:
           self._final_evaluation()
+      checkpointing.confirm_saves(self.manager, self.last_saved, self.step, wait=True)
     finally:
       self.batches.close()
-      self.manager.wait_until_finished()
       self.writer.close()
+    return self.last_eval
+
+  def evaluate_final(self) -> dict:
+    """Only the final evaluation, of the restored last step."""
+    self.scorer = evaluation.Scorer(self.trainer.model, self.dataset, self.trainer.mesh)
+    try:
+      self._final_evaluation()
+    finally:
+      self.batches.close()
     return self.last_eval
 
   def _finish(self, keep: int):
@@ -203,6 +221,8 @@ class _Run:
     if log_now:
       self._log_window()
     if eval_now:
+      # A save that failed stops the run before an evaluation is spent on it.
+      checkpointing.confirm_saves(self.manager, self.last_saved, self.step, wait=True)
       self._evaluate()
     if ckpt_now:
       self._save()
@@ -246,7 +266,7 @@ class _Run:
     self.last_saved = self.step
 
   def _final_evaluation(self):
-    self.manager.wait_until_finished()
+    checkpointing.confirm_saves(self.manager, self.last_saved, self.step, wait=True)
     results = evaluation.final_protocols(
       self.scorer, self._variables(), self.state.norm, self.dataset, self.config, self.last_eval
     )
