@@ -196,14 +196,15 @@ def save(
 
 def confirm_saves(mngr: ocp.CheckpointManager, step: int | None, now: int, wait: bool = False):
   """SaveError if a save issued so far (the last one: `step`) failed; with
-  `wait`, first waits for the save in flight. Orbax writes in the background,
-  so a failed write shows only here: the loop calls this after every step
-  (`now`: the step training reached)."""
+  `wait`, first waits for the save in flight, else returns if it still runs.
+  Orbax writes in the background, so a failed write shows only here: the loop
+  calls this after every step (`now`: the step training reached)."""
+  if not wait and mngr.is_saving_in_progress():
+    return  # Not done yet: checking now would wait for it.
   try:
-    if wait:
-      mngr.wait_until_finished()
-    else:
-      mngr.check_for_errors()
+    # With no save in flight this returns at once, or raises what the last
+    # save raised (`check_for_errors` misses a failure of its finalize thread).
+    mngr.wait_until_finished()
   except Exception as e:  # Orbax raises whatever the storage raised.
     raise _save_failed(mngr, step, now, e) from e
 
