@@ -29,10 +29,9 @@ os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 # Imported here, it is already loaded when the hook needs it.
 import tracemalloc  # noqa: E402,F401
 
-# The slowest modules first: with `-n 2` (and pyproject's `--dist loadfile`),
-# a long module started last keeps one worker busy while the other idles;
-# started first, the short ones fill in around it. (The order within a module
-# is kept.)
+# The slowest modules first: with `-n 2`, a long test started last keeps one
+# worker busy while the other idles; started first, the short ones fill in
+# around it. (The order within a module is kept.)
 _SLOWEST_FIRST = (
   'test_multiprocess.py',
   'test_faults.py',
