@@ -6,7 +6,7 @@ normalisation constants, so a checkpoint is evaluated without the training
 data), `data` (each process's input-iterator position, one file per process,
 written by Grain's own Orbax handler) and `meta` (the experiment's structure,
 its data order and its whole config). Every process takes part in every save
-and restore. `load_variables` restores what inference needs from a workdir
+and restore. `load_workdir` restores what inference needs from a workdir
 alone, without building an optimizer.
 
 Workdirs may be local paths or any `etils.epath` path (`gs://bucket/run`).
@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import sys
+import typing
 
 import grain
 import jax
@@ -26,7 +27,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from resnet_jax import distributed, errors, experiment, models
+from resnet_jax import config_lib, data, distributed, errors, experiment, models
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_SUFFIX = '.unreadable'
@@ -85,6 +86,7 @@ def structure(config: ml_collections.ConfigDict) -> dict:
     if k not in ('dtype', 'bn_group_size', 'bn_momentum', 'bn_epsilon', 'scan_blocks')
     and v is not None
   }
+  opts['num_classes'] = experiment.model_from_config(config).num_classes
   return {'model': config.model, 'model_options': opts, 'dataset': config.input.dataset}
 
 
@@ -138,6 +140,9 @@ def check_meta(mngr, step: int, meta: dict, config, order: dict | None = None):
   """Fails fast if `meta` is of another experiment (or, given `order`, of
   another data order: see `data_order`)."""
   saved, wanted = meta.get('structure'), structure(config)
+  if saved and 'num_classes' not in saved.get('model_options', {}):
+    # Saved before the number of classes was recorded: it was the dataset's.
+    wanted['model_options'].pop('num_classes')
   if saved != wanted:
     raise errors.ConfigError(
       f'the workdir holds a checkpoint (step {step}) of {saved}, but the config '
@@ -179,16 +184,23 @@ def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None
 
 
 def save(
-  mngr: ocp.CheckpointManager, step: int, state, data_position, config, order: dict | None = None
+  mngr: ocp.CheckpointManager,
+  step: int,
+  state,
+  data_position,
+  config,
+  order: dict | None = None,
+  class_names=None,
 ):
   """Saves `state` and this process's data position (a state dict of the
-  input iterator) as step `step`, asynchronously; every process calls it."""
+  input iterator) as step `step`, asynchronously; every process calls it.
+  `class_names` (label -> name) travel in the meta, for prediction."""
   mngr.save(
     step,
     args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(DataPosition(data_position)),
-      meta=ocp.args.JsonSave(_meta(config, step, order)),
+      meta=ocp.args.JsonSave(_meta(config, step, order, class_names)),
     ),
     force=True,
   )
@@ -237,18 +249,19 @@ def _root_cause(e: BaseException) -> BaseException:
   return next((c for c in chain if isinstance(c, OSError)), chain[0])
 
 
-def _meta(config, step: int, order: dict | None) -> dict:
+def _meta(config, step: int, order: dict | None, class_names=None) -> dict:
   return {
     'structure': structure(config),
     'step': step,
     'data_order': order,
     'config': json.loads(config.to_json_best_effort()),
+    'class_names': list(class_names) if class_names else None,
   }
 
 
-def save_for_inference(workdir, config, state: dict):
+def save_for_inference(workdir, config, state: dict, class_names=None):
   """Makes a fresh `workdir` hold `state` (params, batch_stats, norm, step) as
-  step 0 with its `meta` and `config.json`: enough for `load_variables` and
+  step 0 with its `meta` and `config.json`: enough for `load_workdir` and
   `--mode=evaluate`, not for resuming training (no optimizer state, no data
   position)."""
   path = workdir_path(workdir)
@@ -261,7 +274,8 @@ def save_for_inference(workdir, config, state: dict):
     mngr.save(
       0,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(_meta(config, 0, None))
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave(_meta(config, 0, None, class_names)),
       ),
       force=True,
     )
@@ -397,21 +411,23 @@ def restore_inference(mngr: ocp.CheckpointManager, step: int, abstract: dict) ->
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with: its `config.json`, or else the one
-  saved in its latest checkpoint (a copied `checkpoints/` is self-contained)."""
+  """The config a workdir was trained with (typed: `config_lib.from_saved`):
+  its `config.json`, or else the one saved in its latest checkpoint (a copied
+  `checkpoints/` is self-contained)."""
   path = workdir_path(workdir)
+  saved = None
   if (path / 'config.json').exists():
-    return ml_collections.ConfigDict(json.loads((path / 'config.json').read_text()))
-  if (path / CHECKPOINT_DIR).is_dir():
+    saved = json.loads((path / 'config.json').read_text())
+  elif (path / CHECKPOINT_DIR).is_dir():
     with manager(workdir, create=False) as mngr:
       step = mngr.latest_step()
       saved = read_meta(mngr, step).get('config') if step is not None else None
-    if saved:
-      return ml_collections.ConfigDict(saved)
-  raise errors.MissingError(
-    f'{path / "config.json"} does not exist: {workdir!r} is not a '
-    'training workdir of this project (train into it first).'
-  )
+  if not saved:
+    raise errors.MissingError(
+      f'{path / "config.json"} does not exist: {workdir!r} is not a '
+      'training workdir of this project (train into it first).'
+    )
+  return config_lib.from_saved(saved)
 
 
 def _saved_norm_shapes(mngr: ocp.CheckpointManager, step: int) -> dict:
@@ -432,8 +448,21 @@ def require_checkpoints(workdir, any_step: bool = False):
     )
 
 
-def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *, sharding=None):
-  """A trained net from a workdir alone: for evaluation, research, notebooks.
+class LoadedWorkdir(typing.NamedTuple):
+  """A trained net from a workdir: what inference needs, and where it came from."""
+
+  model: models.ResNet
+  variables: dict  # {'params', 'batch_stats'}
+  norm: dict  # {'mean', 'std'} of the input normalisation, float32, 0..255 scale.
+  step: int
+  config: ml_collections.ConfigDict
+  class_names: tuple[str, ...] | None  # Label -> name; None if unknown.
+
+
+def load_workdir(
+  workdir, config: ml_collections.ConfigDict | None = None, *, sharding=None
+) -> LoadedWorkdir:
+  """A trained net from a workdir alone: for evaluation, prediction, research.
 
   Args:
     workdir: a training workdir (with `checkpoints/`), local or `gs://`.
@@ -441,8 +470,8 @@ def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *, 
     sharding: where to put the arrays (default: replicated on the first device).
 
   Returns:
-    (model, {'params', 'batch_stats'}, norm {'mean', 'std'}, step) of the
-    latest checkpoint.
+    The latest checkpoint's `LoadedWorkdir`: model, variables, norm, step,
+    config and class names (from the checkpoint, else the dataset's metadata).
   """
   require_checkpoints(workdir)
   config = config or read_config(workdir)
@@ -452,6 +481,7 @@ def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *, 
     step = check_matches(mngr, config)
     if step is None:
       require_checkpoints(workdir, any_step=True)
+    names = read_meta(mngr, step).get('class_names')
     abstract = models.abstract_variables(model)
     abstract['norm'] = _saved_norm_shapes(mngr, step)
     abstract = jax.tree.map(
@@ -459,4 +489,17 @@ def load_variables(workdir, config: ml_collections.ConfigDict | None = None, *, 
     )
     restored = restore_inference(mngr, step, abstract)
   variables = {'params': restored['params'], 'batch_stats': restored['batch_stats']}
-  return model, variables, restored['norm'], step
+  return LoadedWorkdir(
+    model, variables, restored['norm'], step, config, _class_names(names, config, model)
+  )
+
+
+def _class_names(saved, config, model) -> tuple[str, ...] | None:
+  """The checkpoint's class names, else its dataset's (older checkpoints)."""
+  if saved:
+    return tuple(saved)
+  try:
+    names = data.dataset_info(config.input).class_names
+  except errors.UserError:  # The dataset is not known on this machine.
+    return None
+  return names if names and len(names) == model.num_classes else None

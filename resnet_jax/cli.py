@@ -66,7 +66,7 @@ def _first_line(e: BaseException) -> str:
   return (text.splitlines() or [type(e).__name__])[0]
 
 
-def _flag_values(argv, name: str) -> list[str]:
+def flag_values(argv, name: str) -> list[str]:
   """Values of `--name=...` / `--name ...` in argv."""
   out = []
   for i, arg in enumerate(argv):
@@ -131,7 +131,7 @@ def nearest_field_error(config, field: str) -> str | None:
 
 
 def _config_field_error(argv) -> str | None:
-  paths = _flag_values(argv, 'config')
+  paths = flag_values(argv, 'config')
   overrides = _config_overrides(argv)
   if not paths or not overrides:
     return None
@@ -144,7 +144,7 @@ def _config_field_error(argv) -> str | None:
 
 def _config_file_error(argv) -> str | None:
   """Why the `--config` file cannot be loaded; None if it can (or none is given)."""
-  paths = _flag_values(argv, 'config')
+  paths = flag_values(argv, 'config')
   if not paths:
     return None
   path = paths[-1].partition(':')[0]
@@ -154,6 +154,8 @@ def _config_file_error(argv) -> str | None:
     load_config_file(paths[-1])
   except SyntaxError as e:
     return f'--config={path}: line {e.lineno}: {e.msg}'
+  except errors.UserError as e:  # Its message says what to fix (a workdir's saved config).
+    return _first_line(e)
   except Exception as e:  # noqa: BLE001 - whatever get_config() raised.
     return f'--config={path}: get_config() raised {type(e).__name__}: {_first_line(e)}'
   return None

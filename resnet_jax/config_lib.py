@@ -9,6 +9,7 @@ fix in the message.
 """
 
 import math
+import re
 
 import ml_collections
 from ml_collections import config_dict
@@ -46,7 +47,20 @@ def _common(model: str) -> ml_collections.ConfigDict:
   config.model_options = _model_options()
 
   config.input = ml_collections.ConfigDict()
-  config.input.data_dir = config_dict.placeholder(str)  # None: TFDS default.
+  # Any TFDS image-classification dataset by name (classes, splits and sizes
+  # from its metadata), or 'folder': a folder of images at `data_dir`
+  # (DIR/train/<class>/*.jpg, DIR/val/<class>/*.jpg; see data.folder).
+  config.input.dataset = ''
+  # The TFDS data directory (None: TFDS_DATA_DIR or TFDS's default), or the
+  # root of a 'folder' dataset.
+  config.input.data_dir = config_dict.placeholder(str)
+  # 'cifar' (small images in memory, augmented on the device) or 'imagenet'
+  # (streamed JPEGs, the ImageNet views); set by the recipe, None: from the
+  # images' size (data.catalog).
+  config.input.family = config_dict.placeholder(str)
+  # Folder datasets: leave out unreadable image files (each is checked once at
+  # start-up, and their count printed) instead of failing on the first one.
+  config.input.skip_bad_images = False
   # TFDS split to evaluate on instead of the dataset's whole test/validation
   # split, e.g. 'validation[:1000]' for a quick look. None: the whole split.
   config.input.eval_split = config_dict.placeholder(str)
@@ -56,6 +70,17 @@ def _common(model: str) -> ml_collections.ConfigDict:
   # Hold out the last `num_holdout` training examples: train on the rest and
   # report error on them as `holdout_error` (the plateau rule watches it).
   config.input.holdout_validation = False
+
+  # Fine-tuning. A fresh run starts from these weights: a training workdir
+  # (its latest checkpoint) or a torchvision .pth/.safetensors file; a
+  # classifier of another number of classes is re-initialised (weights.init_from).
+  config.init_from = ''
+  # Regex over parameter names ('stage1_block1/conv1/kernel', 'fc/bias'):
+  # the matching parameters stay fixed (no update, no weight decay).
+  config.freeze = ''
+  # True: BatchNorm normalises with, and keeps, its running statistics (as
+  # in evaluation); False: batch statistics, as when training from scratch.
+  config.freeze_batch_stats = False
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.momentum = 0.9
@@ -126,6 +151,7 @@ def cifar10(model: str = 'cifar_resnet20') -> ml_collections.ConfigDict:
   """
   config = _common(model)
   config.input.dataset = 'cifar10'
+  config.input.family = 'cifar'
   config.input.batch_size = 128  # Global batch, split over all devices.
   # Images per evaluation batch (rounded down to a multiple of the devices).
   config.input.eval_batch_size = 1000
@@ -150,6 +176,7 @@ def imagenet(model: str = 'resnet50') -> ml_collections.ConfigDict:
   """
   config = _common(model)
   config.input.dataset = 'imagenet2012'
+  config.input.family = 'imagenet'
   config.input.batch_size = 256  # Global batch, split over all devices.
   # Crop-sized views per evaluation batch (10-crop: a tenth as many images;
   # rounded down to a multiple of the devices).
@@ -208,6 +235,32 @@ def imagenette(model: str = 'resnet18') -> ml_collections.ConfigDict:
   return config
 
 
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved as JSON (a workdir's `config.json`) as a typed config:
+  its recipe's fields, with the saved values (JSON lists back to tuples), so
+  that `--config.*` overrides apply to it as to a config file's."""
+  inp = saved.get('input', {})
+  family = inp.get('family') or ('imagenet' if 'image_size' in inp else 'cifar')
+  config = (imagenet if family == 'imagenet' else cifar10)(saved['model'])
+  _fill(config, saved)
+  return config
+
+
+def _fill(node: ml_collections.ConfigDict, saved: dict):
+  for key, value in saved.items():
+    current = node.get(key) if key in node else None
+    if isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
+      _fill(current, value)
+      continue
+    if isinstance(value, list):
+      value = tuple(value)
+    if key in node:
+      node[key] = value
+    else:  # A field of another version of the recipe: kept as saved.
+      with node.unlocked():
+        node[key] = value
+
+
 def with_warmup(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Section 4.2's warm-up for ResNet-110 (the paper's 'about 400 iterations')."""
   config.schedule.warmup_lr = 0.01
@@ -232,6 +285,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _validate_batch(config, num_devices, num_processes, fail)
   _validate_schedule(config, fail)
   _validate_optimizer(config, fail)
+  _validate_finetuning(config, fail)
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
       fail(f'{key}={config[key]} must be positive')
@@ -241,7 +295,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
       f'input.train_split={config.input.train_split!r} and holdout_validation both '
       'choose the training examples; set one of them'
     )
-  if config.input.holdout_validation and not 0 < config.input.num_holdout < info.num_train:
+  num_train = info.num_train or float('inf')  # Unknown until prepared: checked when read.
+  if config.input.holdout_validation and not 0 < config.input.num_holdout < num_train:
     fail(
       f'input.num_holdout={config.input.num_holdout} must be between 0 and '
       f'the training-set size {info.num_train}'
@@ -251,7 +306,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
     _validate_imagenet_input(config, fail)
 
 
-def _validate_model_and_dataset(config, fail) -> data.core.DatasetInfo:
+def validate_for_evaluation(config: ml_collections.ConfigDict, num_devices: int):
+  """`validate` of what evaluation reads: the model, the dataset and the
+  evaluation fields (not the training schedule, batch or optimizer)."""
+
+  def fail(msg):
+    raise errors.ConfigError(f'bad config: {msg}')
+
+  info = _validate_model_and_dataset(config, fail)
+  if config.input.eval_batch_size <= 0:
+    fail(f'input.eval_batch_size={config.input.eval_batch_size} must be positive')
+  _validate_eval(config, info, fail)
+
+
+def _validate_model_and_dataset(config, fail) -> data.DatasetInfo:
   if config.model not in models.MODELS:
     fail(f'unknown model {config.model!r}; set --config.model to one of {", ".join(models.MODELS)}')
   unknown = set(config.model_options) - set(models.OPTIONS)
@@ -260,12 +328,19 @@ def _validate_model_and_dataset(config, fail) -> data.core.DatasetInfo:
   shortcut = config.model_options.get('shortcut')
   if shortcut is not None and shortcut not in models.SHORTCUTS:
     fail(f'model_options.shortcut={shortcut!r}; set it to one of {models.SHORTCUTS}')
-  if config.input.dataset not in data.DATASETS:
+  info = data.dataset_info(config.input)
+  recipe = 'imagenet' if 'image_size' in config.input else 'cifar'
+  if info.family != recipe:
     fail(
-      f'unknown dataset {config.input.dataset!r}; set --config.input.dataset '
-      f'to one of {sorted(data.DATASETS)}'
+      f'{config.input.dataset} is served by the {info.family!r} input family but this is '
+      f"a {recipe} config (it lacks that family's input fields); start from a "
+      f'configs/{"imagenet" if info.family == "imagenet" else "cifar10"}_*.py config'
     )
-  info = data.DATASETS[config.input.dataset]
+  if recipe == 'cifar' and not (info.image_shape and all(info.image_shape)):
+    fail(
+      f'{config.input.dataset} has images of varying size, but the cifar family holds '
+      'fixed-size images in memory; use an ImageNet config (configs/imagenet_*.py)'
+    )
   dtype = config.model_options.get('dtype')
   if dtype not in DTYPES:
     fail(f'model_options.dtype={dtype!r}; set it to one of {", ".join(map(str, DTYPES))}')
@@ -361,6 +436,13 @@ def _validate_optimizer(config, fail):
     fail(f'optimizer.weight_decay={o.weight_decay} must be a finite number >= 0 (e.g. 1e-4)')
   if not _finite(o.momentum) or not 0 <= o.momentum < 1:
     fail(f'optimizer.momentum={o.momentum} must be in [0, 1) (e.g. 0.9)')
+
+
+def _validate_finetuning(config, fail):
+  try:
+    re.compile(config.get('freeze') or '')
+  except re.error as e:
+    fail(f'freeze={config.freeze!r} is not a regular expression ({e})')
 
 
 def _finite(x) -> bool:

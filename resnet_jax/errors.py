@@ -25,6 +25,10 @@ class MissingError(UserError, FileNotFoundError):
   """A dataset, workdir or checkpoint that is not there."""
 
 
+class DataError(UserError, ValueError):
+  """Data that cannot be read as it should (an unreadable image file, an empty class)."""
+
+
 class CheckpointError(UserError, ValueError):
   """A checkpoint that cannot be read."""
 

@@ -18,6 +18,7 @@ are accumulated on the host by example index, so one code path serves all.
 Needs only a checkpoint: no optimizer, no training loop.
 """
 
+import copy
 import json
 
 import jax
@@ -27,7 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpointing, config_lib, distributed, errors, experiment
+from resnet_jax import checkpointing, config_lib, distributed, errors, experiment, progress
 from resnet_jax import data as data_lib
 from resnet_jax.data import core as data_core
 
@@ -129,7 +130,10 @@ def protocol_scores(
   pcount, pindex = jax.process_count(), jax.process_index()
   if protocol in ('center', 'ten_crop'):
     per_batch = images_per_batch(config, dataset, protocol, scorer.num_devices)
-    for batch in dataset.eval_batches(split, protocol, per_batch // pcount, pindex, pcount):
+    local = per_batch // pcount
+    batches = dataset.eval_batches(split, protocol, local, pindex, pcount)
+    total = data_core.eval_shard(num, pindex, pcount, local)[2]
+    for batch in progress.progress(batches, total, f'eval {split} ({protocol})'):
       scores.add(scorer(variables, norm, batch))
     return scores.probabilities(1), scores.label
   if protocol != 'multi_scale':
@@ -138,12 +142,22 @@ def protocol_scores(
     raise ValueError('multi_scale is an ImageNet protocol')
   for scale in config.eval.scales:
     groups = dataset.multi_scale_groups(split, scale, pindex, pcount)
-    for canvas, num_batches, per_batch in _agree_on_batches(groups, config, scorer):
-      indices = groups.get(canvas, np.zeros((0,), np.int64))
+    plan = _agree_on_batches(groups, config, scorer)
+    batches = (
+      batch
+      for canvas, num_batches, per_batch in plan
       for batch in dataset.multi_scale_batches(
-        split, indices, scale, canvas, per_batch // pcount, num_batches
-      ):
-        scores.add(scorer(variables, norm, batch))
+        split,
+        groups.get(canvas, np.zeros((0,), np.int64)),
+        scale,
+        canvas,
+        per_batch // pcount,
+        num_batches,
+      )
+    )
+    total = sum(num_batches for _, num_batches, _ in plan)
+    for batch in progress.progress(batches, total, f'eval {split} (multi_scale {scale})'):
+      scores.add(scorer(variables, norm, batch))
   return scores.probabilities(len(config.eval.scales)), scores.label
 
 
@@ -249,7 +263,7 @@ def evaluate_ensemble(
   replicated = NamedSharding(mesh, P())
   total, labels = 0.0, None
   for workdir, member in members:
-    model, variables, norm, step = checkpointing.load_variables(
+    model, variables, norm, step, _, _ = checkpointing.load_workdir(
       workdir, member, sharding=replicated
     )
     probs, labels = protocol_scores(
@@ -292,9 +306,9 @@ TABLE_HEADER = (
 )
 
 
-def record(workdir: str, config, protocol: str, result: dict, step: int):
-  """Adds `result` to the workdir's `eval.json` (one entry per protocol) and
-  prints it as a table row. Only process 0 writes."""
+def record(workdir: str, config, protocol: str, result: dict, step: int, key: str | None = None):
+  """Adds `result` to the workdir's `eval.json` (one entry per protocol, or
+  under `key`) and prints it as a table row. Only process 0 writes."""
   if jax.process_index() != 0:
     return
   print(TABLE_HEADER + '\n' + table_row(config, protocol, result), flush=True)
@@ -302,7 +316,7 @@ def record(workdir: str, config, protocol: str, result: dict, step: int):
   results = json.loads(path.read_text()) if path.exists() else {}
   if results.get('step') != step or 'protocols' not in results:
     results = {'step': step, 'protocols': {}}
-  results['protocols'][protocol] = result
+  results['protocols'][key or protocol] = result
   tmp = path.parent / 'eval.json.tmp'  # Written whole, then renamed over.
   tmp.write_text(json.dumps(results, indent=2))
   tmp.replace(path)
@@ -319,18 +333,25 @@ def has_final_results(workdir, config, step: int) -> bool:
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> dict:
   """`--mode=evaluate`: `config.eval.protocol` on the workdir's latest checkpoint.
 
-  Reads no training data (the normalisation comes from the checkpoint). Writes
-  the result into `eval.json` and prints it as a row of the paper's tables.
+  `config` is the workdir's own (`checkpointing.read_config`) or the training
+  config, with any overrides; only its evaluation fields are checked. Its
+  dataset may be another than the one trained on if it has the same classes:
+  by name (mapped onto the model's outputs, e.g. imagenette's 10 of
+  ImageNet's 1000 classes), or, without names, by number. Reads no training
+  data (the normalisation comes from the checkpoint). Writes the result into
+  `eval.json` (under `protocol:dataset` for another dataset) and prints it as
+  a row of the paper's tables.
 
   Returns:
     {'step', 'protocol', 'split', 'top1_error', 'top5_error', 'loss', 'count'}.
   """
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  config_lib.validate_for_evaluation(config, jax.device_count())
   protocol = config.eval.protocol
   if protocol != 'ensemble':
     checkpointing.require_checkpoints(workdir)  # The workdir first: it is the likelier typo.
+    trained = checkpointing.read_config(workdir)
   if data is None:
-    data_lib.check_dataset(config.input.dataset, config.input.data_dir)
+    data_lib.check_dataset(config.input)
   dataset = data_lib.create(config, preloaded=data)
   split = dataset.info.eval_split
   dataset.check_splits([split])
@@ -338,15 +359,85 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=No
     members = check_ensemble(config, dataset)
   checkpointing.prepare_workdir(workdir)  # eval.json goes there: writable before scoring.
   mesh = distributed.make_mesh()
+  key = protocol
   if protocol == 'ensemble':
     result = evaluate_ensemble(config, dataset, mesh, split, members)
     step = None
   else:
-    model, variables, norm, step = checkpointing.load_variables(
-      workdir, config, sharding=NamedSharding(mesh, P())
+    other_dataset = trained.input.dataset != config.input.dataset
+    loaded = checkpointing.load_workdir(
+      workdir,
+      _as_trained(config, trained) if other_dataset else config,
+      sharding=NamedSharding(mesh, P()),
     )
+    if other_dataset:
+      dataset = _relabeled(dataset, loaded, trained.input.dataset)
+      key = f'{protocol}:{config.input.dataset}'
     result = evaluate_protocol(
-      protocol, Scorer(model, dataset, mesh), variables, norm, dataset, split, config
+      protocol,
+      Scorer(loaded.model, dataset, mesh),
+      loaded.variables,
+      loaded.norm,
+      dataset,
+      split,
+      config,
     )
-  record(workdir, config, protocol, result, step)
+    step = loaded.step
+  record(workdir, config, protocol, {'dataset': config.input.dataset, **result}, step, key)
   return {'step': step, 'protocol': protocol, **result}
+
+
+def _as_trained(config, trained) -> ml_collections.ConfigDict:
+  """`config` naming the dataset (and classes) the checkpoint was trained on,
+  which is what the checkpoint's own record is checked against."""
+  config = copy.deepcopy(config)
+  config.input.dataset, config.input.data_dir = trained.input.dataset, trained.input.data_dir
+  config.model_options.num_classes = experiment.model_from_config(trained).num_classes
+  return config
+
+
+def _relabeled(dataset, loaded, trained_on: str):
+  """`dataset` with its labels mapped onto the model's outputs (by class
+  name), or as is when it has the model's classes; ConfigError otherwise."""
+  info, names, outputs = dataset.info, loaded.class_names, loaded.model.num_classes
+  if info.class_names and names and tuple(info.class_names) != tuple(names):
+    unknown = [name for name in info.class_names if name not in names]
+    if unknown:
+      raise errors.ConfigError(
+        f'{info.name} has classes the model (trained on {trained_on}) does not predict, '
+        f'e.g. {unknown[0]!r}; evaluate on a dataset of its classes'
+      )
+    label_map = np.array([names.index(name) for name in info.class_names], np.int32)
+    if jax.process_index() == 0:
+      print(
+        f"Scoring {info.name}'s {info.num_classes} classes as the model's classes of the same "
+        f'names (of its {outputs}, trained on {trained_on})',
+        flush=True,
+      )
+    return _Relabeled(dataset, label_map)
+  if info.num_classes != outputs:
+    raise errors.ConfigError(
+      f'{info.name} has {info.num_classes} classes, the model (trained on {trained_on}) '
+      f'predicts {outputs}; evaluate on a dataset with the same classes'
+    )
+  return dataset
+
+
+class _Relabeled:
+  """A dataset whose evaluation labels are mapped onto the model's outputs."""
+
+  def __init__(self, dataset, label_map: np.ndarray):
+    self._dataset, self._map = dataset, label_map
+
+  def __getattr__(self, name):
+    return getattr(self._dataset, name)
+
+  def _mapped(self, batches):
+    for batch in batches:
+      yield {**batch, 'label': self._map[np.asarray(batch['label'])]}
+
+  def eval_batches(self, *args, **kwargs):
+    return self._mapped(self._dataset.eval_batches(*args, **kwargs))
+
+  def multi_scale_batches(self, *args, **kwargs):
+    return self._mapped(self._dataset.multi_scale_batches(*args, **kwargs))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torchvision
 
-from resnet_jax.research import torchvision_weights as tw
+from resnet_jax.weights import torchvision as tw
 
 NAMES = ('resnet18', 'resnet50')
 GOLDENS = os.path.join(

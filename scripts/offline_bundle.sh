@@ -3,7 +3,7 @@
 # the git-ignored folder .bundle/ of this checkout:
 #   .bundle/wheels/  wheels of the packages a CUDA JAX image usually lacks
 #                    (TFDS, Grain, array_record, ml_collections, tensorboardX,
-#                    simplejpeg and their small dependencies), for CPython
+#                    simplejpeg, tqdm and their small dependencies), for CPython
 #                    $PYTHON_VERSION (default 3.12) on x86-64 Linux;
 #   .bundle/tfds/    the named TFDS datasets, copied from DATA_DIR.
 # Run it on a machine with pip access, then copy the checkout (with .bundle/)
@@ -32,7 +32,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYTH
   grain==0.2.18 array_record==0.8.6 dm-tree==0.1.10 tensorflow-datasets==4.9.10 \
   ml_collections==1.1.0 tensorboardX==2.6.5 immutabledict==4.3.1 portpicker==1.6.0 \
   simple-parsing==0.1.9 docstring_parser==0.18.0 tensorflow-metadata==1.21.0 \
-  termcolor==3.3.0 toml==0.10.2 googleapis-common-protos==1.76.0 simplejpeg==1.9.0
+  termcolor==3.3.0 toml==0.10.2 googleapis-common-protos==1.76.0 simplejpeg==1.9.0 tqdm==4.70.1
 # promise (a TFDS requirement) is published as source only: build its wheel.
 python3 -m pip wheel -q --no-deps -w .bundle/wheels promise==2.3
 for name in "${DATASETS[@]}"; do

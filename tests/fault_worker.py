@@ -27,6 +27,7 @@ import runpy
 import signal
 import sys
 import tempfile
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,6 +127,9 @@ def run_cli_cases(cases_file, results_file):
       os.dup2(err.fileno(), 2)
       try:
         sys.argv = [case['module'], *case['argv']]
+        # This interpreter imported the modules once for all children; runpy
+        # warns that the one it runs is among them (a fresh process has none).
+        warnings.filterwarnings('ignore', 'found in sys.modules', RuntimeWarning)
         runpy.run_module(case['module'], run_name='__main__', alter_sys=True)
       except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 
-from resnet_jax import checkpointing, config_lib, data, distributed, experiment
+from resnet_jax import checkpointing, config_lib, data, distributed, experiment, models
 from resnet_jax.data import cifar
 from resnet_jax.research import activations
 from resnet_jax.training import step as step_lib
@@ -132,16 +132,7 @@ def patch_compiled_step(monkeypatch, on_call):
 
 def unscan(tree):
   """Renames stacked 'stageI_rest' variables to scan_blocks=False blocks."""
-  out = {}
-  for name, sub in tree.items():
-    if name.endswith('_rest'):
-      stage = name[: -len('_rest')]
-      length = jax.tree.leaves(sub)[0].shape[0]
-      for j in range(length):
-        out[f'{stage}_block{j + 2}'] = jax.tree.map(lambda a, j=j: a[j], sub)
-    else:
-      out[name] = sub
-  return out
+  return models.unscan(tree)
 
 
 def layer_responses(intermediates) -> list:

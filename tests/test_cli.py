@@ -13,12 +13,14 @@ from helpers import ROOT
 
 COMMANDS = [
   'resnet_jax.main',
+  'resnet_jax.predict',
   'resnet_jax.models.complexity',
   'resnet_jax.research.curves',
   'resnet_jax.research.fig7',
-  'resnet_jax.research.torchvision_weights',
+  'resnet_jax.weights.torchvision',
   'resnet_jax.tools.benchmark',
   'resnet_jax.tools.cifar_table',
+  'resnet_jax.tools.export_folder',
   'resnet_jax.tools.input_benchmark',
 ]
 CONFIG = '--config=configs/cifar10_resnet20.py'
@@ -57,6 +59,19 @@ def test_print_config_shows_overrides_and_exits(tmp_path):
   result = run('resnet_jax.main', CONFIG, '--config.seed=7', '--print_config')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'seed: 7' in result.stdout and 'model: cifar_resnet20' in result.stdout
+
+
+def test_print_summary_shows_stages_and_the_parameter_count_and_exits():
+  result = run('resnet_jax.main', CONFIG, '--print_summary')
+  assert result.returncode == 0, result.stderr[-2000:]
+  for module in ('conv_init', 'stage1_block1', 'stage3_rest', 'fc'):
+    assert module in result.stdout
+  assert 'stage1_block1/conv1' not in result.stdout  # Stages and blocks, not their layers.
+  assert 'float32[1,32,32,3]' in result.stdout  # One CIFAR training image.
+  # The paper's 0.27M (Table 6), BatchNorm statistics apart.
+  last = result.stdout.strip().splitlines()[-1]
+  assert last.startswith('cifar_resnet20 on 32x32 images: 269,722 parameters (0.27M'), last
+  assert len(result.stdout.splitlines()) < 80 and result.stderr == ''
 
 
 def test_nearest_field_names_the_closest_valid_one():

@@ -11,17 +11,23 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import pytest
 
-from resnet_jax import config_lib, data, distributed, experiment, models
+from resnet_jax import config_lib, data, distributed, errors, experiment, models
 from resnet_jax.data import cifar
 from resnet_jax.training import step as step_lib
+
+from helpers import DATA_DIR, has_dataset
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
 CIFAR_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('cifar10_')]
 IMAGENET_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenet_')]
 IMAGENETTE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenette_')]
+# Short runs of the own-data walkthrough (docs/own_data.md), and fine-tuning.
+QUICK_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('quick_')]
+FINETUNE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('finetune_')]
 # Section 4.2 / Table 6 / Fig. 6: the CIFAR-10 nets the paper trains.
 PAPER_MODELS = [f'cifar_resnet{d}' for d in (20, 32, 44, 56, 110, 1202)] + [
   f'cifar_plain{d}' for d in (20, 32, 44, 56, 110)
@@ -62,7 +68,9 @@ def _model_name(path):
 
 
 def test_every_config_file_is_of_a_known_family():
-  assert set(CONFIG_FILES) == set(CIFAR_FILES + IMAGENET_FILES + IMAGENETTE_FILES)
+  assert set(CONFIG_FILES) == set(
+    CIFAR_FILES + IMAGENET_FILES + IMAGENETTE_FILES + QUICK_FILES + FINETUNE_FILES
+  )
 
 
 def test_config_files_exist_for_every_paper_model():
@@ -121,8 +129,10 @@ def test_imagenet_config_encodes_section_3_4(path):
 
 
 @pytest.mark.parametrize('path', IMAGENETTE_FILES, ids=os.path.basename)
+@pytest.mark.skipif(not has_dataset('imagenette224'), reason='imagenette224 is not here')
 def test_imagenette_config_is_the_imagenet_recipe_on_the_local_proxy(path):
   config = _load(path)
+  config.input.data_dir = DATA_DIR  # Its classes and splits come from its metadata.
   config_lib.validate(config, num_devices=1)
   assert config.input.dataset == 'imagenette224'
   assert experiment.model_from_config(config).num_classes == 10
@@ -131,6 +141,27 @@ def test_imagenette_config_is_the_imagenet_recipe_on_the_local_proxy(path):
     assert config[group].to_dict() == reference[group].to_dict()
   for key in ('image_size', 'scale_range', 'lighting_std', 'normalization', 'batch_size'):
     assert config.input[key] == reference.input[key]
+
+
+@pytest.mark.skipif(not has_dataset('imagenette224'), reason='imagenette224 is not here')
+@pytest.mark.parametrize('path', QUICK_FILES + FINETUNE_FILES, ids=os.path.basename)
+def test_walkthrough_configs_are_the_imagenet_recipe_scaled_down(path, tmp_path):
+  config = _load(path)
+  if config.input.dataset == 'folder':  # Two classes of one image each are enough here.
+    for split, name in (('train', 'a'), ('train', 'b'), ('val', 'a')):
+      os.makedirs(tmp_path / split / name, exist_ok=True)
+      PIL.Image.new('RGB', (40, 30)).save(tmp_path / split / name / 'x.jpg')
+    config.input.data_dir = str(tmp_path)
+  else:
+    config.input.data_dir = DATA_DIR
+  config_lib.validate(config, num_devices=8)
+  reference = config_lib.imagenet(config.model)
+  assert config.optimizer.to_dict() == reference.optimizer.to_dict()
+  assert config.input.lighting_std == reference.input.lighting_std
+  assert config.input.normalization == reference.input.normalization
+  # The views at a smaller size: the crop sits inside the scale range, as 224 in [256, 480].
+  assert config.input.image_size < config.input.scale_range[0]
+  assert config.eval.crop_size == config.input.image_size < config.eval.resize_size
 
 
 def test_lr_scales_linearly_with_the_batch():
@@ -218,9 +249,19 @@ def test_validate_accepts_the_default():
     ),
     (_set('model_options.foo', 1), 1, ['model_options', 'foo', 'shortcut']),
     (
-      _set('input.dataset', 'mnist'),
+      _set('input.dataset', 'cifar11'),
       1,
-      ['dataset', 'mnist', '--config.input.dataset', 'cifar10_jpeg'],
+      ['unknown dataset', 'cifar11', '--config.input.dataset', 'folder'],
+    ),
+    (
+      _set('input.dataset', 'imdb_reviews'),
+      1,
+      ['imdb_reviews', 'not image classification', '--config.input.dataset'],
+    ),
+    (
+      _set('input.dataset', 'food101'),
+      1,
+      ['food101', 'varying size', 'configs/imagenet_*.py'],
     ),
     (
       _set('input.batch_size', 128),
@@ -289,6 +330,34 @@ def test_validate_accepts_a_dividing_bn_group_size():
   config_lib.validate(config, num_devices=2)
 
 
+def test_any_tfds_image_classification_dataset_by_name():
+  # Classes and sizes from TFDS's own metadata; none of these is prepared here.
+  config = config_lib.cifar10()
+  config.input.dataset = 'cifar100'
+  config_lib.validate(config, num_devices=1)
+  info = data.dataset_info(config.input)
+  assert (info.family, info.num_classes, info.eval_split) == ('cifar', 100, 'test')
+  assert experiment.model_from_config(config).num_classes == 100
+  config = config_lib.imagenet('resnet50')
+  config.input.dataset = 'food101'
+  config_lib.validate(config, num_devices=1)
+  info = data.dataset_info(config.input)
+  assert (info.family, info.num_classes, info.eval_split) == ('imagenet', 101, 'validation')
+  assert info.class_names[:2] == ('apple_pie', 'baby_back_ribs')
+  with pytest.raises(errors.MissingError, match='tfds build food101'):
+    data.check_dataset(config.input)
+
+
+@pytest.mark.skipif(not has_dataset('cifar10_jpeg'), reason='cifar10_jpeg is not here')
+def test_a_prepared_dataset_gives_its_splits_and_names():
+  config = config_lib.cifar10()
+  config.input.update(dataset='cifar10_jpeg', data_dir=DATA_DIR, eval_split='test[:100]')
+  info = data.dataset_info(config.input)
+  assert info.splits == {'train': 50_000, 'test': 10_000}
+  assert info.class_names[0] == 'airplane' and info.eval_split == 'test'
+  data.check_dataset(config.input)
+
+
 def test_validate_rejects_repeated_boundaries():
   config = config_lib.cifar10()
   config.schedule.boundaries = (32_000, 32_000)
@@ -355,12 +424,24 @@ def test_weight_decay_mask_without_exclusion_marks_everything():
   assert all(mark is True for mark in jax.tree.leaves(mask))
 
 
+def test_an_imagenet_recipe_serves_small_images_through_its_views():
+  config = config_lib.imagenet('resnet50')
+  config.input.dataset = 'cifar10'  # Fine-tuning an ImageNet net on upsampled CIFAR images.
+  config_lib.validate(config, num_devices=8)
+  assert data.dataset_info(config.input).family == 'imagenet'
+  config = config_lib.cifar10()
+  config.model = 'resnet18'
+  with pytest.raises(errors.ConfigError, match="'resnet18' is not meant for"):
+    config_lib.validate(config, num_devices=8)
+
+
 def test_validate_rejects_bad_imagenet_input():
   for field, value, words in [
     ('input.scale_range', (200, 480), ['scale_range', 'image_size']),
     ('input.normalization', 'zca', ['normalization', 'channel_mean_std']),
     ('eval.crop_size', 300, ['crop_size', 'resize_size']),
-    ('input.dataset', 'cifar10', ['resnet50', 'cifar10']),
+    ('input.family', 'cifar', ["'cifar' input family", 'imagenet config']),
+    ('input.family', 'video', ['input.family', 'imagenet']),
   ]:
     config = config_lib.imagenet('resnet50')
     _set(field, value)(config)

@@ -55,7 +55,7 @@ FAKE_SOURCE = [
 
 
 def _config():
-  config = config_lib.imagenette('resnet18')
+  config = config_lib.imagenet('resnet18')  # Its TFDS metadata only: the source is fake.
   config.input.holdout_validation = False
   config.input.eval_batch_size = 16  # 16 crop-sized views: never divides 13 images.
   config.input.num_workers = 0
@@ -203,7 +203,7 @@ def test_ensemble_averages_the_members_scores(tmp_path):
   mesh = distributed.make_mesh()
   probs = []
   for workdir in members:
-    member_model, variables, norm, _ = checkpointing.load_variables(
+    member_model, variables, norm, _, _, _ = checkpointing.load_workdir(
       workdir, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     )
     scorer = evaluation.Scorer(member_model, dataset, mesh)

@@ -257,8 +257,12 @@ CIFAR = [
   f'--config.input.data_dir={DATA_DIR}',
 ]
 CASES = {
-  'eval split typo': (MAIN, ['--config.input.eval_split=tst'], ["'tst'", 'no such split']),
-  'train split typo': (MAIN, ['--config.input.train_split=trian[:100]'], ['no such split']),
+  'eval split typo': (MAIN, ['--config.input.eval_split=tst'], ["no split 'tst'"]),
+  'train split typo': (
+    MAIN,
+    ['--config.input.train_split=trian[:100]'],
+    ["no split 'trian[:100]'"],
+  ),
   'empty train slice': (MAIN, ['--config.input.train_split=train[:0]'], ['no examples']),
   'repeated tuple': (
     MAIN,
@@ -297,7 +301,7 @@ CASES = {
     ['RuntimeError', 'boom'],
   ),
   'garbage weights': (
-    'resnet_jax.research.torchvision_weights',
+    'resnet_jax.weights.torchvision',
     ['--torch_file=FILE.safetensors'],
     ['not a readable .safetensors file'],
   ),

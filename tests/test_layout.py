@@ -12,15 +12,20 @@ from helpers import ROOT
 PACKAGE = 'resnet_jax'
 # Lowest first: a module may import its own layer or lower ones, never higher.
 LAYERS = (
-  ('resnet_jax.errors', 'resnet_jax.cli'),
+  ('resnet_jax.errors', 'resnet_jax.cli', 'resnet_jax.progress'),
   ('resnet_jax.models',),
   ('resnet_jax.data',),
-  ('resnet_jax.config_lib', 'resnet_jax.distributed', 'resnet_jax.experiment'),
+  (
+    'resnet_jax.config_lib',
+    'resnet_jax.distributed',
+    'resnet_jax.experiment',
+    'resnet_jax.run_info',
+  ),
   ('resnet_jax.checkpointing',),
-  ('resnet_jax.evaluation',),
+  ('resnet_jax.evaluation', 'resnet_jax.prediction', 'resnet_jax.weights'),
   ('resnet_jax.training',),
   ('resnet_jax.research',),
-  ('resnet_jax.tools', 'resnet_jax.main'),
+  ('resnet_jax.tools', 'resnet_jax.main', 'resnet_jax.predict', 'resnet_jax.saved_config'),
 )
 
 
@@ -58,6 +63,8 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def _layer(module: str) -> int:
+  if module == PACKAGE:  # The public API (`resnet_jax/__init__.py`) re-exports every layer.
+    return len(LAYERS)
   for i, prefixes in enumerate(LAYERS):
     if any(module == p or module.startswith(p + '.') for p in prefixes):
       return i

@@ -37,6 +37,11 @@ def test_readme_command_trains_and_evaluates(tmp_path):
   result = run_main(*flags)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 3/3 (100.0%)' in result.stdout
+  assert result.stdout.startswith('JAX ')  # Where it runs, first.
+  env = json.load(open(tmp_path / 'env.json'))
+  assert env['backend'] == 'cpu' and '--mode=evaluate' not in env['argv']
+  log = (tmp_path / 'log.txt').read_text()
+  assert 'step 3/3 (100.0%)' in log and log.startswith('$ ')
   records = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   final = [r for r in records if 'test_error' in r]
   assert final and final[-1]['step'] == 3 and 0 <= final[-1]['test_error'] <= 1
@@ -46,6 +51,11 @@ def test_readme_command_trains_and_evaluates(tmp_path):
   assert evaluation['count'] == 10_000  # Every test image, exactly once.
   assert evaluation['top1_error'] == pytest.approx(final[-1]['test_error'])
   assert '| cifar_resnet20 | 1-crop |' in result.stdout  # The paper's table format.
+  assert '--mode=evaluate' in json.load(open(tmp_path / 'env.json'))['argv']
+  history = (tmp_path / 'env_history.jsonl').read_text().splitlines()
+  assert len(history) == 1 and json.loads(history[0])['argv'] == env['argv']
+  log = (tmp_path / 'log.txt').read_text()
+  assert log.count('\n$ ') == 1 and log.rstrip().endswith(result.stdout.strip().splitlines()[-1])
 
 
 def test_bad_model_fails_fast_in_one_line_with_the_fix(tmp_path):

@@ -320,7 +320,7 @@ def test_cli_end_to_end_on_two_trained_workdirs(tmp_path, capsys):
   table = capsys.readouterr().out
   assert '| ResNet-20 | 18 |' in table and '| plain-20 | 18 |' in table
   # The numbers match a direct computation on the loaded checkpoint.
-  model, variables, norm, _ = checkpointing.load_variables(workdirs[0])
+  model, variables, norm, _, _, _ = checkpointing.load_workdir(workdirs[0])
   direct = responses.response_stats(
     model,
     variables,

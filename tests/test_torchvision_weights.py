@@ -29,7 +29,7 @@ import pytest
 
 from resnet_jax import checkpointing, config_lib
 from resnet_jax.data import imagenet
-from resnet_jax.research import torchvision_weights as tw
+from resnet_jax.weights import torchvision as tw
 
 from helpers import ROOT
 
@@ -262,7 +262,7 @@ def test_workdir_loads_and_exports(name, scratch):
   workdir = os.path.join(scratch, 'run')
   config = tw.write_workdir(name, variables, workdir)
 
-  loaded_model, loaded, norm, step = checkpointing.load_variables(workdir)
+  loaded_model, loaded, norm, step, _, _ = checkpointing.load_workdir(workdir)
   assert step == 0 and loaded_model.downsample_on_3x3 == (name == 'resnet50')
   jax.tree.map(lambda a, b: _assert_same(np.asarray(a), b, ''), loaded, variables)
   np.testing.assert_array_equal(norm['mean'], imagenet.MEAN_RGB)
@@ -315,7 +315,7 @@ def test_workdir_of_torchvision_matches_it_on_pixels(net, scratch):
   _, variables = tw.from_torchvision(model.state_dict(), name)  # torch tensors
   workdir = os.path.join(scratch, 'run')
   tw.write_workdir(name, variables, workdir)
-  loaded_model, loaded, norm, _ = checkpointing.load_variables(workdir)
+  loaded_model, loaded, norm, _, _, _ = checkpointing.load_workdir(workdir)
 
   # Our evaluation's (pixels - mean) / std on 0..255 is torchvision's
   # normalisation of pixels / 255.
@@ -342,7 +342,7 @@ def test_cli_imports_safetensors_without_torch(r18_state_dict, scratch):
       '-X',
       'importtime',
       '-m',
-      'resnet_jax.research.torchvision_weights',
+      'resnet_jax.weights.torchvision',
       f'--torch_file={weights}',
       f'--workdir={workdir}',
     ],
@@ -360,7 +360,7 @@ def test_cli_imports_safetensors_without_torch(r18_state_dict, scratch):
     if line.startswith('import time:')
   }
   assert 'jax' in imported and 'torch' not in imported  # .safetensors needs no torch.
-  _, loaded, _, _ = checkpointing.load_variables(workdir)
+  _, loaded, _, _, _, _ = checkpointing.load_workdir(workdir)
   np.testing.assert_array_equal(
     loaded['params']['stage4_rest']['conv2']['kernel'][0],
     r18_state_dict['layer4.1.conv2.weight'].transpose(2, 3, 1, 0),
@@ -370,7 +370,7 @@ def test_cli_imports_safetensors_without_torch(r18_state_dict, scratch):
     [
       sys.executable,
       '-m',
-      'resnet_jax.research.torchvision_weights',
+      'resnet_jax.weights.torchvision',
       '--export',
       f'--workdir={workdir}',
       f'--torch_file={os.path.join(scratch, "x.bin")}',
@@ -391,7 +391,7 @@ def test_training_code_never_imports_torch():
   code = (
     'import sys; from resnet_jax import evaluation, main; '
     'from resnet_jax.training import loop; '
-    'from resnet_jax.research import torchvision_weights; '
+    'from resnet_jax.weights import torchvision; '
     "print('torch' in sys.modules)"
   )
   run = subprocess.run(

@@ -361,7 +361,7 @@ def test_unwritable_workdir_fails_in_one_line(tmp_path):
   'mutate,message',
   [
     (lambda c: setattr(c, 'model', 'resnet19'), 'unknown model'),
-    (lambda c: setattr(c.input, 'dataset', 'mnist'), 'unknown dataset'),
+    (lambda c: setattr(c.input, 'dataset', 'cifar11'), 'unknown dataset'),
     (lambda c: setattr(c.input, 'batch_size', 12), 'multiple of the 8 devices'),
     (lambda c: setattr(c.schedule, 'boundaries', (3, 7)), 'past the end'),
   ],

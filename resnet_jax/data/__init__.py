@@ -1,4 +1,6 @@
-"""Input pipelines: the registry and interface (`core`), one module per family.
+"""Input pipelines: what a dataset is (`catalog`, from its own metadata), the
+interface the loop calls (`core`), one module per family, and image folders
+(`folder`).
 
 `create(config)` returns the family's `core.Dataset`:
 - CIFAR (`cifar`): decoded into memory once; crop/flip augmentation and mean
@@ -11,17 +13,28 @@
 
 import ml_collections
 
+from resnet_jax.data import catalog
+from resnet_jax.data.catalog import DatasetInfo, dataset_info
 from resnet_jax.data.cifar import CifarData
-from resnet_jax.data.core import DATASETS, HOLDOUT, Dataset, check_dataset
+from resnet_jax.data.core import HOLDOUT, Dataset, check_dataset
 from resnet_jax.data.imagenet import ImagenetData
 
-__all__ = ['DATASETS', 'HOLDOUT', 'CifarData', 'Dataset', 'ImagenetData', 'check_dataset', 'create']
+__all__ = [
+  'HOLDOUT',
+  'CifarData',
+  'Dataset',
+  'DatasetInfo',
+  'ImagenetData',
+  'catalog',
+  'check_dataset',
+  'create',
+  'dataset_info',
+]
 
 
 def create(config: ml_collections.ConfigDict, preloaded=None) -> Dataset:
   """The config's dataset. `preloaded` (CIFAR only): (train, {name: split}) arrays."""
-  info = DATASETS[config.input.dataset]
-  if info.family == 'cifar':
+  if dataset_info(config.input).family == 'cifar':
     return CifarData(config, preloaded)
   if preloaded is not None:
     raise ValueError('preloaded data is only supported for CIFAR datasets')

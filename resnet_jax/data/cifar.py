@@ -11,6 +11,7 @@ only gathers indices. `CifarData` is the family's `core.Dataset`.
 Works the same for TFDS `cifar10` and for `cifar10_jpeg` (same feature keys).
 """
 
+import concurrent.futures
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import errors
-from resnet_jax.data import core
+from resnet_jax.data import core, folder, imagenet_views
 
 PAD = 4  # Section 4.2: 4 pixels padded on each side.
 
@@ -72,9 +73,51 @@ def load_split(
   )
   images, labels = zip(*ds)
   images, labels = np.concatenate(images), np.concatenate(labels)
+  if images.ndim == 4 and images.shape[-1] == 1:  # Greyscale (MNIST-like): the nets take RGB.
+    images = np.repeat(images, 3, axis=-1)
   if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f'{name}:{split} has images of shape {images.shape[1:]}, expected (H, W, 3)')
+    raise errors.DataError(
+      f'{name}:{split} has images of shape {images.shape[1:]}; expected (H, W, 3) or (H, W, 1)'
+    )
   return ArraySplit(images, labels)
+
+
+def load_folder_split(
+  index: folder.FolderIndex, spec: str, num_threads: int | None = None
+) -> ArraySplit:
+  """Decodes a split of an image folder into memory; its images must share one size.
+
+  Args:
+    index: the folder's `folder.index`.
+    spec: split, slices allowed (e.g. 'train[:-500]').
+    num_threads: decoding threads; None: one per CPU core, at most 16.
+
+  Returns:
+    The split's images (uint8, NHWC) and labels (int32), in the folder's order.
+
+  Raises:
+    errors.DataError: an unreadable image, images of different sizes, or no images.
+  """
+  source = index.source(spec)
+  if not len(source):
+    raise errors.DataError(f'split {spec!r} of the image folder {index.root} holds no images')
+
+  def read(i):
+    example = source[i]
+    return imagenet_views.decode(example['image']), example['label']
+
+  num_threads = num_threads or min(16, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+    images, labels = zip(*pool.map(read, range(len(source))))
+  first = images[0].shape
+  for i, image in enumerate(images):
+    if image.shape != first:
+      raise errors.DataError(
+        f'image {os.path.join(index.root, source.files[i])} is {image.shape[0]}x'
+        f'{image.shape[1]} but {source.files[0]} is {first[0]}x{first[1]}: the CIFAR '
+        'family needs images of one size; resize them, or use --config.input.family=imagenet'
+      )
+  return ArraySplit(np.stack(images), np.array(labels, np.int32))
 
 
 def mean_image(split: ArraySplit) -> np.ndarray:
@@ -189,15 +232,21 @@ class CifarData(core.Dataset):
       return evals[name]
     if name not in self._loaded:
       inp = self.config.input
-      core.check_dataset(inp.dataset, inp.data_dir)
-      self._loaded[name] = load_split(inp.dataset, self.tfds_split(name), inp.data_dir)
+      if inp.dataset == 'folder':
+        index = folder.index(inp.data_dir, inp.get('skip_bad_images', False))
+        self._loaded[name] = load_folder_split(index, self.tfds_split(name))
+      else:
+        core.check_dataset(inp)
+        self._loaded[name] = load_split(inp.dataset, self.tfds_split(name), inp.data_dir)
     return self._loaded[name]
 
   @property
   def image_shape(self):
     if self._splits is not None:
       return tuple(self._splits[0].images.shape[1:])
-    return (32, 32, 3)
+    if self.info.image_shape is None:  # A folder's: its images' size, known once read.
+      return tuple(self._split('train').images.shape[1:])
+    return tuple(self.info.image_shape)
 
   def normalization(self):
     mean = mean_image(self._split('train'))

@@ -1,5 +1,6 @@
-"""The bottom of the input pipeline: the dataset registry, the `Dataset`
-interface the loop calls, and how data is split between processes.
+"""The bottom of the input pipeline: the `Dataset` interface the loop calls
+(what a dataset is comes from `catalog`), and how data is split between
+processes.
 
 The loop calls only the methods of `Dataset`; the host side yields numpy
 batches of this process's share of the data, the device side
@@ -9,89 +10,22 @@ other way round.
 """
 
 import abc
-import dataclasses
-import os
 
 import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
 
 from resnet_jax import errors
+from resnet_jax.data import catalog
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the loop needs to know of a dataset before reading it."""
-
-  family: str  # 'cifar' or 'imagenet'
-  num_classes: int
-  train_split: str
-  eval_split: str  # The split the paper reports on (CIFAR test, ImageNet val).
-  num_train: int
-  num_eval: int
-  prepare: str  # How to get it, for the error message.
-
-
-_TFDS_BUILD = (
-  'prepare it once with `pip install -e ".[prepare]" && tfds build {} '
-  '--file_format=array_record{}` (TensorFlow is needed only then)'
-)
-DATASETS = {
-  'cifar10': DatasetInfo(
-    'cifar', 10, 'train', 'test', 50_000, 10_000, _TFDS_BUILD.format('cifar10', '')
-  ),
-  'cifar10_jpeg': DatasetInfo(
-    'cifar',
-    10,
-    'train',
-    'test',
-    50_000,
-    10_000,
-    'set --config.input.data_dir (or TFDS_DATA_DIR) to the TFDS data directory that holds it',
-  ),
-  'imagenet2012': DatasetInfo(
-    'imagenet',
-    1000,
-    'train',
-    'validation',
-    1_281_167,
-    50_000,
-    _TFDS_BUILD.format('imagenet2012', ' --manual_dir=DIR')
-    + ', DIR holding ILSVRC2012_img_train.tar and '
-    'ILSVRC2012_img_val.tar',
-  ),
-  'imagenette224': DatasetInfo(
-    'imagenet',
-    10,
-    'train',
-    'validation',
-    9_469,
-    3_925,
-    'set --config.input.data_dir (or TFDS_DATA_DIR) to the TFDS data directory that holds it',
-  ),
-}
 HOLDOUT = 'holdout'  # Name of the held-out slice of the training split.
 
 
-def check_dataset(name: str, data_dir: str | None):
-  """Fails fast, with the fix, if `name` cannot be read from `data_dir`."""
-  if name not in DATASETS:
-    raise errors.ConfigError(
-      f'unknown dataset {name!r}; valid: {sorted(DATASETS)}. Set --config.input.dataset.'
-    )
-  # epath: data_dir may be gs:// or any other etils.epath path.
-  if data_dir is not None and not epath.Path(data_dir).is_dir():
-    raise errors.MissingError(
-      f'data_dir {data_dir!r} does not exist. Point --config.input.data_dir '
-      'at a TFDS data directory (one that holds a folder per dataset).'
-    )
-  root = data_dir or os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
-  if not epath.Path(root, name).is_dir():
-    prepare = DATASETS[name].prepare.replace('array_record`', f'array_record --data_dir={root}`')
-    raise errors.MissingError(f'dataset {name!r} not found under {root!r}: {prepare}.')
+def check_dataset(inp: ml_collections.ConfigDict):
+  """Fails fast, with the fix, if the `config.input` dataset cannot be read."""
+  catalog.check_prepared(catalog.dataset_info(inp), inp.get('data_dir'))
 
 
 class ProcessBlocks(grain.MapDataset):
@@ -128,7 +62,7 @@ class Dataset(abc.ABC):
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.info = DATASETS[config.input.dataset]
+    self.info = catalog.dataset_info(config.input)
 
   @property
   @abc.abstractmethod
@@ -184,29 +118,21 @@ class Dataset(abc.ABC):
   def check_splits(self, splits=None):
     """ConfigError, before anything is compiled, unless each split the run
     reads (`splits`, default: training and evaluation) is in the dataset and
-    holds examples, and its labels fit the model's outputs. Reads the TFDS
-    metadata only, no examples."""
-    import tensorflow_datasets as tfds  # Heavy import; only where data is read.
-
+    holds examples, and its labels fit the model's outputs. Reads the
+    dataset's metadata only, no examples."""
     inp = self.config.input
-    info = tfds.builder(inp.dataset, data_dir=inp.data_dir).info
     for name in splits or ['train', *self.eval_splits()]:
       spec = self.tfds_split(name)
       try:
-        count = info.splits[spec].num_examples
-      except (ValueError, KeyError) as e:
-        raise errors.ConfigError(
-          f'{self._split_field(name)}={spec!r}: {inp.dataset} has no such split '
-          f'(its splits: {", ".join(info.splits)}; slices such as '
-          f"'{self.info.train_split}[:1000]' are allowed)"
-        ) from e
+        count = catalog.split_size(inp, spec)
+      except errors.ConfigError as e:
+        raise errors.ConfigError(f'{self._split_field(name)}: {e}') from e
       if count == 0:
         raise errors.ConfigError(
           f'{self._split_field(name)}={spec!r} of {inp.dataset} holds no examples; '
           'choose a non-empty split or slice'
         )
-    label = info.features['label'] if 'label' in info.features else None
-    self.check_labels(getattr(label, 'num_classes', None))
+    self.check_labels(self.info.num_classes)
 
   def check_labels(self, dataset_classes: int | None):
     """ConfigError unless labels 0..dataset_classes-1 fit the model's outputs."""

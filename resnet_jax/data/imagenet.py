@@ -22,8 +22,8 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from resnet_jax import errors
-from resnet_jax.data import core
+from resnet_jax import errors, progress
+from resnet_jax.data import core, folder
 from resnet_jax.data.imagenet_views import (
   CROP_SIZE,
   EVAL_RESIZE,
@@ -370,6 +370,9 @@ class ImagenetData(core.Dataset):
 
   def _source(self, split):
     inp = self.config.input
+    if inp.dataset == 'folder':
+      index = folder.index(inp.data_dir, inp.get('skip_bad_images', False))
+      return index.source(self.tfds_split(split))
     return open_source(inp.dataset, self.tfds_split(split), inp.data_dir)
 
   def num_examples(self, split):
@@ -394,15 +397,17 @@ class ImagenetData(core.Dataset):
     source = self._source('train')
     count = min(inp.num_mean_images, len(source))
     total = np.zeros(self.image_shape, np.float64)
+    per_batch = 100
     batches = eval_dataset(
       _Prefix(source, count),
       view='center',
-      local_batch_size=100,
+      local_batch_size=per_batch,
       num_workers=self.num_workers,
       resize_size=self.config.eval.resize_size,
       crop_size=inp.image_size,
     )
-    for batch in batches:
+    num_batches = core.eval_shard(count, 0, 1, per_batch)[2]
+    for batch in progress.progress(batches, num_batches, f'pixel mean of {count} train images'):
       total += (batch['image'][:, 0] * batch['mask'][:, None, None, None]).sum(0)
     return {'mean': (total / count).astype(np.float32), 'std': np.ones((3,), np.float32)}
 

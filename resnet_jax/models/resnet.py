@@ -23,6 +23,7 @@ In eval mode, an optional `mask` batches images of different sizes padded to
 one canvas, with each image's logits those of the image alone (see `ResNet`).
 """
 
+import fnmatch
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -258,7 +259,8 @@ _SCANNABLE = {cls: _scannable(cls) for cls in (BasicBlock, BottleneckBlock)}
 class ResNet(nn.Module):
   """Residual or plain network of He et al. (2016).
 
-  Called as `model.apply(variables, x, train, mask=None)`, x (B, H, W, 3).
+  Called as `model.apply(variables, x, train, mask=None, features=False)`,
+  x (B, H, W, 3); returns the logits (B, num_classes), float32.
   `mask` (B, H, W), bool or 0/1, batches images of different sizes in eval
   mode (the paper's fully-convolutional multi-scale test): image i fills the
   top-left h_i x w_i of the canvas, the rest is padding of any value, and its
@@ -266,6 +268,17 @@ class ResNet(nn.Module):
   are zeroed before every convolution that reads neighbours and before the
   max pool, and the global average pool is a masked mean; without a mask
   nothing of this is computed. With train=True a mask raises ValueError.
+
+  With `features=True` it returns a dict instead of the logits, for backbone
+  use (detection, segmentation, linear probes), with the same variables:
+    'stage1' .. 'stageN': each stage's output (B, h, w, C), NHWC, in the
+      compute dtype. ImageNet nets: stage1..stage4 are the C2..C5 maps at
+      strides 4, 8, 16, 32; CIFAR nets: stage1..stage3 at strides 1, 2, 4.
+      With a mask they are zero outside the (subsampled) valid region.
+    'pooled': the global-average-pooled last stage (B, C), the fc layer's
+      input, float32 (a masked mean with a mask).
+    'logits': (B, num_classes), float32, as with `features=False`.
+  `feature_shapes` gives their shapes without computing anything.
 
   Attributes:
     stage_sizes: blocks per stage.
@@ -311,7 +324,7 @@ class ResNet(nn.Module):
   in_step_loop: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool, mask=None):
+  def __call__(self, x, train: bool, mask=None, features: bool = False):
     if mask is not None:
       if train:
         raise ValueError(
@@ -372,10 +385,11 @@ class ResNet(nn.Module):
       zero_init_last_bn=self.zero_init_last_bn,
       downsample_on_3x3=self.downsample_on_3x3,
     )
+    stage_outputs = {}
     for i, num_blocks in enumerate(self.stage_sizes):
-      features = self.num_filters * 2**i
+      width = self.num_filters * 2**i
       strides = 2 if i > 0 else 1
-      x = self.block_cls(features, strides, name=f'stage{i + 1}_block1', **block_args)(x, mask)
+      x = self.block_cls(width, strides, name=f'stage{i + 1}_block1', **block_args)(x, mask)
       rest = num_blocks - 1
       if rest and self.scan_blocks:
         # Blocks 2..n of a stage share shapes: one scanned body, stacked params;
@@ -387,10 +401,14 @@ class ResNet(nn.Module):
           in_axes=nn.broadcast,
           length=rest,
         )
-        x, _ = stack(features, 1, name=f'stage{i + 1}_rest', **block_args)(x, mask)
+        x, _ = stack(width, 1, name=f'stage{i + 1}_rest', **block_args)(x, mask)
       else:
         for j in range(rest):
-          x = self.block_cls(features, 1, name=f'stage{i + 1}_block{j + 2}', **block_args)(x, mask)
+          x = self.block_cls(width, 1, name=f'stage{i + 1}_block{j + 2}', **block_args)(x, mask)
+      if features:
+        # Zeroed outside the mask: the padding's values (inf, nan included)
+        # would otherwise reach a head that reads them.
+        stage_outputs[f'stage{i + 1}'] = _zero_outside(x, mask)
     if mask is None:
       x = jnp.mean(x, axis=(1, 2))
     else:
@@ -398,6 +416,7 @@ class ResNet(nn.Module):
       count = mask_at(mask, x.shape[1:3]).sum(axis=(1, 2), dtype=jnp.float32)
       # An empty mask (a batch-padding example) pools to zeros, not nan.
       x = (total / jnp.maximum(count, 1)[:, None]).astype(self.dtype)
+    pooled = x
     x = nn.Dense(
       self.num_classes,
       dtype=self.dtype,
@@ -405,6 +424,12 @@ class ResNet(nn.Module):
       kernel_init=fc_kernel_init,
       name='fc',
     )(x)
+    if features:
+      return {
+        **stage_outputs,
+        'pooled': pooled.astype(jnp.float32),
+        'logits': x.astype(jnp.float32),
+      }
     return x.astype(jnp.float32)
 
 
@@ -461,6 +486,12 @@ OPTIONS = (
 )
 
 
+def list_models(pattern: str = '*') -> list[str]:
+  """Names of the paper's networks matching a shell-style `pattern`, e.g.
+  `list_models('cifar_resnet*')`; `create_model` builds any of them."""
+  return [name for name in MODELS if fnmatch.fnmatchcase(name, pattern)]
+
+
 def create_model(name: str, **options) -> ResNet:
   """Returns the named network of the paper.
 
@@ -507,3 +538,22 @@ def abstract_variables(model: ResNet, image_shape=(64, 64, 3)) -> dict:
     functools.partial(init_variables, model, image_shape), jax.random.key(0)
   )
   return {'params': params, 'batch_stats': batch_stats}
+
+
+def feature_shapes(model: ResNet, image_shape=(224, 224, 3), batch_size: int = 1) -> dict:
+  """Shapes of `model`'s `features=True` outputs, computed without FLOPs.
+
+  Args:
+    model: a `ResNet` (e.g. from `create_model`).
+    image_shape: (H, W, 3) of the input images.
+    batch_size: the leading dimension of every shape.
+
+  Returns:
+    {'stage1': (B, h, w, C), ..., 'pooled': (B, C), 'logits': (B, num_classes)}.
+  """
+  x = jax.ShapeDtypeStruct((batch_size,) + tuple(image_shape), jnp.float32)
+  out = jax.eval_shape(
+    lambda x: model.init_with_output(jax.random.key(0), x, train=False, features=True)[0], x
+  )
+  keys = [f'stage{i + 1}' for i in range(len(model.stage_sizes))] + ['pooled', 'logits']
+  return {key: tuple(out[key].shape) for key in keys}

@@ -97,7 +97,8 @@ def _synthetic_input(trainer, config, num_classes):
   lead = (k,) if k > 1 else ()
   local = config.input.batch_size // jax.process_count()
   if config.input.get('device_resident'):
-    n = data.DATASETS[config.input.dataset].num_train
+    # The paper's 50k CIFAR training images (the dataset itself is not read).
+    n = data.catalog.dataset_info(config.input).num_train or 50_000
     resident = trainer.put_resident(
       {
         'image': rng.integers(0, 256, (n,) + trainer.image_shape, dtype=np.uint8),

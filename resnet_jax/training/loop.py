@@ -28,6 +28,7 @@ from resnet_jax import checkpointing, config_lib, distributed, errors, evaluatio
 from resnet_jax import data as data_lib
 from resnet_jax.training import metric_writers
 from resnet_jax.training import step as step_lib
+from resnet_jax.weights import init_from
 
 
 def _check_finite(metrics: dict, step: int, last_saved: int | None):
@@ -76,10 +77,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     ({} if the workdir's run had already finished).
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
+  config = experiment.resolved(config)
   if data is None:
-    data_lib.check_dataset(config.input.dataset, config.input.data_dir)
+    data_lib.check_dataset(config.input)
   dataset = data_lib.create(config, preloaded=data)
   dataset.check_splits()
+  init_from.check(config)
   checkpointing.prepare_workdir(workdir)
   with checkpointing.managed(workdir, config.keep_checkpoints) as manager:
     trainer = step_lib.Trainer(
@@ -131,6 +134,8 @@ class _Run:
       self.start = 0
       norm = jax.device_put(self.dataset.normalization(), trainer.replicated)
       self.state = trainer.init_fn(norm)
+      if config.get('init_from'):
+        self.state = init_from.initialize(self.state, config, trainer.replicated)
     self.step = self.start
     self.last_saved = self.start if restored is not None else None
     self.last_eval = {}
@@ -258,7 +263,13 @@ class _Run:
 
   def _save(self):
     checkpointing.save(
-      self.manager, self.step, self.state, self.batches.get_state(), self.config, self.order
+      self.manager,
+      self.step,
+      self.state,
+      self.batches.get_state(),
+      self.config,
+      self.order,
+      self.dataset.info.class_names,
     )
     if not self.config_recorded:  # config.json: only a config that trained.
       checkpointing.record_config(self.workdir, self.config, self.start)

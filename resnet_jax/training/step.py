@@ -23,6 +23,7 @@ rounding.
 
 import dataclasses
 import functools
+import re
 from typing import Any
 
 import flax
@@ -34,7 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import config_lib, data, distributed, models
+from resnet_jax import config_lib, data, distributed, errors, models
 
 
 @flax.struct.dataclass
@@ -94,20 +95,40 @@ def weight_decay_mask(params, exclude_bn_and_bias: bool):
   )
 
 
+def frozen_labels(params, pattern: str):
+  """'frozen' for the parameters whose name ('stage1_block1/conv1/kernel')
+  matches `pattern` (re.search), 'trained' for the others."""
+  regex = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: 'frozen' if regex.search('/'.join(k.key for k in path)) else 'trained', params
+  )
+
+
 def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
   """SGD with momentum and the paper's L2 weight decay.
 
   The decay is added to the gradient *before* momentum (an L2 penalty, as in
   Caffe/Torch), not decoupled. The learning rate is an injected hyperparameter
   so that the train step can set it (the warm-up rule depends on the error).
+  Parameters matching `config.freeze` get no update at all (optax
+  `multi_transform` with `set_to_zero`: no decay, no momentum buffer).
   """
   mask = weight_decay_mask(params, config.optimizer.exclude_bn_and_bias)
+  labels = frozen_labels(params, config.freeze) if config.get('freeze') else None
+  if labels is not None and 'frozen' not in jax.tree.leaves(labels):
+    example = '/'.join(k.key for k in jax.tree_util.tree_flatten_with_path(params)[0][0][0])
+    raise errors.ConfigError(
+      f'--config.freeze={config.freeze!r} matches no parameter (names look like {example!r})'
+    )
 
   @optax.inject_hyperparams
   def sgd_with_l2(learning_rate, momentum, weight_decay):
-    return optax.chain(
+    sgd = optax.chain(
       optax.add_decayed_weights(weight_decay, mask), optax.sgd(learning_rate, momentum=momentum)
     )
+    if labels is None:
+      return sgd
+    return optax.multi_transform({'trained': sgd, 'frozen': optax.set_to_zero()}, labels)
 
   return sgd_with_l2(
     learning_rate=config.schedule.base_lr,
@@ -146,12 +167,11 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   labels = batch['label']
 
   def loss_fn(params):
-    logits, updates = model.apply(
-      {'params': params, 'batch_stats': state.batch_stats},
-      images,
-      train=True,
-      mutable=['batch_stats'],
-    )
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    if config.get('freeze_batch_stats'):  # BN as in evaluation: running statistics, kept.
+      logits = model.apply(variables, images, train=False)
+      return cross_entropy(logits, labels).mean(), (logits, state.batch_stats)
+    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
     return cross_entropy(logits, labels).mean(), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

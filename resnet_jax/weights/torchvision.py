@@ -1,10 +1,10 @@
 r"""Torchvision ResNet weights <-> this project's Flax variables and workdirs.
 
     # A torchvision state dict -> a workdir that `--mode=evaluate` runs on:
-    python -m resnet_jax.research.torchvision_weights --model=resnet50 \
+    python -m resnet_jax.weights.torchvision --model=resnet50 \
         --torch_file=resnet50.pth --workdir=DIR
     # A workdir's latest checkpoint -> a torchvision state dict:
-    python -m resnet_jax.research.torchvision_weights --export --workdir=DIR \
+    python -m resnet_jax.weights.torchvision --export --workdir=DIR \
         --torch_file=out.safetensors
 
 torchvision's resnet18/34/50/101/152 are this project's nets of the same name
@@ -421,7 +421,7 @@ def write_workdir(model_name: str, variables, workdir):
 
   It gets `config.json` (`imagenet_config`) and an Orbax checkpoint with the
   `state` items that evaluation reads (params, batch_stats, norm = MEAN_RGB /
-  STDDEV_RGB, step) and `meta`; so `checkpointing.load_variables(workdir)`
+  STDDEV_RGB, step) and `meta`; so `checkpointing.load_workdir(workdir)`
   and `main --mode=evaluate` work. It holds no optimizer state or data
   position: it is for evaluation, not for resuming training.
 
@@ -483,7 +483,7 @@ def export_workdir(workdir, path, name: str | None = None) -> tuple[str, int]:
       "paper's ResNet v1); torchvision's strides the 3x3 (v1.5), so "
       'the weights would compute something else there'
     )
-  _, variables, norm, step = checkpointing.load_variables(workdir, config)
+  _, variables, norm, step, _, _ = checkpointing.load_workdir(workdir, config)
   mean, std = (np.asarray(jax.device_get(norm[k])) for k in ('mean', 'std'))
   if not (
     mean.shape == std.shape == (3,)

@@ -1,0 +1,12 @@
+"""A workdir's saved config as a config file: `--config=resnet_jax/saved_config.py:WORKDIR`.
+
+`python -m resnet_jax.main --mode=evaluate --workdir=DIR` without `--config`
+loads DIR's config through this file, so `--config.*` overrides apply to it
+as to any config file's (e.g. `--config.input.dataset`, `--config.eval.protocol`).
+"""
+
+from resnet_jax import checkpointing
+
+
+def get_config(workdir: str):
+  return checkpointing.read_config(workdir)
