@@ -15,7 +15,10 @@ ROOT/val/<class>/*.jpg (PNG too).
         --config.init_from=runs/quick_imagenette_r18
 
 Expect: on the walkthrough's folder of 5 CIFAR-10 classes (100 training and
-20 validation images each), the measured run is in docs/own_data.md.
+20 validation images each, from `resnet_jax.tools.export_folder`), started
+from configs/quick_imagenette_r18.py's workdir: 49.0% center-crop error on
+the 100 validation images after the 100 steps (chance 80%), 52.0% 10-crop;
+8 min on a 2-core CPU (docs/own_data.md).
 """
 
 from resnet_jax import config_lib

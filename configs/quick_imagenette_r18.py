@@ -11,8 +11,9 @@ as torchvision's ResNet-18, so its weights and these are interchangeable.
     python -m resnet_jax.main --config=configs/quick_imagenette_r18.py \
         --workdir=runs/quick_imagenette_r18 --config.input.data_dir=DIR
 
-Expect: far from converged (0.5 epochs); the measured run is in
-docs/own_data.md.
+Expect: far from converged (half an epoch): 57.4% center-crop error (12.2%
+top-5) on those 500 images after the 150 steps (chance 90%); 12 min on a
+2-core CPU (docs/own_data.md).
 """
 
 from resnet_jax import config_lib

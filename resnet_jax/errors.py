@@ -45,6 +45,12 @@ class DivergedError(UserError, FloatingPointError):
   """Training produced a non-finite loss or gradient."""
 
 
+def first_line(e: BaseException) -> str:
+  """`Type: first line of the message` (at most 200 characters), for a
+  one-line report of a library's exception inside our own message."""
+  return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:200]}'
+
+
 @contextlib.contextmanager
 def one_line_errors():
   """For a command line: a `UserError` prints `error: <message>` alone and

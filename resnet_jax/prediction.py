@@ -53,10 +53,6 @@ def family(config) -> str:
   return 'imagenet' if 'image_size' in config.input else 'cifar'
 
 
-def _first_line(e: BaseException) -> str:
-  return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:200]}'
-
-
 def read_image_file(path) -> bytes:
   """The bytes of an image file (local or any `etils.epath` path).
 
@@ -72,7 +68,7 @@ def read_image_file(path) -> bytes:
   except IsADirectoryError as e:
     raise errors.DataError(f'{path} is a directory, not an image file') from e
   except OSError as e:
-    raise errors.DataError(f'{path} cannot be read ({e.strerror or _first_line(e)})') from e
+    raise errors.DataError(f'{path} cannot be read ({e.strerror or errors.first_line(e)})') from e
 
 
 def _is_path(image) -> bool:
@@ -209,7 +205,7 @@ class Predictor:
       # resized view allows it (`imagenet._eval_element`); the same here.
       image = imagenet_views.decode(data, min_shorter_side=self.resize_size)
     except Exception as e:  # noqa: BLE001 - decoders raise many types; one line instead.
-      raise errors.DataError(f'{name} is not a readable image ({_first_line(e)})') from e
+      raise errors.DataError(f'{name} is not a readable image ({errors.first_line(e)})') from e
     if self.family == 'imagenet':
       resized = imagenet_views.resize(image, imagenet_views.resized_shape(*hw, self.resize_size))
       return imagenet_views.center_crop(resized, self.view_shape[0])

@@ -74,6 +74,8 @@ _SLOW = (
   'test_faults.py::test_failed_save_stops_at_once_in_one_line_and_keeps_earlier_checkpoints',
   'test_faults.py::test_kill_during_a_save_or_the_final_eval_then_rerun_is_bit_identical',
   'test_faults.py::test_unreadable_latest_checkpoint_falls_back_quietly_and_bit_identically',
+  'test_faults.py::test_second_ctrl_c_exits_130_in_one_line',
+  'test_steps_per_dispatch.py::test_resume_at_a_step_that_k_does_not_divide_is_refused',
   'test_benchmark.py::test_k_steps_per_call_are_timed_per_step_with_the_split_on_the_devices',
   'test_bn_groups.py::test_sharded_equals_one_device',
   'test_responses.py::test_cli_end_to_end_on_two_trained_workdirs',
@@ -81,6 +83,7 @@ _SLOW = (
   'test_responses.py::test_streaming_stats_match_whole_split_sharded_and_single_device',
   'test_imagenet_input.py::test_datasets_same_for_any_num_workers',
   'test_features.py::test_features_logits_are_the_logits_and_pooled_feeds_fc[resnet18]',
+  'test_features.py::test_unscan_rescan_round_trip_and_unscanned_net[resnet18]',
 )
 
 

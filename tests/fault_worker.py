@@ -129,7 +129,7 @@ def run_cli_cases(cases_file, results_file):
         sys.argv = [case['module'], *case['argv']]
         # This interpreter imported the modules once for all children; runpy
         # warns that the one it runs is among them (a fresh process has none).
-        warnings.filterwarnings('ignore', 'found in sys.modules', RuntimeWarning)
+        warnings.filterwarnings('ignore', '.*found in sys.modules', RuntimeWarning)
         runpy.run_module(case['module'], run_name='__main__', alter_sys=True)
       except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

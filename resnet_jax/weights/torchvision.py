@@ -355,13 +355,15 @@ def load_file(path) -> dict:
     try:
       return dict(load(path))
     except Exception as e:  # A truncated or garbage file: its header does not parse.
-      raise WeightsError(f'{path} is not a readable .safetensors file ({_first_line(e)})') from e
+      raise WeightsError(
+        f'{path} is not a readable .safetensors file ({errors.first_line(e)})'
+      ) from e
   import torch
 
   try:
     loaded = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # Pickled objects other than tensors, corrupt files.
-    raise WeightsError(f'{path} cannot be read as a state dict ({_first_line(e)})') from e
+    raise WeightsError(f'{path} cannot be read as a state dict ({errors.first_line(e)})') from e
   if not isinstance(loaded, dict) or not all(
     isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
   ):
@@ -370,10 +372,6 @@ def load_file(path) -> dict:
       "save the model's state_dict() alone"
     )
   return {key: _as_numpy(value, key) for key, value in loaded.items()}
-
-
-def _first_line(e: Exception) -> str:
-  return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:200]}'
 
 
 def save_file(state_dict, path):
