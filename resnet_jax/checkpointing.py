@@ -17,6 +17,7 @@ one.
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import typing
@@ -477,7 +478,7 @@ def load_workdir(
   config = config or read_config(workdir)
   model = experiment.model_from_config(config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with manager(workdir, create=False) as mngr:
+  with _without_missing_metadata_warnings(), manager(workdir, create=False) as mngr:
     step = check_matches(mngr, config)
     if step is None:
       require_checkpoints(workdir, any_step=True)
@@ -492,6 +493,24 @@ def load_workdir(
   return LoadedWorkdir(
     model, variables, restored['norm'], step, config, _class_names(names, config, model)
   )
+
+
+class _MissingMetadata(logging.Filter):
+  """Orbax's warning for a checkpoint without its optional `_CHECKPOINT_METADATA`."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Metadata file does not exist')
+
+
+@contextlib.contextmanager
+def _without_missing_metadata_warnings():
+  """Quiet for a read that needs no such metadata (the inference items)."""
+  quiet, logger = _MissingMetadata(), logging.getLogger('absl')
+  logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _class_names(saved, config, model) -> tuple[str, ...] | None:

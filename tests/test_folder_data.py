@@ -477,3 +477,18 @@ def test_sort_imagenet_val_moves_nothing_without_every_label(tmp_path):
   labels.write_text('ILSVRC2012_val_00000001.JPEG 123\n')
   out = _sort(val, labels)
   assert out.returncode == 1 and "'123' is not a wnid" in out.stderr
+
+
+def test_cifar_family_refuses_evaluation_images_of_another_size(tmp_path):
+  from resnet_jax import data
+
+  for split, size in (('train', (8, 8)), ('val', (10, 10))):
+    for name in ('a', 'b'):
+      os.makedirs(tmp_path / split / name, exist_ok=True)
+      PIL.Image.new('RGB', size).save(tmp_path / split / name / 'x.png')
+  config = config_lib.cifar10()
+  config.input.update(dataset='folder', data_dir=str(tmp_path))
+  dataset = data.create(config)
+  assert dataset.num_examples('train') == 2
+  with pytest.raises(errors.DataError, match="'val' images .* are 10x10, its training images 8x8"):
+    dataset.num_examples('val')

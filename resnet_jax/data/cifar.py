@@ -234,7 +234,16 @@ class CifarData(core.Dataset):
       inp = self.config.input
       if inp.dataset == 'folder':
         index = folder.index(inp.data_dir, inp.get('skip_bad_images', False))
-        self._loaded[name] = load_folder_split(index, self.tfds_split(name))
+        split = load_folder_split(index, self.tfds_split(name))
+        wanted = self.info.image_shape  # The first training image's: every split's size.
+        if wanted and split.images.shape[1:] != tuple(wanted):
+          raise errors.DataError(
+            f'the {name!r} images of the folder {inp.data_dir} are '
+            f'{split.images.shape[2]}x{split.images.shape[1]}, its training images '
+            f'{wanted[1]}x{wanted[0]}: the cifar family needs one size; resize them, or use '
+            'an ImageNet config (any size)'
+          )
+        self._loaded[name] = split
       else:
         core.check_dataset(inp)
         self._loaded[name] = load_split(inp.dataset, self.tfds_split(name), inp.data_dir)
