@@ -167,20 +167,27 @@ def check_meta(mngr, step: int, meta: dict, config, order: dict | None = None):
     )
 
 
-def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None) -> int | None:
-  """The latest step, failing fast if it is a checkpoint of another experiment
-  (or of another data order) or cannot be read."""
+def _latest_meta(mngr: ocp.CheckpointManager) -> tuple[int | None, dict | None]:
+  """(latest step, its meta), (None, None) without checkpoints; CheckpointError
+  if the meta cannot be read."""
   step = mngr.latest_step()
   if step is None:
-    return None
+    return None, None
   try:
-    meta = read_meta(mngr, step)
+    return step, read_meta(mngr, step)
   except errors.CheckpointError as e:
     raise errors.CheckpointError(
       f'{e}. It was left untouched; remove that step directory to use an '
       'earlier one, or use a fresh --workdir.'
     ) from e
-  check_meta(mngr, step, meta, config, order)
+
+
+def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None) -> int | None:
+  """The latest step, failing fast if it is a checkpoint of another experiment
+  (or of another data order) or cannot be read."""
+  step, meta = _latest_meta(mngr)
+  if step is not None:
+    check_meta(mngr, step, meta, config, order)
   return step
 
 
@@ -479,10 +486,11 @@ def load_workdir(
   model = experiment.model_from_config(config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with _without_missing_metadata_warnings(), manager(workdir, create=False) as mngr:
-    step = check_matches(mngr, config)
+    step, meta = _latest_meta(mngr)  # One read: the checks and the class names.
     if step is None:
       require_checkpoints(workdir, any_step=True)
-    names = read_meta(mngr, step).get('class_names')
+    check_meta(mngr, step, meta, config)
+    names = meta.get('class_names')
     abstract = models.abstract_variables(model)
     abstract['norm'] = _saved_norm_shapes(mngr, step)
     abstract = jax.tree.map(

@@ -130,6 +130,20 @@ def patch_compiled_step(monkeypatch, on_call):
   monkeypatch.setattr(step_lib.Trainer, 'compile_train', compile_train)
 
 
+def random_batch_stats(variables, seed=1):
+  """`variables` with random BN statistics (means ~0, variances in [0.5, 2]):
+  every block's entries then differ, unlike the initial zeros and ones."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(variables['batch_stats'])
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  stats = [
+    jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)
+    if path[-1].key == 'var'
+    else 0.2 * jax.random.normal(k, a.shape)
+    for k, (path, a) in zip(keys, leaves)
+  ]
+  return {'params': variables['params'], 'batch_stats': treedef.unflatten(stats)}
+
+
 def unscan(tree):
   """Renames stacked 'stageI_rest' variables to scan_blocks=False blocks."""
   return models.unscan(tree)

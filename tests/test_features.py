@@ -15,6 +15,8 @@ import pytest
 
 from resnet_jax import models
 
+from helpers import random_batch_stats
+
 KEY = jax.random.key(0)
 TINY = {'cifar_resnet20': 8, 'resnet18': 32}  # name -> input size of the value tests.
 
@@ -102,15 +104,7 @@ def _variables(name):
   variables = jax.jit(functools.partial(model.init, train=False))(KEY, x)
   # Random statistics: every block's entries then differ, so a misplaced
   # block shows in the round trip and in the logits.
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(variables['batch_stats'])
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  stats = [
-    jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)
-    if path[-1].key == 'var'
-    else 0.2 * jax.random.normal(k, a.shape)
-    for k, (path, a) in zip(keys, leaves)
-  ]
-  return {'params': variables['params'], 'batch_stats': treedef.unflatten(stats)}
+  return random_batch_stats(variables, seed=1)
 
 
 def _images(size, batch=2, seed=2):

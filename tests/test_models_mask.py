@@ -13,21 +13,15 @@ import pytest
 
 from resnet_jax import models
 
+from helpers import random_batch_stats
+
 KEY = jax.random.key(0)
 
 
 def _variables(model, seed=1):
   """Initialised variables with random BN statistics (mean ~0, var ~1)."""
   variables = jax.jit(functools.partial(model.init, train=False))(KEY, jnp.zeros((1, 32, 32, 3)))
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(variables['batch_stats'])
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  stats = [
-    jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)
-    if path[-1].key == 'var'
-    else 0.2 * jax.random.normal(k, a.shape)
-    for k, (path, a) in zip(keys, leaves)
-  ]
-  return {'params': variables['params'], 'batch_stats': treedef.unflatten(stats)}
+  return random_batch_stats(variables, seed)
 
 
 def _canvas(sizes, canvas_size, seed=2):
