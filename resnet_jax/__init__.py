@@ -11,6 +11,7 @@ The names a user needs, importable from the package itself:
     predictor = resnet_jax.Predictor.from_workdir('runs/r18')
     predictor.classify(['cat.jpg'], top_k=5)
     model, variables = resnet_jax.from_torchvision(state_dict)
+    resnet_jax.use_cpu_cores()  # Right after `import jax`: one CPU device per core.
 
 Each is imported on first use, so `import resnet_jax` (and the command lines'
 start-up) stays light. Everything else lives in the subpackages (`models`,
@@ -33,6 +34,7 @@ _EXPORTS = {
   'Predictor': 'resnet_jax.prediction',
   'from_torchvision': 'resnet_jax.weights.torchvision',
   'to_torchvision': 'resnet_jax.weights.torchvision',
+  'use_cpu_cores': 'resnet_jax.cpu_devices',
 }
 __all__ = [
   'LoadedWorkdir',
@@ -46,11 +48,13 @@ __all__ = [
   'rescan',
   'to_torchvision',
   'unscan',
+  'use_cpu_cores',
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
 if typing.TYPE_CHECKING:  # What type checkers and IDEs see; nothing is imported at run time.
   from resnet_jax.checkpointing import LoadedWorkdir, load_workdir
+  from resnet_jax.cpu_devices import use_cpu_cores
   from resnet_jax.data import dataset_info
   from resnet_jax.models import create_model, feature_shapes, list_models, rescan, unscan
   from resnet_jax.prediction import Predictor

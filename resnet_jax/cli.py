@@ -7,7 +7,10 @@ bad input reported as one `error:` line (exit 1) instead of a traceback.
   config file that is missing, does not parse or raises, a `--config.*` field
   given twice (refused: ml_collections would concatenate two tuples);
 - `main` runs under `errors.one_line_errors()`, so a `UserError` raised by the
-  work (bad data, checkpoint, workdir) is one line too.
+  work (bad data, checkpoint, workdir) is one line too;
+- on a CPU host, JAX starts with one device per core (`cpu_devices`), and
+  malloc with transparent huge pages (`cpu_memory`: the command starts itself
+  again once with glibc's tunable set).
 `--help` prints the command's module docstring and its flags (absl's).
 """
 
@@ -18,17 +21,30 @@ import sys
 
 from absl import app, flags
 
-from resnet_jax import errors
+from resnet_jax import cpu_devices, cpu_memory, errors
 
 
 def run(main, argv=None):
   """Parses the flags (one-line errors) and runs `main(argv)`."""
+  cpu_memory.restart_with_huge_pages()
 
   def wrapped(args):
+    _use_cpu_cores()
     with errors.one_line_errors():
       return main(args)
 
   app.run(wrapped, argv=argv, flags_parser=_parse_flags)
+
+
+def _use_cpu_cores():
+  """One CPU device per core (`cpu_devices`), before the command starts JAX;
+  the count divides the config's batch, if the command has a config."""
+  config = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+  batch_size = None
+  if config is not None and 'input' in config and 'batch_size' in config.input:
+    batch_size = config.input.batch_size
+  num_processes = flags.FLAGS['num_processes'].value if 'num_processes' in flags.FLAGS else None
+  cpu_devices.use_cpu_cores(batch_size, num_processes)
 
 
 def fail(message: str):

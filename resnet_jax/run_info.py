@@ -28,6 +28,8 @@ import time
 import jax
 from etils import epath
 
+from resnet_jax import cpu_devices
+
 PACKAGES = (
   'jax',
   'jaxlib',
@@ -107,6 +109,9 @@ def environment() -> dict:
     'local_device_count': jax.local_device_count(),
     'process_index': jax.process_index(),
     'process_count': jax.process_count(),
+    # Why the CPU has the devices it has, and whether malloc asks for huge pages.
+    'cpu_devices': cpu_devices.describe() if jax.default_backend() == 'cpu' else None,
+    'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
     'hostname': socket.gethostname(),
     'python': sys.version.split()[0],
     'versions': {name: _version(name) for name in PACKAGES},
@@ -116,13 +121,17 @@ def environment() -> dict:
   }
 
 
+def _cpu_reason(env: dict) -> str:
+  return f'; {env["cpu_devices"]}' if env.get('cpu_devices') else ''
+
+
 def describe(env: dict) -> str:
   """Two lines: JAX, backend, devices and processes; the other versions and
   the git revision."""
   versions = env['versions']
   first = (
     f'JAX {versions.get("jax")} on {env["backend"]}: {env["device_count"]} x '
-    f'{env["device_kind"]} ({env["local_device_count"]} local), process '
+    f'{env["device_kind"]} ({env["local_device_count"]} local{_cpu_reason(env)}), process '
     f'{env["process_index"]} of {env["process_count"]} on {env["hostname"]}'
   )
   others = [f'{name} {v}' for name, v in versions.items() if name != 'jax' and v]

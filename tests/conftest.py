@@ -14,6 +14,9 @@ os.environ['XLA_FLAGS'] = (
   + ' --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=1'
 ).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# The command lines the tests start get glibc's huge pages from the start,
+# instead of starting themselves again to get them (resnet_jax.cpu_memory).
+os.environ.setdefault('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
 # Many tests compile the same tiny programs; a persistent cache shared by the
 # test processes, and by the command lines they start, compiles each once (it
 # is keyed by the program, the devices and the flags).

@@ -12,7 +12,13 @@ from helpers import ROOT
 PACKAGE = 'resnet_jax'
 # Lowest first: a module may import its own layer or lower ones, never higher.
 LAYERS = (
-  ('resnet_jax.errors', 'resnet_jax.cli', 'resnet_jax.progress'),
+  (
+    'resnet_jax.errors',
+    'resnet_jax.cpu_devices',
+    'resnet_jax.cpu_memory',
+    'resnet_jax.cli',
+    'resnet_jax.progress',
+  ),
   ('resnet_jax.models',),
   ('resnet_jax.data',),
   (

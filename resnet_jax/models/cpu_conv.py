@@ -68,6 +68,22 @@ def _conv_cpu_gradients_jvp(pads, precision, primals, tangents):
   return y, jnp.zeros_like(y) if dy is None else dy
 
 
+def _conv_with_cpu_gradients(x, k, pads, precision):
+  """`_conv_cpu_gradients`, keeping only x and k for the backward pass.
+
+  Without the checkpoint, the kernel gradient's transposed copy of x is a
+  residual: XLA computes it in the forward pass, fused with x's producers
+  (BatchNorm, ReLU) and, in a scanned stage, stacked over the blocks, which
+  costs more than a plain transpose of x in the backward pass (docs/speed.md).
+  Nothing is recomputed but that transpose and the flipped kernel: the
+  forward convolution's output is not needed by its gradients.
+  """
+  conv = lambda x, k: _conv_cpu_gradients(x, k, pads, precision)
+  return jax.checkpoint(conv, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)(
+    x, k
+  )
+
+
 def conv_general_dilated(
   lhs,
   rhs,
@@ -124,7 +140,7 @@ def conv_general_dilated(
   pads = tuple(tuple(int(p) for p in pair) for pair in padding)
 
   def cpu(x, k):
-    y = _conv_cpu_gradients(x, k, pads, precision)
+    y = _conv_with_cpu_gradients(x, k, pads, precision)
     # Output i of a stride-s conv is output s*i of the stride-1 conv with the
     # same padding (the same window and products).
     return y[:, :: window_strides[0], :: window_strides[1]] if strided else y

@@ -31,8 +31,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import cli, config_lib, data, distributed, experiment, models
-from resnet_jax.training import step as step_lib
+from resnet_jax import cli, config_lib, experiment, models
+from resnet_jax.tools import synthetic_step
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -90,30 +90,6 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str):
   node[leaf] = value  # ConfigDict checks the type.
 
 
-def _synthetic_input(trainer, config, num_classes):
-  """One dispatch's global input and the device-resident split (or {})."""
-  rng = np.random.default_rng(0)
-  k = trainer.steps_per_dispatch
-  lead = (k,) if k > 1 else ()
-  local = config.input.batch_size // jax.process_count()
-  if config.input.get('device_resident'):
-    # The paper's 50k CIFAR training images (the dataset itself is not read).
-    n = data.catalog.dataset_info(config.input).num_train or 50_000
-    resident = trainer.put_resident(
-      {
-        'image': rng.integers(0, 256, (n,) + trainer.image_shape, dtype=np.uint8),
-        'label': rng.integers(0, num_classes, (n,), dtype=np.int32),
-      }
-    )
-    batch = {'index': rng.integers(0, n, lead + (local,), dtype=np.int32)}
-    return trainer.to_global(batch), resident
-  batch = {
-    'image': rng.integers(0, 256, lead + (local,) + trainer.image_shape, dtype=np.uint8),
-    'label': rng.integers(0, num_classes, lead + (local,), dtype=np.int32),
-  }
-  return trainer.to_global(batch), {}
-
-
 def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -> dict:
   """Compiles and times the train step of `config` on random data.
 
@@ -121,25 +97,9 @@ def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -
     Dict with compile_s, step_ms (median per train step), step_ms_p10/p90,
     images_per_sec and the setting (model, batch, dtype, K, devices, versions).
   """
-  config_lib.validate(config, jax.device_count(), jax.process_count())
-  model = experiment.model_from_config(config)
-  dataset = data.create(config)
-  trainer = step_lib.Trainer(config, model, distributed.make_mesh(), dataset)
-  k = trainer.steps_per_dispatch
+  step_fn, state, batch, resident, seconds = synthetic_step.prepare(config)
+  k = config.get('steps_per_dispatch', 1)
   batch_size = config.input.batch_size
-  norm = {
-    key: np.full(s, 1.0 if key == 'std' else 120.0, np.float32)
-    for key, s in dataset.normalization_shapes().items()
-  }
-
-  t0 = time.perf_counter()
-  state = jax.block_until_ready(trainer.init_fn(jax.device_put(norm, trainer.replicated)))
-  init_s = time.perf_counter() - t0
-  batch, resident = _synthetic_input(trainer, config, model.num_classes)
-  t0 = time.perf_counter()
-  step_fn = trainer.compile_train(batch_size, resident)
-  compile_s = time.perf_counter() - t0
-
   for _ in range(warmup):
     state, metrics = step_fn(state, batch, resident)
   jax.block_until_ready(metrics)
@@ -159,12 +119,12 @@ def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -
   return dict(
     model=config.model,
     batch_size=batch_size,
-    dtype=str(getattr(model.dtype, 'name', model.dtype)),
+    dtype=str(jax.numpy.dtype(experiment.resolve_dtype(config.model_options.get('dtype')))),
     steps_per_dispatch=k,
     device_resident=bool(config.input.get('device_resident')),
     devices=f'{jax.device_count()}x {jax.devices()[0].device_kind}',
-    init_s=round(init_s, 2),
-    compile_s=round(compile_s, 2),
+    init_s=round(seconds['init_s'], 2),
+    compile_s=round(seconds['compile_s'], 2),
     step_ms=round(step_ms, 3),
     step_ms_p10=round(float(np.percentile(ms, 10)), 3),
     step_ms_p90=round(float(np.percentile(ms, 90)), 3),
