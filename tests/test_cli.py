@@ -22,6 +22,8 @@ COMMANDS = [
   'resnet_jax.tools.cifar_table',
   'resnet_jax.tools.export_folder',
   'resnet_jax.tools.input_benchmark',
+  'resnet_jax.tools.peer_benchmark',
+  'resnet_jax.tools.step_profile',
 ]
 CONFIG = '--config=configs/cifar10_resnet20.py'
 

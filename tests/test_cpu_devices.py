@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from resnet_jax import cpu_devices, cpu_memory
-from resnet_jax.tools import step_profile
+from resnet_jax.tools import hlo_profile
 
 from helpers import ROOT
 
@@ -159,22 +159,38 @@ def test_nested_trace_events_count_their_own_time_only():
     dict(ph='X', pid=1, tid=1, ts=50, dur=20, name='conv'),
     dict(ph='X', pid=1, tid=2, ts=0, dur=5, name='conv'),  # Another thread.
   ]
-  assert step_profile.self_times(events) == {'while.1': 50, 'conv': 55}
+  assert hlo_profile.self_times(events) == {'while.1': 50, 'conv': 55}
 
 
-def test_the_ops_of_a_compiled_gradient_are_grouped_by_what_they_do():
-  def loss(k, x):
+def test_the_ops_of_a_compiled_program_are_grouped_by_what_they_do():
+  def forward(k, x):
     nhwc = ('NHWC', 'HWIO', 'NHWC')
     y = jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=nhwc)
     return jnp.sum(jax.nn.relu(y) ** 2)
 
-  x = jnp.ones((2, 8, 8, 4))
-  k = jnp.ones((3, 3, 4, 4))
-  text = jax.jit(jax.grad(loss)).lower(k, x).compile().as_text()
-  instructions = step_profile.parse_hlo(text)
-  groups = {step_profile.group_of(i) for i in instructions.values() if i.opcode != 'parameter'}
-  assert 'convolution forward' in groups and 'convolution gradients' in groups
-  assert groups <= set(step_profile.GROUPS)
+  text = jax.jit(forward).lower(jnp.ones((3, 3, 4, 4)), jnp.ones((2, 8, 8, 4))).compile().as_text()
+  instructions = hlo_profile.parse_hlo(text)
+  groups = {hlo_profile.group_of(i) for i in instructions.values() if i.opcode != 'parameter'}
+  assert 'convolution forward' in groups and groups <= set(hlo_profile.GROUPS)
+
+  def group(opcode, op_name, fused=()):
+    return hlo_profile.group_of(hlo_profile.Instruction(opcode, op_name, frozenset(fused)))
+
+  step = 'jit(train_steps)/'
+  assert group('fusion', step + 'transpose(jvp(ResNet))/stage1/conv1/cond', ['convolution']) == (
+    'convolution gradients'
+  )
+  assert group('fusion', step + 'jvp(ResNet)/stage1_block1/bn1/mul', ['multiply']) == (
+    'BatchNorm forward'
+  )
+  assert group('all-reduce', step + 'transpose(jvp(ResNet))/add_any') == (
+    'collectives (gradient all-reduce)'
+  )
+  assert group(
+    'fusion', step + 'jvp(ResNet)/while/body/dynamic_update_slice', ['dynamic-update-slice']
+  ) == ('scan: stacking per-block values')
+  assert group('fusion', step + 'augment/jit(_randint)/add', ['add']) == 'augmentation'
+  assert group('fusion', step + 'add', ['add', 'multiply']) == 'optimizer update and metrics'
 
 
 def test_the_pytorch_peer_is_the_same_net_as_ours():
