@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import cli, config_lib, experiment, models
+from resnet_jax import cli, config_lib, models
 from resnet_jax.tools import synthetic_step
 
 FLAGS = flags.FLAGS
@@ -97,8 +97,9 @@ def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -
     Dict with compile_s, step_ms (median per train step), step_ms_p10/p90,
     images_per_sec and the setting (model, batch, dtype, K, devices, versions).
   """
-  step_fn, state, batch, resident, seconds = synthetic_step.prepare(config)
-  k = config.get('steps_per_dispatch', 1)
+  prepared = synthetic_step.prepare(config)
+  step_fn, state, batch, resident = prepared[:4]
+  k = prepared.trainer.steps_per_dispatch
   batch_size = config.input.batch_size
   for _ in range(warmup):
     state, _ = step_fn(state, batch, resident)
@@ -119,12 +120,12 @@ def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -
   return dict(
     model=config.model,
     batch_size=batch_size,
-    dtype=str(jax.numpy.dtype(experiment.resolve_dtype(config.model_options.get('dtype')))),
+    dtype=str(getattr(prepared.trainer.model.dtype, 'name', prepared.trainer.model.dtype)),
     steps_per_dispatch=k,
     device_resident=bool(config.input.get('device_resident')),
     devices=f'{jax.device_count()}x {jax.devices()[0].device_kind}',
-    init_s=round(seconds['init_s'], 2),
-    compile_s=round(seconds['compile_s'], 2),
+    init_s=round(prepared.init_s, 2),
+    compile_s=round(prepared.compile_s, 2),
     step_ms=round(step_ms, 3),
     step_ms_p10=round(float(np.percentile(ms, 10)), 3),
     step_ms_p90=round(float(np.percentile(ms, 90)), 3),

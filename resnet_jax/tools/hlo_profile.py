@@ -62,6 +62,7 @@ def parse_hlo(text: str) -> dict[str, Instruction]:
 
 
 _AUGMENT = ('augment', '_randint', '_bernoulli', 'threefry', 'normalize', 'preprocess')
+_FILLS = {'fusion', 'broadcast', 'constant', 'parameter'}
 _MOVES = {'transpose', 'copy', 'bitcast', 'reshape', 'parameter', 'broadcast', 'slice', 'reverse'}
 
 
@@ -78,13 +79,8 @@ def group_of(instruction: Instruction) -> str:
     return 'convolution gradients' if backward else 'convolution forward'
   if opcode in ('while', 'conditional', 'call'):
     return 'loop and branch control'
-  if ops & {'dynamic-update-slice', 'dynamic-slice'} or ops <= {
-    'fusion',
-    'broadcast',
-    'constant',
-    'parameter',
-  }:
-    # Zero-filled buffers are what a scan's stacked outputs are written into.
+  # Zero-filled buffers (_FILLS) are what a scan's stacked outputs are written into.
+  if ops & {'dynamic-update-slice', 'dynamic-slice'} or ops <= _FILLS:
     return 'scan: stacking per-block values'
   if ops <= _MOVES or (ops & {'transpose', 'copy'} and not ops & {'reduce', 'convolution'}):
     return 'transposes and copies'

@@ -52,13 +52,14 @@ class _JaxSide:
   def __init__(self, config):
     import jax
 
-    from resnet_jax import data, distributed, evaluation, experiment
+    from resnet_jax import evaluation
     from resnet_jax.tools import synthetic_step
 
     self.jax = jax
-    self.step_fn, self.state, self.batch, self.resident, _ = synthetic_step.prepare(config)
-    model = experiment.model_from_config(config)
-    self.scorer = evaluation.Scorer(model, data.create(config), distributed.make_mesh())
+    self.prepared = synthetic_step.prepare(config)
+    self.state = self.prepared.state
+    trainer = self.prepared.trainer
+    self.scorer = evaluation.Scorer(trainer.model, trainer.dataset, trainer.mesh)
     n = config.input.eval_batch_size
     rng = np.random.default_rng(0)
     self.eval_batch = {
@@ -71,7 +72,8 @@ class _JaxSide:
 
   def train(self, steps):
     for _ in range(steps):
-      self.state, metrics = self.step_fn(self.state, self.batch, self.resident)
+      p = self.prepared
+      self.state, metrics = p.step_fn(self.state, p.batch, p.resident)
     self.jax.block_until_ready(metrics)
 
   def evaluate(self, batches):
@@ -160,12 +162,14 @@ def _summary(rates: list[float]) -> dict:
 
 def compare(config, argv, rounds, steps, eval_batches) -> dict:
   """Interleaved rounds of both sides; images/s per side and the ratios."""
+  # PyTorch as its users run it, with glibc's default (no huge pages), said
+  # explicitly: the worker, a command line of ours, would otherwise start
+  # itself again with them (cpu_memory).
   torch_env = dict(os.environ)
-  if not FLAGS.torch_huge_pages:  # PyTorch as its users run it: glibc's defaults.
-    tunables = torch_env.pop('GLIBC_TUNABLES', '').split(':')
-    kept = [t for t in tunables if t and not t.startswith(cpu_memory.TUNABLE)]
-    if kept:
-      torch_env['GLIBC_TUNABLES'] = ':'.join(kept)
+  tunables = [t for t in torch_env.get('GLIBC_TUNABLES', '').split(':') if t]
+  kept = [t for t in tunables if not t.startswith(cpu_memory.TUNABLE)]
+  huge_pages = f'{cpu_memory.TUNABLE}={int(FLAGS.torch_huge_pages)}'
+  torch_env['GLIBC_TUNABLES'] = ':'.join(kept + [huge_pages])
   workers = {'jax': _Worker('jax', argv, os.environ), 'torch': _Worker('torch', argv, torch_env)}
   rates = {(n, w): [] for n in workers for w in ('train', 'eval')}
   try:

@@ -36,7 +36,7 @@ def main(argv):
   config = FLAGS.config
   if config is None:
     cli.fail('--config is required: an experiment config such as configs/cifar10_resnet20.py')
-  step_fn, state, batch, resident, _ = synthetic_step.prepare(config)
+  step_fn, state, batch, resident = synthetic_step.prepare(config)[:4]
   for _ in range(2):
     state, metrics = step_fn(state, batch, resident)
   jax.block_until_ready(metrics)

@@ -2,6 +2,7 @@
 input: what the train-step benchmarks and the step profile run."""
 
 import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -34,13 +35,21 @@ def synthetic_input(trainer, config, num_classes):
   return trainer.to_global(batch), {}
 
 
-def prepare(config):
-  """The compiled train step of `config`, a fresh state and synthetic input.
+class SyntheticStep(NamedTuple):
+  """A compiled train step and what it runs on: `step_fn(state, batch, resident)`
+  runs one dispatch; `trainer` holds the model, dataset and mesh."""
 
-  Returns:
-    (step_fn, state, batch, resident, seconds) where `step_fn(state, batch,
-    resident)` runs one dispatch and `seconds` = {'init_s', 'compile_s'}.
-  """
+  step_fn: Any
+  state: step_lib.TrainState
+  batch: dict
+  resident: dict
+  trainer: step_lib.Trainer
+  init_s: float
+  compile_s: float
+
+
+def prepare(config) -> SyntheticStep:
+  """The compiled train step of `config`, a fresh state and synthetic input."""
   config_lib.validate(config, jax.device_count(), jax.process_count())
   model = experiment.model_from_config(config)
   dataset = data.create(config)
@@ -55,5 +64,5 @@ def prepare(config):
   batch, resident = synthetic_input(trainer, config, model.num_classes)
   t0 = time.perf_counter()
   step_fn = trainer.compile_train(config.input.batch_size, resident)
-  seconds = dict(init_s=init_s, compile_s=time.perf_counter() - t0)
-  return step_fn, state, batch, resident, seconds
+  compile_s = time.perf_counter() - t0
+  return SyntheticStep(step_fn, state, batch, resident, trainer, init_s, compile_s)
