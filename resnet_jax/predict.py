@@ -3,19 +3,23 @@ r"""Classifies image files with a trained workdir's latest checkpoint.
     python -m resnet_jax.predict --workdir=DIR FILE_OR_FOLDER... [--top_k=5] \
         [--output=preds.json|preds.csv] [--batch_size=64]
 
-Folders are searched recursively for .jpg, .jpeg and .png files (any case),
-taken in sorted order; files named on the command line are read whatever
-their suffix. Each image gets the evaluation's center view (ImageNet family:
-shorter side `eval.resize_size`, central `eval.crop_size` crop; CIFAR family:
-the training size) and one printed line, its classes most probable first:
+Folders are searched recursively for .jpg, .jpeg and .png files (any case)
+by the folder dataset's rule (hidden files and folders, such as macOS's `._*`
+files, left out) and taken in sorted order; files named on the command line
+are read whatever their suffix. Each image gets the evaluation's center view
+(ImageNet family: shorter side `eval.resize_size`, central `eval.crop_size`
+crop; CIFAR family: the training size) and one printed line, its classes most
+probable first:
 
     photos/cat.jpg: tabby (0.934), tiger_cat (0.021), ...
 
 `--output` also writes the predictions: `.json` a list of {'file', 'top_k':
 [{'label', 'name', 'probability'}]}, `.csv` the columns file, rank, label,
 name, probability (rank 1 is the top class). Bad input (no image files, an
-unknown output suffix, a workdir without checkpoints, an unreadable image)
-prints one `error:` line and exits 1. The library: `resnet_jax.prediction`.
+unknown output suffix or a missing output folder, a workdir without
+checkpoints, an unreadable image) prints one `error:` line and exits 1; the
+output is checked before any image is read. The library:
+`resnet_jax.prediction`.
 """
 
 import csv
@@ -24,7 +28,6 @@ import os
 
 from resnet_jax import cli, errors
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 OUTPUT_SUFFIXES = ('.json', '.csv')
 
 
@@ -35,29 +38,30 @@ def image_files(paths) -> list[str]:
     paths: files and folders.
 
   Returns:
-    Files in the order given; a folder's .jpg/.jpeg/.png files (any case,
-    found recursively) sorted.
+    Files in the order given; a folder's image files sorted, chosen by the
+    folder dataset's rule (`data.folder.find_images`: .jpg/.jpeg/.png in any
+    case, found recursively, hidden files and folders such as macOS's `._*`
+    left out).
 
   Raises:
     MissingError: a path that does not exist, or no image file in all.
+    DataError: a path (or an image-named file in a folder) that is no regular file.
   """
   files = []
   for path in paths:
     if os.path.isdir(path):
-      found = [
-        os.path.join(directory, name)
-        for directory, _, names in os.walk(path)
-        for name in names
-        if name.lower().endswith(IMAGE_SUFFIXES)
-      ]
-      files.extend(sorted(found))
-    elif os.path.exists(path):
+      from resnet_jax.data import folder  # Only folders need it (and it imports JAX).
+
+      files.extend(sorted(os.path.join(path, f) for f in folder.find_images(path)))
+    elif os.path.isfile(path):
       files.append(path)
+    elif os.path.exists(path):  # A FIFO would block the read for ever.
+      raise errors.DataError(f'{path} is not a regular file: name an image file')
     else:
       raise errors.MissingError(f'{path}: no such file or folder')
   if not files:
     raise errors.MissingError(
-      f'no image files ({", ".join(IMAGE_SUFFIXES)}) in {", ".join(paths) or "the arguments"}; '
+      f'no image files (.jpg, .jpeg, .png) in {", ".join(paths) or "the arguments"}; '
       'name image files or folders that hold some'
     )
   return files
@@ -70,10 +74,24 @@ def format_line(result: dict) -> str:
 
 
 def check_output(path: str | None):
-  """ConfigError unless `path` (if any) ends in .json or .csv."""
-  if path and not path.lower().endswith(OUTPUT_SUFFIXES):
+  """A UserError unless `path` (if any) is a .json or .csv file that can be
+  written: checked before any image is scored, and without creating it."""
+  if not path:
+    return
+  if not path.lower().endswith(OUTPUT_SUFFIXES):
     raise errors.ConfigError(
       f'--output={path}: unknown format; name a {" or ".join(OUTPUT_SUFFIXES)} file'
+    )
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise errors.MissingError(
+      f'--output={path}: the folder {directory} does not exist; create it or write elsewhere'
+    )
+  if os.path.isdir(path):
+    raise errors.ConfigError(f'--output={path} is a folder; name a file in it')
+  if not os.access(directory, os.W_OK):
+    raise errors.ConfigError(
+      f'--output={path}: the folder {directory} is not writable; write elsewhere'
     )
 
 

@@ -26,13 +26,14 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import checkpointing, distributed, errors, experiment
 from resnet_jax.data import core as data_core
-from resnet_jax.data import imagenet_views
+from resnet_jax.data import folder, imagenet_views
 
 FAMILIES = ('cifar', 'imagenet')
 
@@ -204,8 +205,12 @@ class Predictor:
       # The ImageNet family's evaluation decodes at reduced DCT scale when the
       # resized view allows it (`imagenet._eval_element`); the same here.
       image = imagenet_views.decode(data, min_shorter_side=self.resize_size)
+    except PIL.Image.DecompressionBombError as e:
+      raise errors.DataError(f'{name} is {imagenet_views.too_large_reason(e)}') from None
     except Exception as e:  # noqa: BLE001 - decoders raise many types; one line instead.
-      raise errors.DataError(f'{name} is not a readable image ({errors.first_line(e)})') from e
+      # The dataset's reasons where they apply: Pillow's name the stream, not the file.
+      reason = folder.image_problem(data, data, len(data)) or errors.first_line(e)
+      raise errors.DataError(f'{name} is not a readable image ({reason})') from e
     if self.family == 'imagenet':
       resized = imagenet_views.resize(image, imagenet_views.resized_shape(*hw, self.resize_size))
       return imagenet_views.center_crop(resized, self.view_shape[0])

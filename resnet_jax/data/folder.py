@@ -19,6 +19,11 @@ fill it. With `skip_bad=True`, unreadable files are left out and listed in
 `FolderIndex.skipped`; a class whose every file is unreadable stays a class
 (with no examples), so the other labels do not move.
 
+Files (`find_images`, also `predict`'s rule for folders): symlinks are
+followed, each real folder entered once (a link to `.` or a parent is no
+loop); an image-named FIFO, socket or device is refused when listed, never
+opened; any file name is taken, UTF-8 or not (`os.fsencode` gives its bytes).
+
 Order: each split is sorted, then permuted by a keyed hash of each file's
 relative path (`ORDER_SEED`), so that slices such as a held-out `train[-500:]`
 mix all classes, as TFDS's shuffled records do, and the order is the same on
@@ -26,7 +31,9 @@ every machine, process and NumPy version: it depends only on the files.
 
 Unreadable files: every read checks the bytes cheaply (the header parses, a
 JPEG ends with its end-of-image marker, a PNG with its IEND chunk, the file is
-not empty); a bad file raises `errors.DataError` naming it.
+not empty); a bad file raises `errors.DataError` naming it. An image of more
+pixels than Pillow decodes (its decompression-bomb guard) is named as such,
+and never skipped as unreadable.
 """
 
 import concurrent.futures
@@ -35,8 +42,10 @@ import functools
 import hashlib
 import os
 import re
+import stat
 
 import numpy as np
+import PIL.Image
 
 from resnet_jax import errors
 from resnet_jax.data import imagenet_views
@@ -98,6 +107,19 @@ class FolderIndex:
       self.root, self.files[name][start:stop], self.labels[name][start:stop], spec
     )
 
+  def _no_eval_folder_hint(self, name: str) -> str:
+    """Why an evaluation split is missing and the fixes, when ROOT has no
+    evaluation folder at all (the recipes evaluate on one by default)."""
+    if name not in EVAL_DIRS or any(d in self.files for d in EVAL_DIRS):
+      return ''
+    return (
+      f': {self.root} has no {EVAL_DIRS[0]}/ folder (nor {"/ or ".join(EVAL_DIRS[1:])}/); add '
+      f'{EVAL_DIRS[0]}/<class>/ folders, or evaluate on held-out training images with '
+      "--config.input.train_split='train[:-500]' --config.input.eval_split='train[-500:]' "
+      "(with holdout_validation=True, only --config.input.eval_split='train[-N:]', "
+      'N=num_holdout)'
+    )
+
   def _resolve(self, spec: str) -> tuple[str, int, int]:
     """(split, start, stop) of a TFDS split string, with TFDS's semantics
     (percent bounds rounded to the closest example)."""
@@ -114,7 +136,7 @@ class FolderIndex:
       fail('not a split name with an optional [from:to] slice')
     name, selector = match['name'], match['selector']
     if name not in self.files:
-      fail(f'there is no {name!r} split')
+      fail(f'there is no {name!r} split{self._no_eval_folder_hint(name)}')
     n = len(self.files[name])
     if selector is None:
       return name, 0, n
@@ -163,10 +185,13 @@ class FolderSource:
         data = f.read()
     except OSError as e:
       raise errors.DataError(f'unreadable image {path}: {e.strerror}; {SKIP_HINT}') from None
-    problem = image_problem(data, data, len(data))
+    try:
+      problem = image_problem(data, data, len(data))
+    except PIL.Image.DecompressionBombError as e:
+      raise _too_large(path, e) from None
     if problem:
       raise errors.DataError(f'unreadable image {path}: {problem}; {SKIP_HINT}')
-    return {'image': data, 'label': np.int64(self.labels[index]), 'file_name': name.encode()}
+    return {'image': data, 'label': np.int64(self.labels[index]), 'file_name': os.fsencode(name)}
 
   def __getitems__(self, indices) -> list[dict]:
     return [self[i] for i in indices]
@@ -185,11 +210,16 @@ def image_problem(head: bytes, tail: bytes, size: int) -> str | None:
 
   Returns:
     A short reason ('empty file', 'truncated JPEG ...'), or None.
+
+  Raises:
+    PIL.Image.DecompressionBombError: a header of more pixels than Pillow decodes.
   """
   if size == 0:
     return 'empty file (0 bytes)'
   try:
     imagenet_views.image_size(head)
+  except PIL.Image.DecompressionBombError:
+    raise  # A whole image, too large to decode: the caller names it (`_too_large`).
   except Exception:  # Any parse failure (libjpeg's, Pillow's) means the same: unreadable.
     return 'its header is not that of a JPEG or PNG image'
   end = tail.rstrip(_PADDING)
@@ -198,6 +228,12 @@ def image_problem(head: bytes, tail: bytes, size: int) -> str | None:
   if head.startswith(_PNG_START) and not end.endswith(_PNG_END):
     return 'truncated PNG (no IEND chunk)'
   return None
+
+
+def _too_large(path: str, error: PIL.Image.DecompressionBombError) -> errors.DataError:
+  """The error for a whole image that Pillow refuses to decode as too large:
+  not unreadable, so not one that skip_bad may leave out."""
+  return errors.DataError(f'image {path} is {imagenet_views.too_large_reason(error)}')
 
 
 def _file_problem(path: str) -> str | None:
@@ -217,50 +253,131 @@ def _file_problem(path: str) -> str | None:
       # part: judge such a file (bad ones are rare) on all of its bytes.
       f.seek(0)
       data = f.read()
+    return image_problem(data, data, len(data))
   except OSError as e:
     return e.strerror or str(e)
-  return image_problem(data, data, len(data))
+  except PIL.Image.DecompressionBombError as e:
+    raise _too_large(path, e) from None
 
 
-def _is_image(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+  """Whether a file name is an image's by the folder rule: an image suffix, not hidden."""
   return not name.startswith('.') and name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _class_files(root: str, folder: str) -> list[str]:
-  """Image files under ROOT/folder (recursively), as paths relative to root."""
-  out = []
-  top = os.path.join(root, folder)
-  for parent, dirs, names in os.walk(top, followlinks=True):
-    dirs[:] = [d for d in dirs if not d.startswith('.')]
-    # Prefixing, not os.path.relpath: a million calls of it take a minute.
-    prefix = folder + parent[len(top) :] + os.sep
-    out.extend(prefix + n for n in names if _is_image(n))
+_SPECIAL_KINDS = (
+  (stat.S_ISFIFO, 'a named pipe (FIFO)'),
+  (stat.S_ISSOCK, 'a socket'),
+  (stat.S_ISCHR, 'a character device'),
+  (stat.S_ISBLK, 'a block device'),
+)
+
+
+def _special_kind(entry: os.DirEntry) -> str | None:
+  """What an entry that is neither a folder nor a regular file is; None for a
+  broken symlink, left to fail (or be skipped) when read like any missing file."""
+  try:
+    mode = entry.stat().st_mode
+  except OSError:
+    return None
+  return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), 'a special file')
+
+
+def _not_regular(path: str, kind: str) -> errors.DataError:
+  """The error for an image-named path that is no regular file: reading it could
+  block for ever (a FIFO) or never end (a device)."""
+  return errors.DataError(
+    f'{path} is {kind}, not a regular file: remove it (or replace it by the image)'
+  )
+
+
+def _real_id(path: str) -> tuple[int, int]:
+  st = os.stat(path)
+  return st.st_dev, st.st_ino
+
+
+def find_images(top: str, seen: set | None = None) -> list[str]:
+  """Image files under a folder, recursively, as paths relative to it.
+
+  The dataset's file rule, shared with `predict`: an image suffix (any case),
+  no hidden file or folder, regular files only; symlinks are followed, but a
+  real folder is entered once (a link to `.` or to a parent is no loop).
+
+  Args:
+    top: the folder; it is listed even if in `seen`.
+    seen: (st_dev, st_ino) of real folders not to enter; updated with those
+      entered (share it to visit each folder once across several tops).
+
+  Returns:
+    The files' paths relative to `top`, in walk order (sorted per folder).
+
+  Raises:
+    errors.DataError: an image-named FIFO, socket or device (never opened), or
+      a folder that cannot be listed.
+  """
+  seen = set() if seen is None else seen
+  out, stack = [], ['']
+  while stack:
+    rel = stack.pop()
+    path = os.path.join(top, rel)
+    try:
+      seen.add(_real_id(path))
+      with os.scandir(path) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    except OSError as e:
+      raise errors.DataError(
+        f'cannot list {path}: {e.strerror or e}; fix its permissions or remove it'
+      ) from None
+    subdirs = []
+    for entry in entries:
+      if entry.name.startswith('.'):
+        continue
+      if entry.is_dir():
+        subdirs.append(entry)
+      elif is_image_name(entry.name):
+        kind = None if entry.is_file() else _special_kind(entry)
+        if kind:
+          raise _not_regular(entry.path, kind)
+        out.append(rel + entry.name)
+    for entry in reversed(subdirs):  # Depth first, in sorted order.
+      real = _real_id(entry.path)
+      if real not in seen:
+        seen.add(real)
+        stack.append(rel + entry.name + os.sep)
   return out
 
 
 def _list_split(root: str, split: str) -> dict[str, list[str]]:
   """{class name: its image files} of ROOT/split, each class holding some."""
   path = os.path.join(root, split)
-  classes, loose = {}, []
-  for entry in sorted(os.scandir(path), key=lambda e: e.name):
-    if entry.name.startswith('.'):
-      continue
-    if entry.is_dir():
-      classes[entry.name] = _class_files(root, os.path.join(split, entry.name))
-    elif _is_image(entry.name):
-      loose.append(entry.name)
+  entries = [
+    e for e in sorted(os.scandir(path), key=lambda e: e.name) if not e.name.startswith('.')
+  ]
+  class_dirs = [e for e in entries if e.is_dir()]
+  loose = [e.name for e in entries if not e.is_dir() and is_image_name(e.name)]
   if loose:
     hint = " (scripts/sort_imagenet_val.py sorts ImageNet's)" if split != TRAIN_DIR else ''
     raise errors.DataError(
       f'{path} holds image files directly (e.g. {loose[0]}), not in class folders: move '
       f'them into {path}/<class>/{hint}; the layout is {LAYOUT}'
     )
-  if not classes:
-    raise errors.DataError(f'{path} holds no class folders; the layout is {LAYOUT}')
-  for name, files in classes.items():
-    if not files:
+  if not class_dirs:
+    fix = (
+      'put class folders in it'
+      if split == TRAIN_DIR
+      else 'remove the empty folder or put class folders in it'
+    )
+    raise errors.DataError(f'{path} holds no class folders: {fix}; the layout is {LAYOUT}')
+  # Folders a class folder's links lead back to are not entered again: no loop,
+  # and no image counted under two classes.
+  seen = {_real_id(p) for p in (root, path, *(e.path for e in class_dirs))}
+  classes = {}
+  for entry in class_dirs:
+    prefix = os.path.join(split, entry.name) + os.sep
+    classes[entry.name] = [prefix + f for f in find_images(entry.path, seen)]
+    if not classes[entry.name]:
       raise errors.DataError(
-        f'class folder {os.path.join(path, name)} holds no image files '
+        f'class folder {entry.path} holds no image files '
         f'({", ".join(IMAGE_SUFFIXES)}): add its images or remove the folder'
       )
   return classes
@@ -274,7 +391,7 @@ def _order(files: list[str]) -> list[int]:
   examples for every process and every later evaluation.
   """
   key = str(ORDER_SEED).encode()
-  digests = [hashlib.blake2b(f.encode(), digest_size=8, key=key).digest() for f in files]
+  digests = [hashlib.blake2b(os.fsencode(f), digest_size=8, key=key).digest() for f in files]
   return sorted(range(len(files)), key=lambda i: (digests[i], files[i]))
 
 

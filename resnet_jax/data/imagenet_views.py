@@ -10,6 +10,9 @@ multi-scale test on canvas buckets. Knows nothing of Grain or the devices.
 import dataclasses
 import io
 import math
+import os
+import re
+import sys
 
 import cv2
 import numpy as np
@@ -27,8 +30,52 @@ CANVAS_MULTIPLE = 32
 DCT_FACTORS = (8, 4, 2, 1)  # libjpeg's power-of-two scaled IDCTs.
 
 
+# Pillow's modes of 16-bit greyscale PNGs ('I' in older Pillows).
+_WIDE_GREY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+
+
+# Raises Pillow's decompression-bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`) in
+# every process that decodes: Grain's worker processes start afresh, but
+# inherit the environment. A number of pixels, or 'none' for no limit.
+MAX_PIXELS_VARIABLE = 'RESNET_JAX_MAX_IMAGE_PIXELS'
+
+
+def set_pixel_limit(environ=os.environ):
+  """Applies `MAX_PIXELS_VARIABLE` to Pillow, if set (done at import)."""
+  value = environ.get(MAX_PIXELS_VARIABLE, '').strip().lower()
+  if not value:
+    return
+  try:
+    PIL.Image.MAX_IMAGE_PIXELS = None if value == 'none' else int(value)
+  except ValueError:
+    print(
+      f'warning: {MAX_PIXELS_VARIABLE}={value!r} is neither a number of pixels nor '
+      "'none': Pillow's limit stays as it is",
+      file=sys.stderr,
+    )
+
+
+set_pixel_limit()
+
+
 def _pillow_open(data: bytes) -> PIL.Image.Image:
   return PIL.Image.open(io.BytesIO(data))
+
+
+def too_large_reason(error: PIL.Image.DecompressionBombError) -> str:
+  """Why Pillow refused an image as too large, and the fixes, as one clause.
+
+  Pillow refuses images of more than 2 x `PIL.Image.MAX_IMAGE_PIXELS`
+  pixels (its decompression-bomb guard) before decoding them.
+  """
+  pixels = re.search(r'\((\d+) pixels\)', str(error))
+  count = f'{int(pixels[1]):,} pixels, ' if pixels else ''
+  limit = 2 * (PIL.Image.MAX_IMAGE_PIXELS or 0)
+  return (
+    f'too large for Pillow ({count}over its decompression-bomb limit of {limit:,} = 2 x '
+    f'PIL.Image.MAX_IMAGE_PIXELS): shrink the image, or raise the limit with '
+    f'{MAX_PIXELS_VARIABLE}=PIXELS (or none) in the environment'
+  )
 
 
 def image_size(jpeg: bytes) -> tuple[int, int]:
@@ -59,6 +106,17 @@ def _decode_pillow(data: bytes, min_shorter_side: int | None) -> np.ndarray:
     f = dct_factor(h, w, min_shorter_side)
     if f > 1:  # draft() picks the largest scale keeping both sides >= these.
       image.draft('RGB', (w // f, h // f))
+  return _to_rgb(image)
+
+
+def _to_rgb(image: PIL.Image.Image) -> np.ndarray:
+  """uint8 RGB of a Pillow image of any mode."""
+  if image.mode in _WIDE_GREY_MODES:
+    # convert('RGB') clips 16-bit values at 255 (almost white): scale instead,
+    # rounding value * 255 / 65535.
+    wide = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+    grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
   # convert() turns greyscale, CMYK, palette and RGBA into 3-channel RGB.
   return np.asarray(image.convert('RGB'))
 
