@@ -384,7 +384,10 @@ def record_config(workdir, config, step: int):
   path = workdir_path(workdir)
   current = json.loads(config.to_json_best_effort())
   config_file, history = path / 'config.json', path / 'config_history.jsonl'
-  previous = json.loads(config_file.read_text()) if config_file.exists() else None
+  previous = None
+  if config_file.exists():
+    with contextlib.suppress(ValueError):  # Unreadable (cut short): replaced whole.
+      previous = json.loads(config_file.read_text())
   if previous == current:
     return
   lines = history.read_text().splitlines() if history.exists() else []
@@ -425,7 +428,7 @@ def read_config(workdir) -> ml_collections.ConfigDict:
   path = workdir_path(workdir)
   saved = None
   if (path / 'config.json').exists():
-    saved = json.loads((path / 'config.json').read_text())
+    saved = _read_config_json(path / 'config.json')
   elif (path / CHECKPOINT_DIR).is_dir():
     with manager(workdir, create=False) as mngr:
       step = mngr.latest_step()
@@ -438,8 +441,49 @@ def read_config(workdir) -> ml_collections.ConfigDict:
   return config_lib.from_saved(saved)
 
 
+def _read_config_json(file: epath.Path) -> dict:
+  """A workdir's `config.json`; ConfigError naming it if it is not a JSON config."""
+  try:
+    saved = json.loads(file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise errors.ConfigError(
+      f'{file} is not valid JSON ({errors.first_line(e)}); delete it to use the config '
+      'saved in the latest checkpoint, or pass --config=<the config file it was trained with>'
+    ) from e
+  if not isinstance(saved, dict):
+    raise errors.ConfigError(
+      f'{file} holds a JSON {type(saved).__name__}, not a config (an object); delete it '
+      'to use the config saved in the latest checkpoint, or pass --config=<the config file>'
+    )
+  return saved
+
+
+def require_state(mngr: ocp.CheckpointManager, step: int):
+  """CheckpointError, with the fix, unless checkpoint `step` holds its `state`
+  item (a copy or clean-up may have dropped that directory alone)."""
+  if not (epath.Path(mngr.directory) / str(step) / 'state').is_dir():
+    raise errors.CheckpointError(
+      f'checkpoint {step} in {mngr.directory} has no state/ directory (its weights); '
+      'remove that step directory to fall back to an earlier checkpoint, or retrain the run'
+    )
+
+
+def latest_step(workdir) -> int | None:
+  """The latest committed checkpoint step of `workdir`, None if it has none
+  (or no `checkpoints/`); CheckpointError if that step lacks its state.
+  Reads only: creates nothing."""
+  if not (workdir_path(workdir) / CHECKPOINT_DIR).is_dir():
+    return None
+  with _without_missing_metadata_warnings(), manager(workdir, create=False) as mngr:
+    step = mngr.latest_step()
+    if step is not None:
+      require_state(mngr, step)
+  return step
+
+
 def _saved_norm_shapes(mngr: ocp.CheckpointManager, step: int) -> dict:
   """Shapes of the saved normalisation constants, from the checkpoint's metadata."""
+  require_state(mngr, step)
   metadata = ocp.PyTreeCheckpointer().metadata(epath.Path(mngr.directory) / str(step) / 'state')
   tree = getattr(metadata, 'item_metadata', metadata)
   tree = getattr(tree, 'tree', tree)

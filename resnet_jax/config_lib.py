@@ -11,6 +11,7 @@ fix in the message.
 import math
 import re
 
+import flax.traverse_util
 import ml_collections
 from ml_collections import config_dict
 
@@ -439,10 +440,42 @@ def _validate_optimizer(config, fail):
 
 
 def _validate_finetuning(config, fail):
+  pattern = config.get('freeze') or ''
   try:
-    re.compile(config.get('freeze') or '')
+    re.compile(pattern)
   except re.error as e:
     fail(f'freeze={config.freeze!r} is not a regular expression ({e})')
+  if pattern and (problem := freeze_problem(pattern, _parameter_names(config))):
+    fail(problem)
+
+
+def _parameter_names(config) -> list[str]:
+  """The config's model's parameter names ('stage1_block1/conv1/kernel'), from
+  shapes alone. Neither the dtype nor the number of classes changes a name."""
+  options = {
+    k: v
+    for k, v in config.model_options.items()
+    if v is not None and k not in ('dtype', 'num_classes')
+  }
+  params = models.abstract_variables(models.create_model(config.model, **options))['params']
+  return list(flax.traverse_util.flatten_dict(params, sep='/'))
+
+
+def freeze_problem(pattern: str, names: list[str]) -> str | None:
+  """Why `--config.freeze=pattern` (re.search on each name) cannot fine-tune
+  parameters `names`: it matches none of them, or all (nothing would train).
+  None if it can."""
+  regex = re.compile(pattern)
+  frozen = [name for name in names if regex.search(name)]
+  if not frozen:
+    return f'--config.freeze={pattern!r} matches no parameter (names look like {names[0]!r})'
+  if len(frozen) == len(names):
+    return (
+      f'--config.freeze={pattern!r} matches every parameter ({names[0]!r} ... {names[-1]!r}), '
+      "so nothing would train; narrow it, e.g. '^(conv_init|bn_init|stage1_)' (the stem "
+      "and first stage) or '^(?!fc/)' (all but the classifier)"
+    )
+  return None
 
 
 def _finite(x) -> bool:

@@ -25,13 +25,17 @@ one canvas, with each image's logits those of the image alone (see `ResNet`).
 
 import fnmatch
 import functools
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from resnet_jax import errors
 from resnet_jax.models import cpu_conv
 
 ModuleDef = Any
@@ -504,24 +508,58 @@ def create_model(name: str, **options) -> ResNet:
     An unbound `ResNet`; call `init(rng, x, train=False)` / `apply`.
 
   Raises:
-    ValueError: for an unknown name, option or option value.
+    ConfigError (a ValueError): an unknown name or option, or an option
+      value out of its range, named in the message.
   """
   if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; valid names: {", ".join(MODELS)}')
+    raise errors.ConfigError(f'unknown model {name!r}; valid names: {", ".join(MODELS)}')
   unknown = sorted(set(options) - set(OPTIONS))
   if unknown:
-    raise ValueError(
+    raise errors.ConfigError(
       f'unknown option(s) {unknown} for create_model; valid options: {", ".join(OPTIONS)}'
     )
-  if 'shortcut' in options and options['shortcut'] not in SHORTCUTS:
-    raise ValueError(f'shortcut must be one of {SHORTCUTS}, got {options["shortcut"]!r}')
-  if options.get('bn_group_size') is not None and options['bn_group_size'] < 1:
-    raise ValueError(
-      f'bn_group_size must be a positive integer or None, got {options["bn_group_size"]!r}'
-    )
+  for option, value in options.items():
+    is_valid, wanted = _OPTION_CHECKS[option]
+    if not is_valid(value):
+      raise errors.ConfigError(f'{option}={value!r}: it must be {wanted}')
   if 'dtype' in options:
     options['dtype'] = jnp.dtype(options['dtype'])
   return ResNet(**{**MODELS[name], **options})
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_dtype(value) -> bool:
+  try:
+    jnp.dtype(value)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
+def _is_bool(value) -> bool:
+  return isinstance(value, (bool, np.bool_))
+
+
+# option -> (is its value valid, what it must be). Caught by `create_model`:
+# a bad value otherwise fails deep inside `init` (a division by zero, an MLIR error).
+_OPTION_CHECKS = {
+  'num_classes': (lambda v: _is_int(v) and v >= 1, 'a positive integer (the classifier outputs)'),
+  'shortcut': (lambda v: v in SHORTCUTS, f'one of {SHORTCUTS}'),
+  'dtype': (_is_dtype, 'a dtype (e.g. float32, bfloat16)'),
+  'bn_momentum': (lambda v: _is_real(v) and 0 <= v <= 1, 'a number in [0, 1] (e.g. 0.9)'),
+  'bn_epsilon': (lambda v: _is_real(v) and 0 <= v < math.inf, 'a finite number >= 0 (e.g. 1e-5)'),
+  'bn_group_size': (lambda v: v is None or (_is_int(v) and v >= 1), 'a positive integer or None'),
+  'zero_init_last_bn': (_is_bool, 'True or False'),
+  'downsample_on_3x3': (_is_bool, 'True or False'),
+  'scan_blocks': (_is_bool, 'True or False'),
+}
 
 
 def init_variables(model: ResNet, image_shape, rng) -> tuple[Any, Any]:

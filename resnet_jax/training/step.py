@@ -28,6 +28,7 @@ from typing import Any
 
 import flax
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -115,11 +116,10 @@ def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.Gradien
   """
   mask = weight_decay_mask(params, config.optimizer.exclude_bn_and_bias)
   labels = frozen_labels(params, config.freeze) if config.get('freeze') else None
-  if labels is not None and 'frozen' not in jax.tree.leaves(labels):
-    example = '/'.join(k.key for k in jax.tree_util.tree_flatten_with_path(params)[0][0][0])
-    raise errors.ConfigError(
-      f'--config.freeze={config.freeze!r} matches no parameter (names look like {example!r})'
-    )
+  if labels is not None:
+    names = list(flax.traverse_util.flatten_dict(params, sep='/'))
+    if (problem := config_lib.freeze_problem(config.freeze, names)) is not None:
+      raise errors.ConfigError(problem)
 
   @optax.inject_hyperparams
   def sgd_with_l2(learning_rate, momentum, weight_decay):

@@ -29,33 +29,69 @@ def is_weights_file(source: str) -> bool:
 
 
 def check(config):
-  """ConfigError/MissingError, before anything is compiled, unless
+  """ConfigError/MissingError, before anything is compiled or written, unless
   `config.init_from` names a readable source of the config's architecture."""
   source = config.get('init_from')
   if not source:
     return
   if is_weights_file(source):
-    if not os.path.exists(source):
-      raise errors.MissingError(
-        f'--config.init_from={source}: no such file; give a torchvision .pth/.safetensors '
-        'file or a training workdir'
-      )
-    _check_torchvision_options(config, torchvision.infer_name(_torchvision_file(source)))
-    return
+    _check_weights_file(config, source)
+  else:
+    _check_workdir(config, source)
+
+
+_ACCEPTED = 'give a training workdir of this project or a torchvision .pth/.pt/.safetensors file'
+
+
+def _check_workdir(config, source):
+  """The source workdir holds a checkpoint of the config's architecture."""
+  path = checkpointing.workdir_path(source)
+  if not path.is_dir():
+    what = 'not a directory' if path.exists() else 'no such file or directory'
+    raise errors.MissingError(f'--config.init_from={source}: {what}; {_ACCEPTED}')
   try:
-    checkpointing.require_checkpoints(source)
-    saved = checkpointing.read_config(source)
-  except errors.MissingError as e:
+    step = checkpointing.latest_step(source)
+    saved = checkpointing.read_config(source) if step is not None else None
+  except errors.UserError as e:
+    raise _about_source(source, e) from e
+  if step is None:
     raise errors.MissingError(
-      f'--config.init_from={source}: {e} Give a training workdir or a torchvision '
-      '.pth/.safetensors file.'
-    ) from e
+      f'--config.init_from={source} holds no saved checkpoint (nothing in its '
+      f'{checkpointing.CHECKPOINT_DIR}/); train it until it saves one, or {_ACCEPTED}'
+    )
   mine, theirs = _architecture(config), _architecture(saved)
   if mine != theirs:
     raise errors.ConfigError(
       f'--config.init_from={source} holds {theirs}, this run builds {mine}; start '
       'from a workdir of the same architecture (only the number of classes may differ)'
     )
+
+
+def _check_weights_file(config, source):
+  """The source file is a torchvision ResNet state dict of the config's net."""
+  if not os.path.exists(source):
+    raise errors.MissingError(f'--config.init_from={source}: no such file; {_ACCEPTED}')
+  state_dict = _torchvision_file(source)
+  name = torchvision.infer_name(state_dict)
+  if name is None:
+    keys = f'keys such as {next(iter(state_dict))!r}' if state_dict else 'no tensors'
+    raise errors.ConfigError(
+      f'--config.init_from={source} is not a torchvision ResNet state dict (it has '
+      f'{keys}, not those of {", ".join(torchvision.TORCHVISION_MODELS)}); {_ACCEPTED}'
+    )
+  _check_torchvision_options(config, name)
+  try:  # Every key and shape, as `initialize` will read them.
+    torchvision.from_torchvision(state_dict, name)
+  except errors.UserError as e:
+    raise _about_source(source, e) from e
+
+
+def _about_source(source, e: errors.UserError) -> errors.UserError:
+  """`e`, of its type, its message about the source said of the flag that named it."""
+  message = str(e)
+  if message.startswith(str(source)):
+    return type(e)(f'--config.init_from={source}{message[len(str(source)) :]}')
+  return type(e)(f'--config.init_from={source}: {message}')
 
 
 def _architecture(config) -> dict:
@@ -65,7 +101,10 @@ def _architecture(config) -> dict:
 
 
 def _torchvision_file(path):
-  return torchvision.load_file(path)
+  try:
+    return torchvision.load_file(path)
+  except errors.UserError as e:
+    raise _about_source(path, e) from e
 
 
 def _check_torchvision_options(config, name):

@@ -343,6 +343,34 @@ def _check_suffix(path) -> str:
   return path
 
 
+def _import_torch(path):
+  """The torch module; MissingError, with the ways out, where it is not installed."""
+  try:
+    import torch
+  except ImportError as e:
+    raise errors.MissingError(
+      f'{path}: a .pth/.pt file needs torch, which is not installed; install the torch '
+      'extra (pip install -e ".[torch]"), or, where torch is installed, convert it to '
+      f'.safetensors: python -m resnet_jax.weights.torchvision --torch_file={path} '
+      '--workdir=DIR, then python -m resnet_jax.weights.torchvision --export '
+      '--workdir=DIR --torch_file=OUT.safetensors'
+    ) from e
+  return torch
+
+
+def _import_safetensors(path):
+  """safetensors.numpy; MissingError, with the fix, where it is not installed."""
+  try:
+    import safetensors.numpy
+  except ImportError as e:
+    raise errors.MissingError(
+      f'{path}: a .safetensors file needs the safetensors package, which is not '
+      'installed; install it (pip install safetensors, or the torch extra: '
+      'pip install -e ".[torch]")'
+    ) from e
+  return safetensors.numpy
+
+
 def load_file(path) -> dict:
   """A state dict from a `.pth`/`.pt` file (needs torch) or a `.safetensors`
   file (safetensors.numpy, no torch), as {key: numpy array}."""
@@ -350,16 +378,14 @@ def load_file(path) -> dict:
   if not os.path.exists(path):
     raise errors.MissingError(f'{path} does not exist')
   if path.endswith(_SAFETENSORS_SUFFIX):
-    from safetensors.numpy import load_file as load
-
+    load = _import_safetensors(path).load_file
     try:
       return dict(load(path))
     except Exception as e:  # A truncated or garbage file: its header does not parse.
       raise WeightsError(
         f'{path} is not a readable .safetensors file ({errors.first_line(e)})'
       ) from e
-  import torch
-
+  torch = _import_torch(path)
   try:
     loaded = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # Pickled objects other than tensors, corrupt files.
@@ -381,12 +407,9 @@ def save_file(state_dict, path):
   # writable copies (torch.from_numpy warns about read-only arrays).
   arrays = {key: np.array(_as_numpy(value, key), order='C') for key, value in state_dict.items()}
   if path.endswith(_SAFETENSORS_SUFFIX):
-    from safetensors.numpy import save_file as save
-
-    save(arrays, path)
+    _import_safetensors(path).save_file(arrays, path)
   else:
-    import torch
-
+    torch = _import_torch(path)
     torch.save({key: torch.from_numpy(a) for key, a in arrays.items()}, path)
 
 
