@@ -13,9 +13,13 @@ preemption sync point picks that step (a process that stopped alone would
 wait forever in the next collective); in one process, a signal handler.
 """
 
+import contextlib
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -32,6 +36,8 @@ from resnet_jax import errors
 INITIALIZATION_TIMEOUT = 300
 HEARTBEAT_TIMEOUT = 60
 SHUTDOWN_TIMEOUT = 60
+# How long a stop request waits for the step boundary before giving up.
+STOP_GRACE_S = 60
 
 _state = {'initialized': False}
 
@@ -141,14 +147,21 @@ class StopRequest:
 
   Use as a context manager; call `reached(step)` once after each step, in
   every process, with the same steps. The first Ctrl-C asks for a save and a
-  clean stop, like SIGTERM; a second one interrupts at once (nothing saved).
+  clean stop, like SIGTERM; a second one ends the process at once (exit 130,
+  nothing saved), wherever it waits. A stop that reaches no step boundary
+  within `STOP_GRACE_S` (plus twice the slowest step seen: a read or a device
+  that blocks) ends the process with exit 1 and one line: `kept()` says which
+  checkpoint is the last good one.
   """
 
-  def __init__(self):
+  def __init__(self, kept: Callable[[], str] | None = None):
     self.signal_name = None
     self._distributed = is_initialized()
     self._local = False
     self._previous = {}
+    self._kept = kept
+    self._timer = None
+    self._last_reached, self._slowest = None, 0.0
 
   def __enter__(self):
     signums = [signal.SIGINT] + ([] if self._distributed else [signal.SIGTERM])
@@ -161,8 +174,10 @@ class StopRequest:
 
   def _handle(self, signum, frame):
     del frame
-    if signum == signal.SIGINT and self.signal_name == 'Ctrl-C':
-      raise KeyboardInterrupt  # The second Ctrl-C: stop now.
+    if self.signal_name is not None:  # A stop is under way.
+      if signum == signal.SIGINT:
+        _exit_now(130, errors.INTERRUPTED)
+      return
     self.signal_name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
     print(
       f'{self.signal_name}: saving a checkpoint after the current step '
@@ -170,6 +185,7 @@ class StopRequest:
       file=sys.stderr,
       flush=True,
     )
+    self._start_timer()
     if self._distributed and signum == signal.SIGINT:
       # JAX's preemption notifier listens for SIGTERM: pass Ctrl-C on to it,
       # so that the other processes agree on the same stopping step.
@@ -177,13 +193,47 @@ class StopRequest:
     else:
       self._local = True
 
+  def _start_timer(self):
+    grace = STOP_GRACE_S + 2 * self._slowest
+    # A thread, not the main one: that may be the one blocked.
+    self._timer = threading.Timer(grace, self._give_up, args=(grace,))
+    self._timer.daemon = True
+    self._timer.start()
+
+  def _give_up(self, grace: float):
+    kept = self._kept() if self._kept is not None else ''
+    _exit_now(
+      1,
+      f'error: {self.signal_name}: no step finished within {grace:.0f} s of it (a read '
+      f'or a device that does not answer); stopped without saving. {kept}'.rstrip(),
+    )
+
   def reached(self, step: int) -> bool:
     """Whether every process stops after `step` (the same answer everywhere)."""
+    now = time.monotonic()
+    if self._last_reached is not None:
+      self._slowest = max(self._slowest, now - self._last_reached)
+    self._last_reached = now
     if self._distributed:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._local
+      stop = multihost_utils.reached_preemption_sync_point(step)
+    else:
+      stop = self._local
+    if stop and self._timer is not None:
+      self._timer.cancel()
+    return stop
 
   def __exit__(self, *exc):
+    if self._timer is not None:
+      self._timer.cancel()
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
     self._previous = {}
+
+
+def _exit_now(code: int, line: str):
+  """Ends the process at once with one line on stderr: no clean-up runs, so
+  nothing can block it (Orbax never commits a checkpoint half-written)."""
+  with contextlib.suppress(Exception):
+    sys.stdout.flush()
+  print(line, file=sys.stderr, flush=True)
+  os._exit(code)

@@ -41,8 +41,31 @@ class SaveError(UserError, OSError):
   """A checkpoint that could not be written (disk full, permissions, storage)."""
 
 
+class WriteError(SaveError):
+  """A workdir file other than a checkpoint (metrics, logs, results) that could
+  not be written."""
+
+
 class DivergedError(UserError, FloatingPointError):
   """Training produced a non-finite loss or gradient."""
+
+
+# What a run stopped at once by Ctrl-C says as it exits (code 130).
+INTERRUPTED = (
+  'error: interrupted by Ctrl-C: stopped at once, without saving; the checkpoints '
+  'already saved are kept. Run the same command to resume from the latest.'
+)
+
+
+@contextlib.contextmanager
+def writing(path):
+  """Turns a storage error (disk full, permissions) while writing `path` into a
+  `WriteError` naming it, which stops the run in one line."""
+  try:
+    yield
+  except OSError as e:
+    what = (e.strerror or str(e)).lower()
+    raise WriteError(f'writing {path} failed ({type(e).__name__}: {what})') from e
 
 
 def first_line(e: BaseException) -> str:
@@ -74,12 +97,7 @@ def one_line_errors():
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
   except KeyboardInterrupt:
-    print(
-      'error: interrupted by Ctrl-C: stopped at once, without saving; the checkpoints '
-      'already saved are kept. Run the same command to resume from the latest.',
-      file=sys.stderr,
-      flush=True,
-    )
+    print(INTERRUPTED, file=sys.stderr, flush=True)
     sys.exit(130)
   # On success only: after an error, Orbax's threads of a failed save still
   # report as the interpreter shuts down, so the filter stays to the end.

@@ -28,7 +28,15 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpointing, config_lib, distributed, errors, experiment, progress
+from resnet_jax import (
+  checkpointing,
+  config_lib,
+  distributed,
+  errors,
+  experiment,
+  progress,
+  workdir_lock,
+)
 from resnet_jax import data as data_lib
 from resnet_jax.data import core as data_core
 
@@ -197,11 +205,12 @@ def evaluate_protocol(
   return {'split': split, **metrics(probs, labels)}
 
 
-def evaluate_splits(scorer: Scorer, variables, norm, dataset, config) -> dict:
+def evaluate_splits(scorer: Scorer, variables, norm, dataset, config, splits=None) -> dict:
   """The center protocol on every evaluation split (the held-out slice too),
-  as {'<split>_error', '<split>_top5_error', '<split>_loss'}: what training logs."""
+  or on `splits`, as {'<split>_error', '<split>_top5_error', '<split>_loss'}:
+  what training logs."""
   results = {}
-  for split in dataset.eval_splits():
+  for split in dataset.eval_splits() if splits is None else splits:
     out = evaluate_protocol('center', scorer, variables, norm, dataset, split, config)
     results[f'{split}_error'] = out['top1_error']
     results[f'{split}_top5_error'] = out['top5_error']
@@ -318,8 +327,9 @@ def record(workdir: str, config, protocol: str, result: dict, step: int, key: st
     results = {'step': step, 'protocols': {}}
   results['protocols'][key or protocol] = result
   tmp = path.parent / 'eval.json.tmp'  # Written whole, then renamed over.
-  tmp.write_text(json.dumps(results, indent=2))
-  tmp.replace(path)
+  with errors.writing(path):
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(path)
 
 
 def has_final_results(workdir, config, step: int) -> bool:
@@ -346,45 +356,73 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=No
     {'step', 'protocol', 'split', 'top1_error', 'top5_error', 'loss', 'count'}.
   """
   config_lib.validate_for_evaluation(config, jax.device_count())
-  protocol = config.eval.protocol
-  if protocol != 'ensemble':
-    checkpointing.require_checkpoints(workdir)  # The workdir first: it is the likelier typo.
-    trained = checkpointing.read_config(workdir)
+  if config.eval.protocol == 'ensemble':
+    score = _ensemble_scoring(config, data)
+  else:
+    score = _checkpoint_scoring(config, workdir, data)
+  checkpointing.prepare_workdir(workdir)  # eval.json goes there: writable before scoring.
+  with workdir_lock.held(
+    workdir, 'evaluation', is_holder=jax.process_index() == 0, agree=distributed.all_true
+  ):
+    step, key, result = score()
+    protocol = config.eval.protocol
+    record(workdir, config, protocol, {'dataset': config.input.dataset, **result}, step, key)
+  return {'step': step, 'protocol': config.eval.protocol, **result}
+
+
+def _evaluation_dataset(config, data):
+  """The config's dataset, checked for its evaluation split before any compile."""
   if data is None:
     data_lib.check_dataset(config.input)
   dataset = data_lib.create(config, preloaded=data)
-  split = dataset.info.eval_split
-  dataset.check_splits([split])
-  if protocol == 'ensemble':
-    members = check_ensemble(config, dataset)
-  checkpointing.prepare_workdir(workdir)  # eval.json goes there: writable before scoring.
-  mesh = distributed.make_mesh()
-  key = protocol
-  if protocol == 'ensemble':
-    result = evaluate_ensemble(config, dataset, mesh, split, members)
-    step = None
-  else:
+  dataset.check_splits([dataset.info.eval_split])
+  return dataset
+
+
+def _ensemble_scoring(config, data):
+  """Checks an ensemble's members; returns `() -> (None, key, result)`."""
+  dataset = _evaluation_dataset(config, data)
+  members = check_ensemble(config, dataset)
+
+  def score():
+    split = dataset.info.eval_split
+    result = evaluate_ensemble(config, dataset, distributed.make_mesh(), split, members)
+    return None, 'ensemble', result
+
+  return score
+
+
+def _checkpoint_scoring(config, workdir, data):
+  """Checks the workdir and the dataset; returns `() -> (step, key, result)`
+  for the workdir's latest checkpoint."""
+  checkpointing.require_checkpoints(workdir)  # The workdir first: it is the likelier typo.
+  trained = checkpointing.read_config(workdir)
+  dataset = _evaluation_dataset(config, data)
+
+  def score():
+    mesh = distributed.make_mesh()
     other_dataset = trained.input.dataset != config.input.dataset
     loaded = checkpointing.load_workdir(
       workdir,
       _as_trained(config, trained) if other_dataset else config,
       sharding=NamedSharding(mesh, P()),
     )
+    scored, key = dataset, config.eval.protocol
     if other_dataset:
-      dataset = _relabeled(dataset, loaded, trained.input.dataset)
-      key = f'{protocol}:{config.input.dataset}'
+      scored = _relabeled(dataset, loaded, trained.input.dataset)
+      key = f'{key}:{config.input.dataset}'
     result = evaluate_protocol(
-      protocol,
-      Scorer(loaded.model, dataset, mesh),
+      config.eval.protocol,
+      Scorer(loaded.model, scored, mesh),
       loaded.variables,
       loaded.norm,
-      dataset,
-      split,
+      scored,
+      dataset.info.eval_split,
       config,
     )
-    step = loaded.step
-  record(workdir, config, protocol, {'dataset': config.input.dataset, **result}, step, key)
-  return {'step': step, 'protocol': protocol, **result}
+    return loaded.step, key, result
+
+  return score
 
 
 def _as_trained(config, trained) -> ml_collections.ConfigDict:

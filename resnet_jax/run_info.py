@@ -28,7 +28,7 @@ import time
 import jax
 from etils import epath
 
-from resnet_jax import cpu_devices
+from resnet_jax import cpu_devices, errors
 
 PACKAGES = (
   'jax',
@@ -178,8 +178,10 @@ def record(workdir, env: dict):
     except ValueError:  # Cut short (a run killed as it wrote it): kept as text.
       previous = json.dumps({'unreadable': text})
     before = history.read_text() if history.exists() else ''
-    history.write_text(before + previous + '\n')
-  current.write_text(json.dumps(env, indent=2) + '\n')
+    with errors.writing(history):
+      history.write_text(before + previous + '\n')
+  with errors.writing(current):
+    current.write_text(json.dumps(env, indent=2) + '\n')
 
 
 class _RemoteLog:
@@ -248,17 +250,21 @@ class _Tee:
       self._guarded(self._on_open, self._log)
 
   def _guarded(self, fn, *args):
-    """fn(*args); if it fails, the run goes on without its log file (one warning)."""
+    """fn(*args); a storage error stops the run (`errors.WriteError`, raised
+    from the `print` that met it), once: the log is closed, later lines are
+    only printed."""
     try:
       return fn(*args)
-    except Exception as e:  # noqa: BLE001 - any storage error: the log is only a copy.
+    except OSError as e:
       self._failed = True
       log, self._log = self._log, None
       if log is not None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError):
           log.close()
-      print(f'warning: cannot write {self._path} ({e}); not copying stdout there', file=sys.stderr)
-      return None
+      if isinstance(e, errors.WriteError):  # env.json, written as the log opens.
+        raise
+      with errors.writing(self._path):
+        raise
 
   def close_log(self):
     with self._lock:

@@ -3,6 +3,8 @@ many command lines forked from one interpreter.
 
     python tests/fault_worker.py train WORKDIR [--kill_at_save=N]
         [--kill_in_final_eval] [--fail_save=N] [--step_seconds=S --total_steps=N]
+        [--fail_eval=N] [--fail_write=tensorboard:N|eval.json]
+        [--block_at_step=N] [--stop_grace=S]
     python tests/fault_worker.py evaluate WORKDIR
     python tests/fault_worker.py cli CASES.json RESULTS.json
 
@@ -10,7 +12,11 @@ many command lines forked from one interpreter.
 through `cli.run`, as the command lines do. The faults: SIGKILL of
 this process while checkpoint N is being written, or as the final evaluation
 starts; a write error (no space left) in the save of checkpoint N; steps
-slowed to S seconds each (for signals sent during a step).
+slowed to S seconds each (for signals sent during a step); the evaluation
+at step N failing (an unreadable test image); a write error (no space left)
+in TensorBoard's file at step N or in eval.json; the input blocking for good
+as step N asks for its batch (it prints 'blocked' first), with the stop
+request's grace time cut to S seconds.
 
 `cli` runs each case of CASES.json ({'module', 'argv'}) in a child forked from
 this interpreter, which has imported the project's libraries but not started
@@ -59,6 +65,86 @@ def _inject(args):
       return original_final(*a, **k)
 
     evaluation.final_protocols = final_protocols
+  _inject_eval_failure(args.fail_eval)
+  _inject_write_failure(args.fail_write)
+  _inject_blocked_input(args.block_at_step)
+  if args.stop_grace is not None:
+    from resnet_jax import distributed
+
+    distributed.STOP_GRACE_S = args.stop_grace
+
+
+def _no_space(path):
+  return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def _inject_eval_failure(at_step):
+  from resnet_jax import errors
+  from resnet_jax.training import loop
+
+  original = loop._Run._evaluate
+
+  def evaluate(self, steering):
+    if self.step == at_step:
+      raise errors.DataError(f'an unreadable test image (injected at step {self.step})')
+    return original(self, steering)
+
+  loop._Run._evaluate = evaluate
+
+
+def _inject_write_failure(spec):
+  from etils import epath
+
+  from resnet_jax.training import metric_writers
+
+  if spec and spec.startswith('tensorboard:'):
+    at_step, original = int(spec.split(':')[1]), metric_writers._EventFile.write
+
+    def write(self, step, scalars):
+      if step == at_step:
+        raise _no_space(self._events._file_name)
+      return original(self, step, scalars)
+
+    metric_writers._EventFile.write = write
+  elif spec == 'eval.json':
+    path_type = type(epath.Path('.'))
+    original = path_type.write_text
+
+    def write_text(self, *a, **k):
+      if self.name == 'eval.json.tmp':
+        raise _no_space(self)
+      return original(self, *a, **k)
+
+    path_type.write_text = write_text
+
+
+def _inject_blocked_input(at_step):
+  import threading
+
+  from resnet_jax.training import loop
+
+  original = loop._Run._open_batches
+
+  class Blocking:
+    """The run's batches, until the one for step `at_step`: that never comes."""
+
+    def __init__(self, batches):
+      self.batches, self.taken = batches, 0
+
+    def __next__(self):
+      self.taken += 1
+      if self.taken == at_step:
+        print('blocked', flush=True)
+        threading.Event().wait()
+      return next(self.batches)
+
+    def __getattr__(self, name):
+      return getattr(self.batches, name)
+
+  def open_batches(self):
+    return Blocking(original(self)) if at_step else original(self)
+
+  loop._Run._open_batches = open_batches
 
 
 def _slow_steps(seconds: float):
@@ -160,6 +246,10 @@ def main():
   parser.add_argument('--kill_in_final_eval', action='store_true')
   parser.add_argument('--step_seconds', type=float)
   parser.add_argument('--total_steps', type=int)
+  parser.add_argument('--fail_eval', type=int)
+  parser.add_argument('--fail_write')
+  parser.add_argument('--block_at_step', type=int)
+  parser.add_argument('--stop_grace', type=float)
   train_or_evaluate(parser.parse_args())
 
 

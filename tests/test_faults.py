@@ -10,8 +10,10 @@ one interpreter, and must leave the workdir as it was.
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -147,6 +149,123 @@ def test_second_ctrl_c_exits_130_in_one_line(tmp_path):
   assert process.returncode == 130, rest[-3000:]
   lines = nonempty_lines(rest)
   assert len(lines) == 1 and lines[0].startswith('error: interrupted by Ctrl-C'), rest[-3000:]
+
+
+def start_worker(*args) -> subprocess.Popen:
+  return subprocess.Popen(
+    [sys.executable, WORKER, *map(str, args)],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
+
+
+def wait_for_line(process, prefix: str):
+  for line in process.stdout:
+    if line.startswith(prefix):
+      return
+  raise AssertionError(f'no line starting {prefix!r}: {process.stderr.read()[-3000:]}')
+
+
+def test_failed_evaluation_loses_no_training(tmp_path, reference):
+  result = worker('train', tmp_path, '--fail_eval=3')
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = nonempty_lines(result.stderr)
+  assert len(lines) == 1 and 'an unreadable test image' in lines[0], result.stderr[-3000:]
+  # The interval before the evaluation was saved, and the config is there.
+  assert saved_steps(tmp_path, fault_config()) == [3]
+  assert json.loads((tmp_path / 'config.json').read_text())['schedule']['total_steps'] == 12
+  rerun(tmp_path)
+  assert_same_outcome(tmp_path, reference)
+
+
+@pytest.mark.parametrize(
+  'fault, message',
+  [
+    (
+      'tensorboard:6',
+      r'writing \S+/tensorboard failed \(OSError: no space left on device\); '
+      r'training stopped at step 6\. Checkpoint 3 is intact',
+    ),
+    (
+      'eval.json',
+      r'writing \S+/eval\.json failed \(OSError: no space left on device\); '
+      r'training stopped at step 12\. Checkpoint 12 is intact',
+    ),
+  ],
+)
+def test_a_writer_fault_stops_in_one_line_and_keeps_the_checkpoints(
+  tmp_path, reference, fault, message
+):
+  result = worker('train', tmp_path, f'--fail_write={fault}')
+  assert result.returncode == 1, result.stderr[-3000:]
+  lines = nonempty_lines(result.stderr)
+  assert len(lines) == 1 and re.match('error: ' + message, lines[0]), result.stderr[-3000:]
+  rerun(tmp_path)
+  assert_same_outcome(tmp_path, reference)
+
+
+def test_a_stop_that_reaches_no_step_ends_in_one_line_naming_the_last_checkpoint(tmp_path):
+  process = start_worker('train', tmp_path, '--block_at_step=5', '--stop_grace=2')
+  try:
+    wait_for_line(process, 'blocked')  # Step 4's batch never comes.
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 1, err[-3000:]
+  lines = nonempty_lines(err)
+  assert len(lines) == 2 and lines[0].startswith('SIGTERM: saving a checkpoint'), err[-3000:]
+  assert lines[1].startswith('error: SIGTERM: no step finished within'), lines[1]
+  assert lines[1].endswith(
+    'The last good checkpoint is step 3: run the same command to resume from it.'
+  )
+  assert saved_steps(tmp_path, fault_config()) == [3]
+
+
+@pytest.mark.parametrize('first', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_after_a_stop_request_ends_a_blocked_run_at_once(tmp_path, first):
+  process = start_worker('train', tmp_path, '--block_at_step=5')
+  try:
+    wait_for_line(process, 'blocked')
+    process.send_signal(first)
+    notice = process.stderr.readline()
+    assert notice.startswith('Ctrl-C: saving' if first == signal.SIGINT else 'SIGTERM: saving')
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)  # Far less than the stop's grace time.
+  finally:
+    process.kill()
+  assert process.returncode == 130, rest[-3000:]
+  lines = nonempty_lines(rest)
+  assert len(lines) == 1 and lines[0].startswith('error: interrupted by Ctrl-C'), rest[-3000:]
+
+
+def test_a_second_run_in_a_workdir_is_refused_and_a_killed_ones_lock_taken_over(tmp_path, capfd):
+  first = start_worker('train', tmp_path, '--step_seconds=0.5', '--total_steps=600')
+  try:
+    wait_for_line(first, 'step ')
+    second = worker('train', tmp_path)
+    evaluate = worker('evaluate', tmp_path)
+  finally:
+    first.kill()
+    first.wait()
+  for result in (second, evaluate):
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = nonempty_lines(result.stderr)
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert f'is in use by training on host {socket.gethostname()}, pid {first.pid}' in lines[0]
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert all(
+    a['step'] < b['step'] for a, b in zip(rows, rows[1:]) if 'train_loss' in a and 'train_loss' in b
+  )
+  capfd.readouterr()
+  rerun(tmp_path)  # The killed run's lock is stale: taken over.
+  err = capfd.readouterr().err
+  assert f'warning: took over the lock of {tmp_path} from training on host' in err
+  assert f'pid {first.pid} is not running' in err
+  assert not (tmp_path / 'lock.json').exists()
 
 
 def test_unreadable_latest_checkpoint_falls_back_quietly_and_bit_identically(

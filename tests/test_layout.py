@@ -18,6 +18,7 @@ LAYERS = (
     'resnet_jax.cpu_memory',
     'resnet_jax.cli',
     'resnet_jax.progress',
+    'resnet_jax.workdir_lock',
   ),
   ('resnet_jax.models',),
   ('resnet_jax.data',),

@@ -167,14 +167,16 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere(reference_runs, t
   outputs = run(workdir, fault='sigterm', fault_step=2, fault_process=1, checkpoint_every_steps=100)
   with checkpointing.manager(workdir, create=False) as mngr:
     steps = mngr.all_steps()
-  assert len(steps) == 1 and 2 <= steps[0] <= 4, (steps, outputs[0])
+  # The stop's step, and the evaluation's at step 3 (saved before it) if it came first.
+  stop = max(steps)
+  assert 2 <= stop <= 4 and set(steps) <= {3, stop}, (steps, outputs[0])
   assert 'Stopped on' in outputs[0]
   # Both processes saved their data position at that step.
-  data_dir = os.path.join(workdir, 'checkpoints', str(steps[0]), 'data')
+  data_dir = os.path.join(workdir, 'checkpoints', str(stop), 'data')
   assert {'process_0-of-2.json', 'process_1-of-2.json'} <= set(os.listdir(data_dir))
   # Resuming finishes the run with the uninterrupted run's parameters.
   outputs = run(workdir, checkpoint_every_steps=100)
-  assert f'Resumed from step {steps[0]}' in outputs[0]
+  assert f'Resumed from step {stop}' in outputs[0]
   assert_same_state(final_state(workdir), final_state(multi), exact=True)
 
 

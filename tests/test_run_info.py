@@ -11,7 +11,7 @@ import time
 import jax
 import pytest
 
-from resnet_jax import progress, run_info
+from resnet_jax import errors, progress, run_info
 
 ENV = {
   'backend': 'gpu',
@@ -161,13 +161,15 @@ def test_tee_on_open_may_print_itself(tmp_path):
   assert (tmp_path / 'log.txt').read_text() == 'header\na\n'
 
 
-def test_tee_keeps_the_run_going_when_the_log_cannot_be_written(tmp_path, capsys):
+def test_tee_stops_the_run_once_when_the_log_cannot_be_written(tmp_path, capsys):
   (tmp_path / 'file').write_text('')  # A file where the workdir should be.
   with run_info.tee_stdout(tmp_path / 'file'):
-    print('still printed')
+    with pytest.raises(errors.WriteError, match=r'writing .*file/log\.txt failed'):
+      print('still printed')
+    print('and the error line after it')  # The log is given up: no second error.
   out, err = capsys.readouterr()
-  assert out == 'still printed\n'
-  assert err.startswith('warning: cannot write') and len(err.splitlines()) == 1
+  assert out.startswith('still printed') and out.endswith('and the error line after it\n')
+  assert err == ''
 
 
 def test_logged_run_prints_the_environment_then_records_at_the_first_line(tmp_path, capsys):

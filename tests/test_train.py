@@ -223,7 +223,8 @@ def test_stop_signal_saves_within_two_steps(tmp_path, monkeypatch, signum):
   config.checkpoint_every_steps = 100
   previous = signal.getsignal(signum)
   loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
-  assert saved_steps(tmp_path, config) == [5]  # Saved where it stopped, not at the end.
+  # Saved where it stopped, not at the end (and before the evaluation at step 3).
+  assert saved_steps(tmp_path, config) == [3, 5]
   assert len(outputs) == 5  # Nothing dispatched after the signal's step.
   assert signal.getsignal(signum) is previous  # The handler is put back.
   # config.json holds the config that trained.
@@ -249,8 +250,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
   assert saved_steps(tmp_path, config) == [3]  # The good one; nothing saved after.
 
 
-def test_diverged_fresh_run_leaves_no_config(tmp_path, monkeypatch):
-  """A run that saves nothing records no config.json (it trained nothing)."""
+def test_diverged_fresh_run_saves_nothing_but_its_config(tmp_path, monkeypatch):
+  """config.json is written before the first step; no checkpoint of a bad step."""
 
   def on_call(n, out):
     state, metrics = out
@@ -259,7 +260,8 @@ def test_diverged_fresh_run_leaves_no_config(tmp_path, monkeypatch):
   patch_compiled_step(monkeypatch, on_call)
   with pytest.raises(FloatingPointError, match='at step 1;.*no checkpoint was saved'):
     loop.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())
-  assert not (tmp_path / 'config.json').exists()
+  assert json.loads((tmp_path / 'config.json').read_text())['model'] == 'cifar_resnet20'
+  assert not list((tmp_path / 'checkpoints').iterdir())
 
 
 def test_workdir_of_another_model_fails_before_compiling(tmp_path, monkeypatch):

@@ -24,7 +24,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax import checkpointing, config_lib, distributed, errors, evaluation, experiment
+from resnet_jax import (
+  checkpointing,
+  config_lib,
+  distributed,
+  errors,
+  evaluation,
+  experiment,
+  workdir_lock,
+)
 from resnet_jax import data as data_lib
 from resnet_jax.training import metric_writers
 from resnet_jax.training import step as step_lib
@@ -84,7 +92,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
   dataset.check_splits()
   init_from.check(config)
   checkpointing.prepare_workdir(workdir)
-  with checkpointing.managed(workdir, config.keep_checkpoints) as manager:
+  with (
+    workdir_lock.held(
+      workdir, 'training', is_holder=jax.process_index() == 0, agree=distributed.all_true
+    ),
+    checkpointing.managed(workdir, config.keep_checkpoints) as manager,
+  ):
     trainer = step_lib.Trainer(
       config, experiment.model_from_config(config), distributed.make_mesh(), dataset
     )
@@ -137,9 +150,11 @@ class _Run:
       if config.get('init_from'):
         self.state = init_from.initialize(self.state, config, trainer.replicated)
     self.step = self.start
+    # The newest save issued, and the one before it: a save runs in the
+    # background, one at a time, so the older is committed while it runs.
     self.last_saved = self.start if restored is not None else None
+    self.before_last_saved = None
     self.last_eval = {}
-    self.config_recorded = False
     # (step, metrics) dispatched but not yet checked; the checked ones' metrics.
     self.in_flight, self.window = collections.deque(), []
     self.tick, self.tick_step = time.time(), self.step
@@ -171,31 +186,63 @@ class _Run:
   def train(self) -> dict:
     compiled, resident = self._compile()
     self.scorer = evaluation.Scorer(self.trainer.model, self.dataset, self.trainer.mesh)
-    self.writer = metric_writers.MetricWriter(self.workdir, self.total)
+    self.writer = None
     try:
-      with distributed.StopRequest() as stop_request:
-        stopped = False
-        while self.step < self.stop_at and not stopped:
-          self.state, metrics = compiled(self.state, next(self.batches), resident)
-          self.step += self.per_dispatch
-          self.in_flight.append((self.step, metrics))
-          self._finish(keep=1)  # Bounded run-ahead: one dispatch runs while the last is checked.
-          checkpointing.confirm_saves(self.manager, self.last_saved, self.step)
-          stopped = stop_request.reached(self.step)
-          self._after_step(stopped)
-        if stopped:
-          name = stop_request.signal_name or 'a stop request in another process'
-          _log(
-            f'Stopped on {name}: saved a checkpoint at step {self.step}. Run the same '
-            'command again to resume.'
-          )
-        elif self.step == self.total:
-          self._final_evaluation()
-      checkpointing.confirm_saves(self.manager, self.last_saved, self.step, wait=True)
+      self.writer = metric_writers.MetricWriter(self.workdir, self.total)
+      with errors.writing(checkpointing.workdir_path(self.workdir) / 'config.json'):
+        checkpointing.record_config(self.workdir, self.config, self.start)
+      self._train_steps(compiled, resident)
+    except errors.WriteError as e:
+      raise self._write_failed(e) from e
     finally:
       self.batches.close()
-      self.writer.close()
+      if self.writer is not None:
+        self.writer.close()
     return self.last_eval
+
+  def _train_steps(self, compiled, resident):
+    with distributed.StopRequest(kept=self._kept) as stop_request:
+      stopped = False
+      while self.step < self.stop_at and not stopped:
+        self.state, metrics = compiled(self.state, next(self.batches), resident)
+        self.step += self.per_dispatch
+        self.in_flight.append((self.step, metrics))
+        self._finish(keep=1)  # Bounded run-ahead: one dispatch runs while the last is checked.
+        checkpointing.confirm_saves(self.manager, self.last_saved, self.step)
+        stopped = stop_request.reached(self.step)
+        self._after_step(stopped)
+      if stopped:
+        name = stop_request.signal_name or 'a stop request in another process'
+        _log(
+          f'Stopped on {name}: saved a checkpoint at step {self.step}. Run the same '
+          'command again to resume.'
+        )
+      elif self.step == self.total:
+        self._final_evaluation()
+    checkpointing.confirm_saves(self.manager, self.last_saved, self.step, wait=True)
+
+  def _committed(self) -> int | None:
+    """The newest checkpoint known to be whole on storage."""
+    return self.before_last_saved if self.manager.is_saving_in_progress() else self.last_saved
+
+  def _kept(self) -> str:
+    step = self._committed()
+    if step is None:
+      return 'No checkpoint was saved: run the same command to start again.'
+    return f'The last good checkpoint is step {step}: run the same command to resume from it.'
+
+  def _write_failed(self, e: errors.WriteError) -> errors.WriteError:
+    """`e` with where training stopped and what it kept (after the save in
+    flight, if any, is whole: a failed one reports itself instead)."""
+    checkpointing.confirm_saves(self.manager, self.last_saved, self.step, wait=True)
+    fix = 'fix the storage (free space, permissions), then'
+    kept = (
+      f'checkpoint {self.last_saved} is intact: {fix} run the same command to resume from it'
+      if self.last_saved is not None
+      else f'no checkpoint was saved: {fix} start again'
+    )
+    kept = kept[0].upper() + kept[1:]
+    return errors.WriteError(f'{e}; training stopped at step {self.step}. {kept}.')
 
   def evaluate_final(self) -> dict:
     """Only the final evaluation, of the restored last step."""
@@ -215,22 +262,27 @@ class _Run:
         self.window.append(one)
 
   def _after_step(self, stopped: bool):
-    """Logs, evaluates and saves at the steps the config asks for."""
+    """Logs, saves and evaluates at the steps the config asks for.
+
+    Every evaluation step is saved, before the evaluation: one that fails
+    (an unreadable test image) loses no training. Only the held-out
+    evaluation, whose error steers the learning rate (the plateau rule),
+    comes before the save, so that the checkpoint holds its effect.
+    """
     config, step = self.config, self.step
     is_last = step == self.stop_at
     log_now = step % config.log_every_steps == 0 or is_last
     eval_now = step % config.eval_every_steps == 0 or step == self.total
-    ckpt_now = step % config.checkpoint_every_steps == 0 or is_last or stopped
+    ckpt_now = step % config.checkpoint_every_steps == 0 or is_last or stopped or eval_now
     if log_now or eval_now or ckpt_now:
       self._finish(keep=0)  # Nothing is logged or saved before its loss is checked.
     if log_now:
       self._log_window()
-    if eval_now:
-      # A save that failed stops the run before an evaluation is spent on it.
-      checkpointing.confirm_saves(self.manager, self.last_saved, self.step, wait=True)
-      self._evaluate()
+    steering = self._evaluate_steering() if eval_now else {}
     if ckpt_now:
       self._save()
+    if eval_now:
+      self._evaluate(steering)
     if eval_now or ckpt_now:  # Keep eval and checkpoint time out of the step timing.
       self.tick, self.tick_step = time.time(), step
 
@@ -247,16 +299,27 @@ class _Run:
   def _variables(self) -> dict:
     return {'params': self.state.params, 'batch_stats': self.state.batch_stats}
 
-  def _evaluate(self):
-    results = evaluation.evaluate_splits(
-      self.scorer, self._variables(), self.state.norm, self.dataset, self.config
+  def _evaluate_steering(self) -> dict:
+    """The held-out split's results, applied to the plateau rule; {} without one."""
+    if data_lib.HOLDOUT not in self.dataset.eval_splits():
+      return {}
+    results = self._evaluate_splits([data_lib.HOLDOUT])
+    holdout_error = np.float32(results[f'{data_lib.HOLDOUT}_error'])
+    self.state = self.trainer.plateau_fn(
+      self.state, jax.device_put(holdout_error, self.trainer.replicated)
     )
-    if data_lib.HOLDOUT in self.dataset.eval_splits():
-      holdout_error = np.float32(results[f'{data_lib.HOLDOUT}_error'])
-      self.state = self.trainer.plateau_fn(
-        self.state, jax.device_put(holdout_error, self.trainer.replicated)
-      )
-      results['lr_scale'] = float(jax.device_get(self.state.plateau.scale))
+    results['lr_scale'] = float(jax.device_get(self.state.plateau.scale))
+    return results
+
+  def _evaluate_splits(self, splits) -> dict:
+    return evaluation.evaluate_splits(
+      self.scorer, self._variables(), self.state.norm, self.dataset, self.config, splits
+    )
+
+  def _evaluate(self, steering: dict):
+    """Every evaluation split but those in `steering` (already scored); logs all."""
+    rest = [s for s in self.dataset.eval_splits() if f'{s}_error' not in steering]
+    results = {**steering, **self._evaluate_splits(rest)}
     self.writer.write(self.step, results)
     self.writer.progress(self.step, results, None)
     self.last_eval = results
@@ -271,10 +334,7 @@ class _Run:
       self.order,
       self.dataset.info.class_names,
     )
-    if not self.config_recorded:  # config.json: only a config that trained.
-      checkpointing.record_config(self.workdir, self.config, self.start)
-      self.config_recorded = True
-    self.last_saved = self.step
+    self.before_last_saved, self.last_saved = self.last_saved, self.step
 
   def _final_evaluation(self):
     checkpointing.confirm_saves(self.manager, self.last_saved, self.step, wait=True)
