@@ -2,7 +2,8 @@
 
 Training and `--mode=evaluate` hold `WORKDIR/lock.json` while they write into
 the workdir; a second run started on it stops at once with one line naming
-the holder (host, pid, command, since when) and changes nothing. Process 0
+the holder (host, pid, since when; the file also has its command line) and
+changes nothing. Process 0
 takes the lock for every process of a run: the others learn the outcome in a
 collective and stop with it.
 
@@ -75,9 +76,10 @@ def stale_reason(holder: dict, now: float | None = None) -> str | None:
 
 
 def describe(holder: dict) -> str:
+  """Who holds a lock (its command line is in the file, too long for a line)."""
   return (
     f'{holder.get("purpose", "a run")} on host {holder.get("host")}, pid {holder.get("pid")}, '
-    f'since {holder.get("since")} (`{holder.get("command", "?")}`)'
+    f'since {holder.get("since")}'
   )
 
 
