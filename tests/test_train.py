@@ -399,3 +399,18 @@ def test_resume_with_another_data_order_is_refused(tmp_path):
   assert saved_steps(tmp_path, config) == [1]  # Nothing lost.
   loop.train_and_evaluate(tiny_config(), str(tmp_path), data=tiny_splits())  # Same: resumes.
   assert saved_steps(tmp_path, config)[-1] == 6
+
+
+@pytest.mark.parametrize(
+  'per_dispatch, every, logged',
+  [
+    (1, 100, [1, 10, 100, 200]),
+    (4, 100, [4, 12, 100, 200]),  # The first dispatches reaching steps 1 and 10.
+    (1, 5, [1, 5, 10, 15]),
+    (10, 10, [10, 20]),
+  ],
+)
+def test_progress_starts_at_the_first_steps(per_dispatch, every, logged):
+  steps = range(per_dispatch, 201, per_dispatch)
+  got = [s for s in steps if loop._is_log_step(s, per_dispatch, every)]
+  assert got[: len(logged)] == logged

@@ -123,6 +123,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     return _Run(config, workdir, trainer, manager, order, restored).train()
 
 
+# Progress lines come at these steps too (the first dispatches that reach
+# them), before the first `log_every_steps`: a user sees within seconds that
+# the run trains, at what speed, and how long it will take.
+EARLY_LOG_STEPS = (1, 10)
+
+
+def _is_log_step(step: int, per_dispatch: int, every: int) -> bool:
+  """Whether the dispatch ending at `step` logs: every `every` steps, and the
+  first dispatches to reach each of `EARLY_LOG_STEPS` below it."""
+  if step % every == 0:
+    return True
+  return step < every and any(step - per_dispatch < early <= step for early in EARLY_LOG_STEPS)
+
+
 def _log(message: str):
   if jax.process_index() == 0:
     print(message, flush=True)
@@ -271,7 +285,7 @@ class _Run:
     """
     config, step = self.config, self.step
     is_last = step == self.stop_at
-    log_now = step % config.log_every_steps == 0 or is_last
+    log_now = _is_log_step(step, self.per_dispatch, config.log_every_steps) or is_last
     eval_now = step % config.eval_every_steps == 0 or step == self.total
     ckpt_now = step % config.checkpoint_every_steps == 0 or is_last or stopped or eval_now
     if log_now or eval_now or ckpt_now:
