@@ -31,8 +31,24 @@ def test_bold_curve_is_test_error_for_cifar_and_validation_for_imagenet(tmp_path
   assert curves.series(imagenet, 'train_error') == ([10, 20], [0.9, 0.8])
 
 
-def test_plot_writes_a_figure(tmp_path):
+def test_figure_draws_train_dashed_and_eval_bold_per_workdir(tmp_path):
   pytest.importorskip('matplotlib')
-  out = tmp_path / 'fig4.png'
-  curves.plot([_workdir(tmp_path, 'a', 'validation_error')], str(out))
-  assert out.stat().st_size > 1000
+  workdirs = [_workdir(tmp_path, 'a', 'test_error'), _workdir(tmp_path, 'b', 'test_error')]
+  ax = curves.figure(workdirs, labels=['plain', 'residual']).axes[0]
+  lines = ax.get_lines()
+  assert len(lines) == 4
+  for i, (train, test) in enumerate(zip(lines[::2], lines[1::2])):
+    assert list(train.get_xdata()) == [10, 20] and list(train.get_ydata()) == [90, 80]
+    assert list(test.get_xdata()) == [20] and list(test.get_ydata()) == [75]
+    assert train.get_linestyle() == '--' and test.get_linestyle() == '-'
+    assert test.get_linewidth() > train.get_linewidth()
+    assert train.get_color() == test.get_color() == f'C{i}'
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ['plain', 'residual']
+  assert ax.get_xlabel() == 'iterations' and ax.get_ylabel() == 'error (%)'
+
+
+def test_plot_writes_the_figure_as_an_image(tmp_path):
+  pytest.importorskip('matplotlib')
+  out = tmp_path / 'fig6.png'
+  curves.plot([_workdir(tmp_path, 'a', 'test_error')], str(out))
+  assert out.read_bytes().startswith(b'\x89PNG')

@@ -41,8 +41,22 @@ def test_environment_says_where_this_process_runs():
   assert set(env['versions']) == set(run_info.PACKAGES)
   assert env['argv'] == sys.argv
   assert env['start_time'].endswith('+00:00')  # UTC.
-  assert env['git'] is None or len(env['git']['revision']) == 40
+  head = _git_head()
+  if head is None:  # Installed from an archive: no checkout to name.
+    assert env['git'] is None
+  else:
+    assert env['git']['revision'] == head and isinstance(env['git']['dirty'], bool)
   assert json.loads(json.dumps(env)) == env  # JSON-ready as it is.
+
+
+def _git_head() -> str | None:
+  """HEAD of the checkout holding the tests, None outside one (or without git)."""
+  if shutil.which('git') is None:
+    return None
+  result = subprocess.run(
+    ['git', 'rev-parse', 'HEAD'], cwd=os.path.dirname(__file__), capture_output=True, text=True
+  )
+  return result.stdout.strip() if result.returncode == 0 else None
 
 
 def test_describe_names_jax_devices_processes_versions_and_the_revision():

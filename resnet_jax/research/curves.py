@@ -2,8 +2,9 @@
 
     python -m resnet_jax.research.curves --out=curves.png WORKDIR [WORKDIR ...]
 
-Thin lines: training error (mean over each logging interval); bold lines: test
-error (CIFAR), or validation error of the center crop (ImageNet, as Fig. 4).
+Dashed lines: training error (mean over each logging interval); bold lines:
+test error (CIFAR), or validation error of the center crop (ImageNet, as
+Fig. 4); as the paper draws them.
 Needs matplotlib (`pip install -e ".[notebooks]"`).
 """
 
@@ -55,8 +56,13 @@ def default_eval_key(records: list[dict]) -> str:
 def plot(
   workdirs: list[str], out: str, labels: list[str] | None = None, eval_key: str | None = None
 ):
-  """Draws training (thin) and `eval_key` (bold; None: `default_eval_key`)
-  error, in %, against iterations."""
+  """Writes `figure(workdirs, labels, eval_key)` to the image file `out`."""
+  figure(workdirs, labels, eval_key).savefig(out, dpi=120)
+
+
+def figure(workdirs: list[str], labels: list[str] | None = None, eval_key: str | None = None):
+  """A matplotlib Figure of training (dashed) and `eval_key` (bold; None:
+  `default_eval_key`) error, in %, against iterations, one colour per workdir."""
   # A Figure of its own (no pyplot): the caller's backend (e.g. a
   # notebook's inline one) is left alone.
   from matplotlib.figure import Figure
@@ -69,16 +75,16 @@ def plot(
     label = labels[i] if labels else os.path.basename(os.path.normpath(workdir))
     color = f'C{i}'
     steps, values = series(records, 'train_error')
-    ax.plot(steps, [100 * v for v in values], color=color, lw=0.8, alpha=0.8)
+    ax.plot(steps, [100 * v for v in values], color=color, lw=1.0, ls='--')
     steps, values = series(records, eval_key)
     ax.plot(steps, [100 * v for v in values], color=color, lw=2.2, label=label)
   ax.set_xlabel('iterations')
   ax.set_ylabel('error (%)')
   ax.set_ylim(0, 100)
   ax.grid(alpha=0.3)
-  ax.legend(title=f'thin: train, bold: {eval_key.replace("_", " ")}')
+  ax.legend(title=f'dashed: train, bold: {eval_key.replace("_", " ")}')
   fig.tight_layout()
-  fig.savefig(out, dpi=120)
+  return fig
 
 
 def main(argv):
