@@ -29,8 +29,8 @@ _EXPORTS = {
   'unscan': 'resnet_jax.models',
   'rescan': 'resnet_jax.models',
   'dataset_info': 'resnet_jax.data',
-  'load_workdir': 'resnet_jax.checkpointing',
-  'LoadedWorkdir': 'resnet_jax.checkpointing',
+  'load_workdir': 'resnet_jax.trained_workdir',
+  'LoadedWorkdir': 'resnet_jax.trained_workdir',
   'Predictor': 'resnet_jax.prediction',
   'from_torchvision': 'resnet_jax.weights.torchvision',
   'to_torchvision': 'resnet_jax.weights.torchvision',
@@ -53,11 +53,11 @@ __all__ = [
 assert sorted(__all__) == sorted(_EXPORTS)
 
 if typing.TYPE_CHECKING:  # What type checkers and IDEs see; nothing is imported at run time.
-  from resnet_jax.checkpointing import LoadedWorkdir, load_workdir
   from resnet_jax.cpu_devices import use_cpu_cores
   from resnet_jax.data import dataset_info
   from resnet_jax.models import create_model, feature_shapes, list_models, rescan, unscan
   from resnet_jax.prediction import Predictor
+  from resnet_jax.trained_workdir import LoadedWorkdir, load_workdir
   from resnet_jax.weights.torchvision import from_torchvision, to_torchvision
 
 

@@ -1,4 +1,4 @@
-"""Orbax checkpoints: what they hold, what they must agree on, how to load them.
+"""Orbax checkpoints of the train state: what they hold, what they must agree on.
 
 A checkpoint of step N holds three items: `state` (the whole train state:
 params, BN statistics, optimizer and schedule state, rng, and the input
@@ -6,8 +6,8 @@ normalisation constants, so a checkpoint is evaluated without the training
 data), `data` (each process's input-iterator position, one file per process,
 written by Grain's own Orbax handler) and `meta` (the experiment's structure,
 its data order and its whole config). Every process takes part in every save
-and restore. `load_workdir` restores what inference needs from a workdir
-alone, without building an optimizer.
+and restore. Loading a workdir's net for inference is `trained_workdir`'s;
+the workdir's other files are `workdir`'s.
 
 Workdirs may be local paths or any `etils.epath` path (`gs://bucket/run`).
 An unreadable latest checkpoint is never deleted: `restore_latest` moves it
@@ -17,10 +17,7 @@ one.
 
 import contextlib
 import json
-import logging
-import os
 import sys
-import typing
 
 import grain
 import jax
@@ -28,37 +25,16 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from resnet_jax import config_lib, data, distributed, errors, experiment, models
+from resnet_jax import distributed, errors, experiment, orbax_quiet, paths
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_SUFFIX = '.unreadable'
 
 
-def workdir_path(workdir) -> epath.Path:
-  """`workdir` as an epath; local paths made absolute (Orbax wants them so)."""
-  path = epath.Path(workdir)
-  return path if '://' in str(workdir) else epath.Path(os.path.abspath(workdir))
-
-
-def prepare_workdir(workdir):
-  """Creates `workdir` and checks that every process can write into it."""
-  path = workdir_path(workdir)
-  probe = path / f'.write_test.{jax.process_index()}'
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe.write_text('')
-    probe.unlink()
-  except OSError as e:
-    raise errors.WorkdirError(
-      f'cannot write into --workdir={workdir} ({type(e).__name__}: {e.strerror or e}); '
-      'choose a writable directory.'
-    ) from e
-
-
 def manager(workdir, keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
   """The workdir's checkpoint manager (close it, or use it as a context)."""
   return ocp.CheckpointManager(
-    workdir_path(workdir) / CHECKPOINT_DIR,
+    paths.workdir_path(workdir) / CHECKPOINT_DIR,
     options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
     item_names=('state', 'data', 'meta'),
   )
@@ -121,7 +97,15 @@ class DataPosition:
     """Called by Grain's handler after a restore; nothing runs ahead here."""
 
 
-def _unreadable(mngr, step, e) -> errors.CheckpointError:
+# What to do about a checkpoint that cannot be read when no other is tried.
+LEFT_UNTOUCHED = (
+  'It was left untouched; remove that step directory to use an earlier one, or use a fresh '
+  '--workdir.'
+)
+
+
+def unreadable(mngr, step, e) -> errors.CheckpointError:
+  """CheckpointError: checkpoint `step` cannot be read (`e`, Orbax's error, in one line)."""
   # TensorStore appends a repr of its whole spec: not for a one-line report.
   first_line = (str(e).strip().splitlines() or [''])[0].split('. See full TensorStore')[0][:300]
   return errors.CheckpointError(
@@ -134,7 +118,7 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
   try:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
   except Exception as e:  # Orbax raises many types; one clear line instead.
-    raise _unreadable(mngr, step, e) from e
+    raise unreadable(mngr, step, e) from e
 
 
 def check_meta(mngr, step: int, meta: dict, config, order: dict | None = None):
@@ -167,7 +151,7 @@ def check_meta(mngr, step: int, meta: dict, config, order: dict | None = None):
     )
 
 
-def _latest_meta(mngr: ocp.CheckpointManager) -> tuple[int | None, dict | None]:
+def latest_meta(mngr: ocp.CheckpointManager) -> tuple[int | None, dict | None]:
   """(latest step, its meta), (None, None) without checkpoints; CheckpointError
   if the meta cannot be read."""
   step = mngr.latest_step()
@@ -176,19 +160,27 @@ def _latest_meta(mngr: ocp.CheckpointManager) -> tuple[int | None, dict | None]:
   try:
     return step, read_meta(mngr, step)
   except errors.CheckpointError as e:
-    raise errors.CheckpointError(
-      f'{e}. It was left untouched; remove that step directory to use an '
-      'earlier one, or use a fresh --workdir.'
-    ) from e
+    raise errors.CheckpointError(f'{e}. {LEFT_UNTOUCHED}') from e
 
 
 def check_matches(mngr: ocp.CheckpointManager, config, order: dict | None = None) -> int | None:
   """The latest step, failing fast if it is a checkpoint of another experiment
   (or of another data order) or cannot be read."""
-  step, meta = _latest_meta(mngr)
+  step, meta = latest_meta(mngr)
   if step is not None:
     check_meta(mngr, step, meta, config, order)
   return step
+
+
+def meta_item(config, step: int, order: dict | None, class_names=None) -> dict:
+  """A checkpoint's `meta` item: what it must agree on, and the whole config."""
+  return {
+    'structure': structure(config),
+    'step': step,
+    'data_order': order,
+    'config': json.loads(config.to_json_best_effort()),
+    'class_names': list(class_names) if class_names else None,
+  }
 
 
 def save(
@@ -208,7 +200,7 @@ def save(
     args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(DataPosition(data_position)),
-      meta=ocp.args.JsonSave(_meta(config, step, order, class_names)),
+      meta=ocp.args.JsonSave(meta_item(config, step, order, class_names)),
     ),
     force=True,
   )
@@ -257,40 +249,6 @@ def _root_cause(e: BaseException) -> BaseException:
   return next((c for c in chain if isinstance(c, OSError)), chain[0])
 
 
-def _meta(config, step: int, order: dict | None, class_names=None) -> dict:
-  return {
-    'structure': structure(config),
-    'step': step,
-    'data_order': order,
-    'config': json.loads(config.to_json_best_effort()),
-    'class_names': list(class_names) if class_names else None,
-  }
-
-
-def save_for_inference(workdir, config, state: dict, class_names=None):
-  """Makes a fresh `workdir` hold `state` (params, batch_stats, norm, step) as
-  step 0 with its `meta` and `config.json`: enough for `load_workdir` and
-  `--mode=evaluate`, not for resuming training (no optimizer state, no data
-  position)."""
-  path = workdir_path(workdir)
-  if (path / 'config.json').exists() or (path / CHECKPOINT_DIR).exists():
-    raise errors.WorkdirError(
-      f'{path} already holds a config or checkpoints; use a fresh --workdir'
-    )
-  with manager(workdir) as mngr:
-    # Orbax saves a subset of the manager's items: no `data` (no input position).
-    mngr.save(
-      0,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave(_meta(config, 0, None, class_names)),
-      ),
-      force=True,
-    )
-    mngr.wait_until_finished()
-  record_config(workdir, config, 0)
-
-
 def check_resumable_under(restored, steps_per_dispatch: int, workdir):
   """ConfigError unless a restored (step, ...) can go on in calls of
   `steps_per_dispatch` steps (its step a multiple of it)."""
@@ -316,7 +274,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
       ),
     )
   except Exception as e:  # Orbax raises many types; one clear line instead.
-    raise _unreadable(mngr, step, e) from e
+    raise unreadable(mngr, step, e) from e
   return restored['state'], position.state
 
 
@@ -374,90 +332,6 @@ def _set_aside(mngr: ocp.CheckpointManager, steps):
   mngr.reload()
 
 
-def record_config(workdir, config, step: int):
-  """Writes `config.json` (the config that trains from `step` on) once this
-  run has saved a checkpoint; a config that changed on resume is also kept in
-  `config_history.jsonl` (one line per change, with the step it took over).
-  Only process 0 writes."""
-  if jax.process_index() != 0:
-    return
-  path = workdir_path(workdir)
-  current = json.loads(config.to_json_best_effort())
-  config_file, history = path / 'config.json', path / 'config_history.jsonl'
-  previous = None
-  if config_file.exists():
-    with contextlib.suppress(ValueError):  # Unreadable (cut short): replaced whole.
-      previous = json.loads(config_file.read_text())
-  if previous == current:
-    return
-  lines = history.read_text().splitlines() if history.exists() else []
-  if previous is not None and not lines:  # The first config gets a line too.
-    lines.append(json.dumps({'from_step': 0, 'config': previous}))
-  lines.append(json.dumps({'from_step': step, 'config': current}))
-  if previous is not None:
-    history.write_text('\n'.join(lines) + '\n')
-  config_file.write_text(json.dumps(current, indent=2))
-
-
-def restore_inference(mngr: ocp.CheckpointManager, step: int, abstract: dict) -> dict:
-  """Restores only the fields of the saved train state named in `abstract`
-  (e.g. params, batch_stats, norm): no optimizer state is read."""
-  try:
-    restored = mngr.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-          abstract,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=True,
-        )
-      ),
-    )
-  except Exception as e:  # Orbax raises many types; one clear line instead.
-    raise errors.CheckpointError(
-      f'{_unreadable(mngr, step, e)}. It was left untouched; remove that step '
-      'directory to use an earlier one, or use a fresh --workdir.'
-    ) from e
-  return restored['state']
-
-
-def read_config(workdir) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (typed: `config_lib.from_saved`):
-  its `config.json`, or else the one saved in its latest checkpoint (a copied
-  `checkpoints/` is self-contained)."""
-  path = workdir_path(workdir)
-  saved = None
-  if (path / 'config.json').exists():
-    saved = _read_config_json(path / 'config.json')
-  elif (path / CHECKPOINT_DIR).is_dir():
-    with manager(workdir, create=False) as mngr:
-      step = mngr.latest_step()
-      saved = read_meta(mngr, step).get('config') if step is not None else None
-  if not saved:
-    raise errors.MissingError(
-      f'{path / "config.json"} does not exist: {workdir!r} is not a '
-      'training workdir of this project (train into it first).'
-    )
-  return config_lib.from_saved(saved)
-
-
-def _read_config_json(file: epath.Path) -> dict:
-  """A workdir's `config.json`; ConfigError naming it if it is not a JSON config."""
-  try:
-    saved = json.loads(file.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise errors.ConfigError(
-      f'{file} is not valid JSON ({errors.first_line(e)}); delete it to use the config '
-      'saved in the latest checkpoint, or pass --config=<the config file it was trained with>'
-    ) from e
-  if not isinstance(saved, dict):
-    raise errors.ConfigError(
-      f'{file} holds a JSON {type(saved).__name__}, not a config (an object); delete it '
-      'to use the config saved in the latest checkpoint, or pass --config=<the config file>'
-    )
-  return saved
-
-
 def require_state(mngr: ocp.CheckpointManager, step: int):
   """CheckpointError, with the fix, unless checkpoint `step` holds its `state`
   item (a copy or clean-up may have dropped that directory alone)."""
@@ -472,105 +346,20 @@ def latest_step(workdir) -> int | None:
   """The latest committed checkpoint step of `workdir`, None if it has none
   (or no `checkpoints/`); CheckpointError if that step lacks its state.
   Reads only: creates nothing."""
-  if not (workdir_path(workdir) / CHECKPOINT_DIR).is_dir():
+  if not (paths.workdir_path(workdir) / CHECKPOINT_DIR).is_dir():
     return None
-  with _without_missing_metadata_warnings(), manager(workdir, create=False) as mngr:
+  with orbax_quiet.without_missing_metadata_warnings(), manager(workdir, create=False) as mngr:
     step = mngr.latest_step()
     if step is not None:
       require_state(mngr, step)
   return step
 
 
-def _saved_norm_shapes(mngr: ocp.CheckpointManager, step: int) -> dict:
-  """Shapes of the saved normalisation constants, from the checkpoint's metadata."""
-  require_state(mngr, step)
-  metadata = ocp.PyTreeCheckpointer().metadata(epath.Path(mngr.directory) / str(step) / 'state')
-  tree = getattr(metadata, 'item_metadata', metadata)
-  tree = getattr(tree, 'tree', tree)
-  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in tree['norm'].items()}
-
-
 def require_checkpoints(workdir, any_step: bool = False):
   """MissingError, with the fix, unless `workdir` has a checkpoint directory
   (`any_step`: and a step in it). Checks only: creates nothing."""
-  directory = workdir_path(workdir) / CHECKPOINT_DIR
+  directory = paths.workdir_path(workdir) / CHECKPOINT_DIR
   if not directory.is_dir() or any_step:
     raise errors.MissingError(
       f'no checkpoint in {directory}; train first or point --workdir at a trained run.'
     )
-
-
-class LoadedWorkdir(typing.NamedTuple):
-  """A trained net from a workdir: what inference needs, and where it came from."""
-
-  model: models.ResNet
-  variables: dict  # {'params', 'batch_stats'}
-  norm: dict  # {'mean', 'std'} of the input normalisation, float32, 0..255 scale.
-  step: int
-  config: ml_collections.ConfigDict
-  class_names: tuple[str, ...] | None  # Label -> name; None if unknown.
-
-
-def load_workdir(
-  workdir, config: ml_collections.ConfigDict | None = None, *, sharding=None
-) -> LoadedWorkdir:
-  """A trained net from a workdir alone: for evaluation, prediction, research.
-
-  Args:
-    workdir: a training workdir (with `checkpoints/`), local or `gs://`.
-    config: the experiment config; None reads the workdir's (`read_config`).
-    sharding: where to put the arrays (default: replicated on the first device).
-
-  Returns:
-    The latest checkpoint's `LoadedWorkdir`: model, variables, norm, step,
-    config and class names (from the checkpoint, else the dataset's metadata).
-  """
-  require_checkpoints(workdir)
-  config = config or read_config(workdir)
-  model = experiment.model_from_config(config)
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with _without_missing_metadata_warnings(), manager(workdir, create=False) as mngr:
-    step, meta = _latest_meta(mngr)  # One read: the checks and the class names.
-    if step is None:
-      require_checkpoints(workdir, any_step=True)
-    check_meta(mngr, step, meta, config)
-    names = meta.get('class_names')
-    abstract = models.abstract_variables(model)
-    abstract['norm'] = _saved_norm_shapes(mngr, step)
-    abstract = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
-    )
-    restored = restore_inference(mngr, step, abstract)
-  variables = {'params': restored['params'], 'batch_stats': restored['batch_stats']}
-  return LoadedWorkdir(
-    model, variables, restored['norm'], step, config, _class_names(names, config, model)
-  )
-
-
-class _MissingMetadata(logging.Filter):
-  """Orbax's warning for a checkpoint without its optional `_CHECKPOINT_METADATA`."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith('Metadata file does not exist')
-
-
-@contextlib.contextmanager
-def _without_missing_metadata_warnings():
-  """Quiet for a read that needs no such metadata (the inference items)."""
-  quiet, logger = _MissingMetadata(), logging.getLogger('absl')
-  logger.addFilter(quiet)
-  try:
-    yield
-  finally:
-    logger.removeFilter(quiet)
-
-
-def _class_names(saved, config, model) -> tuple[str, ...] | None:
-  """The checkpoint's class names, else its dataset's (older checkpoints)."""
-  if saved:
-    return tuple(saved)
-  try:
-    names = data.dataset_info(config.input).class_names
-  except errors.UserError:  # The dataset is not known on this machine.
-    return None
-  return names if names and len(names) == model.num_classes else None

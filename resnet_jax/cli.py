@@ -1,7 +1,7 @@
 """What every `python -m resnet_jax...` command line shares: absl flags, and
 bad input reported as one `error:` line (exit 1) instead of a traceback.
 
-`run(main)` is `absl.app.run(main)` with two additions:
+`run(main)` is `absl.app.run(main)` with these additions:
 - flag parsing errors become one line: a mistyped or unknown `--config.*`
   field (named with its nearest valid name), a value of the wrong type, a
   config file that is missing, does not parse or raises, a `--config.*` field
@@ -12,14 +12,20 @@ bad input reported as one `error:` line (exit 1) instead of a traceback.
   malloc with transparent huge pages (`cpu_memory`: the command starts itself
   again once with glibc's tunable set).
 `--help` prints the command's module docstring and its flags (absl's).
+
+Config files and `a.b=value` overrides are read by `ml_collections.config_flags`
+everywhere: by the `--config` flag of a command line, and by `load_config` and
+`apply_overrides` (tests, notebooks, `--set` of the benchmark table), with the
+same one-line errors.
 """
 
 import difflib
-import importlib.util
 import os
 import sys
 
+import ml_collections
 from absl import app, flags
+from ml_collections import config_flags
 
 from resnet_jax import cpu_devices, cpu_memory, errors
 
@@ -68,10 +74,12 @@ def _parse_flags(argv):
   except Exception as e:  # noqa: BLE001 - each kind becomes its one line below.
     # A config file that is missing, does not parse or raises; an unknown or
     # mistyped --config field; a value of the wrong type; an unknown flag.
-    fail(_config_file_error(argv) or _config_field_error(argv) or _first_line(e))
-  # ml_collections defers some config file errors (a missing file) to first use.
-  if (message := _config_file_error(argv)) is not None:
-    fail(message)
+    fail(_config_error(argv) or _first_line(e))
+  # ml_collections defers some config file errors (a missing file, an OSError
+  # in get_config) to the config's first use: the flag holds no ConfigDict.
+  if flag_values(argv, 'config') and 'config' in flags.FLAGS:
+    if not isinstance(flags.FLAGS['config'].value, ml_collections.ConfigDict):
+      fail(_config_error(argv) or f'--config={flag_values(argv, "config")[-1]}: no config')
   return rest
 
 
@@ -117,61 +125,136 @@ def _repeated_override_error(argv) -> str | None:
   return None
 
 
-def load_config_file(path: str):
-  """The config of a `configs/*.py` file (its `get_config()`; `path:arg`
-  passes an argument, as ml_collections does)."""
-  path, _, arg = path.partition(':')
-  spec = importlib.util.spec_from_file_location('_config_file', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+  """A config file's config, read as a command line's `--config` reads it.
+
+  Args:
+    spec: `PATH` or `PATH:ARG` (ARG is passed to the file's `get_config`).
+    overrides: `a.b=value` assignments, applied in order, each as
+      `--config.a.b=value` would be (see `apply_overrides`).
+
+  Returns:
+    The config, unlocked.
+
+  Raises:
+    UserError: one line: a file that is missing, does not parse, raises or
+      returns no ConfigDict; an override naming no field (with the nearest
+      valid name) or with a value of the wrong type.
+  """
+  config = _read_config_file(spec)
+  apply_overrides(config, overrides)
+  return config
 
 
-def nearest_field_error(config, field: str) -> str | None:
-  """Why `--config.<field>` names no field of `config`, with the nearest
-  valid name; None if it names one."""
+def apply_overrides(config: ml_collections.ConfigDict, assignments, flag: str = '--config.'):
+  """Sets fields of `config` from `a.b=value` assignments, in order, parsed by
+  `ml_collections.config_flags` as `--config.a.b=value` is (the field's type
+  decides: `true`, `(10, 20)`, `bfloat16`).
+
+  Args:
+    config: changed in place.
+    assignments: `FIELD=VALUE` strings.
+    flag: what the errors write before an assignment (`--config.`, `--set=`).
+
+  Raises:
+    ConfigError: one line naming the assignment: not FIELD=VALUE, no such
+      field (with the nearest valid name), or a value the field cannot take.
+  """
+  for assignment in assignments:
+    field, sep, value = assignment.partition('=')
+    if not sep:
+      raise errors.ConfigError(f'{flag}{assignment} is not FIELD=VALUE')
+    if (message := nearest_field_error(config, field, flag)) is not None:
+      raise errors.ConfigError(message)
+    argv = ['apply_overrides', f'--config.{assignment}']
+    values = flags.FlagValues()
+    try:
+      config_flags.DEFINE_config_dict(
+        'config', config, flag_values=values, lock_config=False, sys_argv=argv
+      )
+      values(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+      reason = _first_line(e).removeprefix(f'flag {argv[1]}: ')
+      raise errors.ConfigError(f'{flag}{assignment}: {reason}') from None
+
+
+def nearest_field_error(config, field: str, flag: str = '--config.') -> str | None:
+  """Why `--config.<field>` (`flag` + field) names no field of `config`, with
+  the nearest valid name; None if it names one."""
   node, done = config, []
   for part in field.split('.'):
-    keys = list(node.keys()) if hasattr(node, 'keys') else []
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f'{flag}{field}: {".".join(done)} is a value ({type(node).__name__}), not a group'
+    keys = list(node.keys())
     if part not in keys:
       where = '.'.join(done)
       match = difflib.get_close_matches(part, keys, n=1, cutoff=0.5)
       hint = (
-        f'did you mean --config.{".".join(done + match)}?'
+        f'did you mean {flag}{".".join(done + match)}?'
         if match
         else f'valid fields{" of " + where if where else ""}: {", ".join(sorted(keys))}'
       )
-      return f'--config.{field}: the config has no field {part!r}; {hint}'
+      return f'{flag}{field}: the config has no field {part!r}; {hint}'
     node, done = node[part], done + [part]
   return None
 
 
-def _config_field_error(argv) -> str | None:
-  paths = flag_values(argv, 'config')
-  overrides = _config_overrides(argv)
-  if not paths or not overrides:
+def _config_error(argv) -> str | None:
+  """Why argv's `--config` file, or one of its `--config.*` fields, cannot be
+  read (the file first); None if they can."""
+  specs = flag_values(argv, 'config')
+  if not specs:
     return None
-  config = load_config_file(paths[-1])  # Loads: `_config_file_error` came first.
-  for field, _ in overrides:
+  try:
+    config = _read_config_file(specs[-1])
+  except errors.UserError as e:
+    return _first_line(e)
+  for field, _ in _config_overrides(argv):
     if (message := nearest_field_error(config, field)) is not None:
       return message
   return None
 
 
-def _config_file_error(argv) -> str | None:
-  """Why the `--config` file cannot be loaded; None if it can (or none is given)."""
-  paths = flag_values(argv, 'config')
-  if not paths:
-    return None
-  path = paths[-1].partition(':')[0]
+def _read_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of `PATH[:ARG]`, loaded by `config_flags.DEFINE_config_file`;
+  a UserError (one line) if the file cannot give one."""
+  path = spec.partition(':')[0]
   if not os.path.isfile(path):
-    return f'--config={path}: no such file (the configs are in configs/*.py)'
+    raise errors.ConfigError(f'--config={path}: no such file (the configs are in configs/*.py)')
+  argv = ['config', f'--config={spec}']
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=values, lock_config=False, sys_argv=argv)
   try:
-    load_config_file(paths[-1])
+    values(argv)
+    config = values['config'].value
+    if config is not None and not isinstance(config, ml_collections.ConfigDict):
+      config.keys()  # Raises the error ml_collections deferred (an OSError in get_config).
   except SyntaxError as e:
-    return f'--config={path}: line {e.lineno}: {e.msg}'
-  except errors.UserError as e:  # Its message says what to fix (a workdir's saved config).
-    return _first_line(e)
+    raise errors.ConfigError(f'--config={path}: line {e.lineno}: {e.msg}') from None
   except Exception as e:  # noqa: BLE001 - whatever get_config() raised.
-    return f'--config={path}: get_config() raised {type(e).__name__}: {_first_line(e)}'
-  return None
+    raised = _unwrapped(e)
+    if isinstance(raised, errors.UserError):  # Its message says what to fix (a saved config).
+      raise raised from None
+    raise errors.ConfigError(
+      f'--config={path}: get_config() raised {type(raised).__name__}: {_first_line(raised)}'
+    ) from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise errors.ConfigError(
+      f'--config={path}: get_config() returned {type(config).__name__}, not a ConfigDict'
+    )
+  return config
+
+
+# What absl and ml_collections put around the exception a config file raised.
+_WRAPPED = ('Error whilst parsing config file', 'Configuration is not available because')
+
+
+def _unwrapped(e: BaseException) -> BaseException:
+  """The exception a config file's code raised, out of absl's and
+  ml_collections' wrappers."""
+  while isinstance(e, flags.IllegalFlagValueError) or str(e).startswith(_WRAPPED):
+    inner = e.__cause__ or e.__context__
+    if inner is None:
+      break
+    e = inner
+  return e

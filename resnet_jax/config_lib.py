@@ -236,13 +236,44 @@ def imagenette(model: str = 'resnet18') -> ml_collections.ConfigDict:
   return config
 
 
+RECIPES = {'cifar': cifar10, 'imagenet': imagenet}  # Input family -> its recipe.
+
+
+def family(config) -> str:
+  """The input family a config is for, known without its dataset.
+
+  The recipe decides it: only `imagenet()` configs hold the fields that the
+  ImageNet pipeline reads (`input.image_size`, `scale_range`, ...).
+  `input.family` cannot: None leaves the choice to the dataset's images, and
+  configs saved by older versions lack it. `validate` checks that the
+  dataset's family (`data.dataset_info`) is this one.
+
+  Args:
+    config: an experiment config, or one saved as JSON (a dict), of any version.
+
+  Returns:
+    'imagenet' if its `input` has `image_size`, else 'cifar'.
+  """
+  return 'imagenet' if 'image_size' in config.get('input', {}) else 'cifar'
+
+
+def model_family(model: str) -> str:
+  """The input family the named net is built for: its stem's ('imagenet': a
+  7x7/2 convolution and a max pool; 'cifar': one 3x3 convolution)."""
+  return models.MODELS[model]['stem']
+
+
+def recipe(model: str) -> ml_collections.ConfigDict:
+  """The paper's recipe for the named net: `imagenet(model)` for the ImageNet
+  nets (section 3.4), `cifar10(model)` for the CIFAR ones (section 4.2)."""
+  return RECIPES[model_family(model)](model)
+
+
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """A config saved as JSON (a workdir's `config.json`) as a typed config:
   its recipe's fields, with the saved values (JSON lists back to tuples), so
   that `--config.*` overrides apply to it as to a config file's."""
-  inp = saved.get('input', {})
-  family = inp.get('family') or ('imagenet' if 'image_size' in inp else 'cifar')
-  config = (imagenet if family == 'imagenet' else cifar10)(saved['model'])
+  config = RECIPES[family(saved)](saved['model'])
   _fill(config, saved)
   return config
 
@@ -323,21 +354,21 @@ def validate_for_evaluation(config: ml_collections.ConfigDict, num_devices: int)
 def _validate_model_and_dataset(config, fail) -> data.DatasetInfo:
   if config.model not in models.MODELS:
     fail(f'unknown model {config.model!r}; set --config.model to one of {", ".join(models.MODELS)}')
-  unknown = set(config.model_options) - set(models.OPTIONS)
-  if unknown:
-    fail(f'unknown model_options {sorted(unknown)}; valid: {", ".join(models.OPTIONS)}')
-  shortcut = config.model_options.get('shortcut')
-  if shortcut is not None and shortcut not in models.SHORTCUTS:
-    fail(f'model_options.shortcut={shortcut!r}; set it to one of {models.SHORTCUTS}')
+  # The dtype is the config's ('auto' among its names), checked below.
+  options = {k: v for k, v in _set_options(config).items() if k != 'dtype'}
+  try:
+    models.check_options(options, prefix='model_options.')
+  except errors.ConfigError as e:
+    fail(str(e))
   info = data.dataset_info(config.input)
-  recipe = 'imagenet' if 'image_size' in config.input else 'cifar'
-  if info.family != recipe:
+  config_family = family(config)
+  if info.family != config_family:
     fail(
       f'{config.input.dataset} is served by the {info.family!r} input family but this is '
-      f"a {recipe} config (it lacks that family's input fields); start from a "
+      f"a {config_family} config (it lacks that family's input fields); start from a "
       f'configs/{"imagenet" if info.family == "imagenet" else "cifar10"}_*.py config'
     )
-  if recipe == 'cifar' and not (info.image_shape and all(info.image_shape)):
+  if config_family == 'cifar' and not (info.image_shape and all(info.image_shape)):
     fail(
       f'{config.input.dataset} has images of varying size, but the cifar family holds '
       'fixed-size images in memory; use an ImageNet config (configs/imagenet_*.py)'
@@ -352,13 +383,18 @@ def _validate_model_and_dataset(config, fail) -> data.DatasetInfo:
       f'of {config.input.dataset} (its labels would fall outside the output); '
       f'leave it unset (None) or set it to at least {info.num_classes}'
     )
-  is_imagenet_model = models.MODELS[config.model]['stem'] == 'imagenet'
-  if (info.family == 'imagenet') != is_imagenet_model:
+  if model_family(config.model) != info.family:
     fail(
       f'model {config.model!r} is not meant for {config.input.dataset!r}; '
       'use the resnet*/plain* nets on ImageNet datasets and cifar_* nets on CIFAR'
     )
   return info
+
+
+def _set_options(config) -> dict:
+  """The model options a config sets (None keeps the model's default); a
+  field that is no option is kept, so that it is reported."""
+  return {k: v for k, v in config.model_options.items() if v is not None or k not in models.OPTIONS}
 
 
 def _validate_batch(config, num_devices: int, num_processes: int, fail):
@@ -376,9 +412,7 @@ def _validate_batch(config, num_devices: int, num_processes: int, fail):
       f'input.eval_batch_size={config.input.eval_batch_size} must be positive; '
       'set --config.input.eval_batch_size'
     )
-  group = config.model_options.get('bn_group_size')
-  if group is not None and group < 1:
-    fail(f'model_options.bn_group_size={group} must be a positive integer (or None)')
+  group = config.model_options.get('bn_group_size')  # Positive, if set (models.check_options).
   per_device = size // num_devices
   # Groups inside one device, or over whole devices, cost XLA only all-reduces
   # of per-channel sums; a group straddling part of a device makes it
@@ -452,11 +486,7 @@ def _validate_finetuning(config, fail):
 def _parameter_names(config) -> list[str]:
   """The config's model's parameter names ('stage1_block1/conv1/kernel'), from
   shapes alone. Neither the dtype nor the number of classes changes a name."""
-  options = {
-    k: v
-    for k, v in config.model_options.items()
-    if v is not None and k not in ('dtype', 'num_classes')
-  }
+  options = {k: v for k, v in _set_options(config).items() if k not in ('dtype', 'num_classes')}
   params = models.abstract_variables(models.create_model(config.model, **options))['params']
   return list(flax.traverse_util.flatten_dict(params, sep='/'))
 

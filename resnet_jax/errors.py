@@ -8,9 +8,9 @@ Command lines run their work under `one_line_errors()`.
 """
 
 import contextlib
-import logging
-import os
 import sys
+
+from resnet_jax import orbax_quiet
 
 
 class UserError(Exception):
@@ -78,55 +78,15 @@ def first_line(e: BaseException) -> str:
 def one_line_errors():
   """For a command line: a `UserError` prints `error: <message>` alone and
   exits 1; a Ctrl-C that interrupts (the second one: the first asks for a
-  save) prints one line and exits 130, as shells expect.
-
-  Orbax's own reports are not printed: its log lines (tracebacks of a failed
-  background save or read, a missing-metadata warning for every checkpoint
-  without the optional `_CHECKPOINT_METADATA`), asyncio's "exception was never
-  retrieved" for its reader tasks, and 'Event loop is closed' from its
-  finalizers. Where they matter, the `error:` line carries their cause.
+  save) prints one line and exits 130, as shells expect. Orbax's own reports
+  are not printed (`orbax_quiet.quiet`): the `error:` line carries their cause.
   """
-  sys.unraisablehook = _quiet_orbax_unraisable
-  quiet = _QuietOrbax()
-  loggers = [logging.getLogger('absl'), logging.getLogger('asyncio')]
-  for logger in loggers:
-    logger.addFilter(quiet)
-  try:
-    yield
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    print(INTERRUPTED, file=sys.stderr, flush=True)
-    sys.exit(130)
-  # On success only: after an error, Orbax's threads of a failed save still
-  # report as the interpreter shuts down, so the filter stays to the end.
-  for logger in loggers:
-    logger.removeFilter(quiet)
-
-
-class _QuietOrbax(logging.Filter):
-  """Drops log records written from Orbax's code, and asyncio's reports of
-  reader tasks whose exception nobody awaited (Orbax's, after a failed read)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if _ORBAX_CODE in record.pathname:
-      return False
-    return 'exception was never retrieved' not in str(record.msg).split('\n', 1)[0]
-
-
-_ORBAX_CODE = f'{os.sep}orbax{os.sep}'
-
-
-def _quiet_orbax_unraisable(unraisable):
-  """Drops exceptions Orbax's reader coroutines and finalizers raise after a
-  failed read (nobody can catch them); others go to Python's hook."""
-  tb, from_orbax = unraisable.exc_traceback, False
-  while tb is not None and not from_orbax:
-    from_orbax = _ORBAX_CODE in tb.tb_frame.f_code.co_filename
-    tb = tb.tb_next
-  closed_loop = isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
-    unraisable.exc_value
-  )
-  if not (from_orbax or closed_loop):
-    sys.__unraisablehook__(unraisable)
+  with orbax_quiet.quiet():
+    try:
+      yield
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      sys.exit(1)
+    except KeyboardInterrupt:
+      print(INTERRUPTED, file=sys.stderr, flush=True)
+      sys.exit(130)

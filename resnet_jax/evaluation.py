@@ -34,7 +34,10 @@ from resnet_jax import (
   distributed,
   errors,
   experiment,
+  paths,
   progress,
+  trained_workdir,
+  workdir_files,
   workdir_lock,
 )
 from resnet_jax import data as data_lib
@@ -247,7 +250,7 @@ def check_ensemble(config: ml_collections.ConfigDict, dataset) -> list[tuple[str
   for workdir in [w for w in str(config.eval.ensemble_workdirs).split(',') if w]:
     try:
       checkpointing.require_checkpoints(workdir)
-      member = checkpointing.read_config(workdir)
+      member = workdir_files.read_config(workdir)
     except errors.MissingError as e:
       raise errors.MissingError(
         f'ensemble member {workdir}: {e} List trained workdirs in --config.eval.ensemble_workdirs.'
@@ -272,7 +275,7 @@ def evaluate_ensemble(
   replicated = NamedSharding(mesh, P())
   total, labels = 0.0, None
   for workdir, member in members:
-    model, variables, norm, step, _, _ = checkpointing.load_workdir(
+    model, variables, norm, step, _, _ = trained_workdir.load_workdir(
       workdir, member, sharding=replicated
     )
     probs, labels = protocol_scores(
@@ -321,7 +324,7 @@ def record(workdir: str, config, protocol: str, result: dict, step: int, key: st
   if jax.process_index() != 0:
     return
   print(TABLE_HEADER + '\n' + table_row(config, protocol, result), flush=True)
-  path = checkpointing.workdir_path(workdir) / 'eval.json'
+  path = paths.workdir_path(workdir) / 'eval.json'
   results = json.loads(path.read_text()) if path.exists() else {}
   if results.get('step') != step or 'protocols' not in results:
     results = {'step': step, 'protocols': {}}
@@ -334,7 +337,7 @@ def record(workdir: str, config, protocol: str, result: dict, step: int, key: st
 
 def has_final_results(workdir, config, step: int) -> bool:
   """Whether `eval.json` holds every `eval.final_protocols` result of `step`."""
-  path = checkpointing.workdir_path(workdir) / 'eval.json'
+  path = paths.workdir_path(workdir) / 'eval.json'
   results = json.loads(path.read_text()) if path.exists() else {}
   done = results.get('protocols', {}) if results.get('step') == step else {}
   return set(config.eval.final_protocols) <= set(done)
@@ -343,7 +346,7 @@ def has_final_results(workdir, config, step: int) -> bool:
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> dict:
   """`--mode=evaluate`: `config.eval.protocol` on the workdir's latest checkpoint.
 
-  `config` is the workdir's own (`checkpointing.read_config`) or the training
+  `config` is the workdir's own (`workdir_files.read_config`) or the training
   config, with any overrides; only its evaluation fields are checked. Its
   dataset may be another than the one trained on if it has the same classes:
   by name (mapped onto the model's outputs, e.g. imagenette's 10 of
@@ -356,18 +359,18 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=No
     {'step', 'protocol', 'split', 'top1_error', 'top5_error', 'loss', 'count'}.
   """
   config_lib.validate_for_evaluation(config, jax.device_count())
-  if config.eval.protocol == 'ensemble':
+  protocol = config.eval.protocol
+  if protocol == 'ensemble':
     score = _ensemble_scoring(config, data)
   else:
     score = _checkpoint_scoring(config, workdir, data)
-  checkpointing.prepare_workdir(workdir)  # eval.json goes there: writable before scoring.
+  workdir_files.prepare_workdir(workdir)  # eval.json goes there: writable before scoring.
   with workdir_lock.held(
     workdir, 'evaluation', is_holder=jax.process_index() == 0, agree=distributed.all_true
   ):
     step, key, result = score()
-    protocol = config.eval.protocol
     record(workdir, config, protocol, {'dataset': config.input.dataset, **result}, step, key)
-  return {'step': step, 'protocol': config.eval.protocol, **result}
+  return {'step': step, 'protocol': protocol, **result}
 
 
 def _evaluation_dataset(config, data):
@@ -396,13 +399,13 @@ def _checkpoint_scoring(config, workdir, data):
   """Checks the workdir and the dataset; returns `() -> (step, key, result)`
   for the workdir's latest checkpoint."""
   checkpointing.require_checkpoints(workdir)  # The workdir first: it is the likelier typo.
-  trained = checkpointing.read_config(workdir)
+  trained = workdir_files.read_config(workdir)
   dataset = _evaluation_dataset(config, data)
 
   def score():
     mesh = distributed.make_mesh()
     other_dataset = trained.input.dataset != config.input.dataset
-    loaded = checkpointing.load_workdir(
+    loaded = trained_workdir.load_workdir(
       workdir,
       _as_trained(config, trained) if other_dataset else config,
       sharding=NamedSharding(mesh, P()),

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import data, models
+from resnet_jax import config_lib, data, models
+from resnet_jax.data import cifar
 
 
 def resolve_dtype(dtype: str | None) -> str:
@@ -42,7 +43,7 @@ def model_from_config(config: ml_collections.ConfigDict) -> models.ResNet:
 
 def train_image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """One training image's shape: the ImageNet crop `input.image_size`, or CIFAR's 32x32."""
-  size = config.input.image_size if 'image_size' in config.input else 32
+  size = config.input.image_size if config_lib.family(config) == 'imagenet' else cifar.IMAGE_SIZE
   return (size, size, 3)
 
 

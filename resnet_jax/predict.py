@@ -26,7 +26,19 @@ import csv
 import json
 import os
 
+from absl import flags, logging
+
 from resnet_jax import cli, errors
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'The trained (or imported) workdir to predict with.')
+flags.DEFINE_integer('top_k', 5, 'Classes per image, most probable first.')
+flags.DEFINE_string(
+  'output', None, 'Also write the predictions to this .json or .csv file (by its suffix).'
+)
+flags.DEFINE_integer(
+  'batch_size', 64, 'Images per compiled call (rounded up to a multiple of the devices).'
+)
 
 OUTPUT_SUFFIXES = ('.json', '.csv')
 
@@ -110,24 +122,7 @@ def write_output(path: str, results: list[dict]):
         writer.writerow([result['file'], rank, c['label'], c['name'], c['probability']])
 
 
-def _define_flags():
-  # Defined only when run as a program: other command lines define --workdir too.
-  from absl import flags
-
-  flags.DEFINE_string('workdir', None, 'The trained (or imported) workdir to predict with.')
-  flags.DEFINE_integer('top_k', 5, 'Classes per image, most probable first.')
-  flags.DEFINE_string(
-    'output', None, 'Also write the predictions to this .json or .csv file (by its suffix).'
-  )
-  flags.DEFINE_integer(
-    'batch_size', 64, 'Images per compiled call (rounded up to a multiple of the devices).'
-  )
-
-
 def main(argv):
-  from absl import flags, logging
-
-  FLAGS = flags.FLAGS
   if not FLAGS.workdir:
     cli.fail('--workdir is required: the trained workdir to predict with.')
   if FLAGS.top_k < 1:
@@ -149,5 +144,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  _define_flags()
   cli.run(main)

@@ -1,7 +1,8 @@
 """Prediction: a trained net's classes for image files, encoded images or arrays.
 
 `Predictor` holds a workdir's latest checkpoint on a device mesh and
-preprocesses every image exactly as the evaluation's `center` protocol does:
+preprocesses every image exactly as the evaluation's `center` protocol does,
+with the view its dataset family's pipeline makes (`data.Dataset.eval_view`):
 
 - ImageNet family: shorter side `eval.resize_size`, central `eval.crop_size`
   crop. Encoded images (files, bytes) go through the very functions of the
@@ -22,7 +23,6 @@ import concurrent.futures
 import os
 from collections.abc import Sequence
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,27 +31,9 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpointing, distributed, errors, experiment
+from resnet_jax import config_lib, data, distributed, errors, trained_workdir
 from resnet_jax.data import core as data_core
 from resnet_jax.data import folder, imagenet_views
-
-FAMILIES = ('cifar', 'imagenet')
-
-
-def family(config) -> str:
-  """The input family of a config: 'cifar' or 'imagenet'.
-
-  Args:
-    config: an experiment config (a workdir's, possibly of an older version).
-
-  Returns:
-    `input.family`; for a config without it, 'imagenet' if it has the
-    ImageNet recipe's `input.image_size`, else 'cifar'.
-  """
-  name = config.input.get('family')
-  if name in FAMILIES:
-    return name
-  return 'imagenet' if 'image_size' in config.input else 'cifar'
 
 
 def read_image_file(path) -> bytes:
@@ -113,11 +95,11 @@ def _check_batch_size(batch_size: int):
 class Predictor:
   """A trained net ready to classify images: preprocessing from its checkpoint."""
 
-  def __init__(self, loaded: checkpointing.LoadedWorkdir, *, batch_size: int = 64, mesh=None):
+  def __init__(self, loaded: trained_workdir.LoadedWorkdir, *, batch_size: int = 64, mesh=None):
     """Places the net on `mesh` and prepares its preprocessing.
 
     Args:
-      loaded: `checkpointing.load_workdir(...)`'s net.
+      loaded: `trained_workdir.load_workdir(...)`'s net.
       batch_size: images per compiled call, rounded up to a multiple of the
         device count; a shorter batch is padded to it.
       mesh: the device mesh (default: `distributed.make_mesh()`, all devices).
@@ -127,7 +109,7 @@ class Predictor:
     num_devices = self.mesh.devices.size
     self.batch_size = -(-batch_size // num_devices) * num_devices
     self.model, self.config, self.step = loaded.model, loaded.config, loaded.step
-    self.family = family(loaded.config)
+    self.family = config_lib.family(loaded.config)
     num_classes = self.model.num_classes
     names = loaded.class_names
     self.class_names: tuple[str, ...] = (
@@ -137,17 +119,9 @@ class Predictor:
     self._batch_sharding = NamedSharding(self.mesh, P('data'))
     self._variables = jax.device_put(loaded.variables, replicated)
     self._norm = jax.device_put(loaded.norm, replicated)
-    if self.family == 'imagenet':
-      self.resize_size = int(self.config.eval.resize_size)
-      crop = int(self.config.eval.crop_size)
-      self.view_shape = (crop, crop, 3)
-    else:
-      self.resize_size = None
-      mean_shape = tuple(loaded.norm['mean'].shape)
-      # The per-pixel mean has the training images' size; a per-channel one
-      # leaves the recipe's.
-      hw = mean_shape[:2] if len(mean_shape) == 3 else experiment.train_image_shape(self.config)[:2]
-      self.view_shape = (int(hw[0]), int(hw[1]), 3)
+    norm_shapes = {k: tuple(v.shape) for k, v in loaded.norm.items()}
+    self._view = data.DATASETS[self.family].eval_view(self.config, norm_shapes)
+    self.view_shape = tuple(self._view.shape)
     self._forward = jax.jit(self._scores)
 
   @classmethod
@@ -164,7 +138,7 @@ class Predictor:
     """
     _check_batch_size(batch_size)  # Before the restore: bad input fails fast.
     mesh = mesh or distributed.make_mesh()
-    loaded = checkpointing.load_workdir(workdir, sharding=NamedSharding(mesh, P()))
+    loaded = trained_workdir.load_workdir(workdir, sharding=NamedSharding(mesh, P()))
     return cls(loaded, batch_size=batch_size, mesh=mesh)
 
   @property
@@ -197,32 +171,17 @@ class Predictor:
       return self._encoded_view(bytes(image), name)
     if not isinstance(image, np.ndarray):
       raise TypeError(f'{name}: expected a path, encoded bytes or a uint8 array, not {image!r:.80}')
-    return self._array_view(_rgb(image, name))
+    return self._view.of_array(_rgb(image, name))
 
-  def _encoded_view(self, data: bytes, name: str) -> np.ndarray:
+  def _encoded_view(self, encoded: bytes, name: str) -> np.ndarray:
     try:
-      hw = imagenet_views.image_size(data)
-      # The ImageNet family's evaluation decodes at reduced DCT scale when the
-      # resized view allows it (`imagenet._eval_element`); the same here.
-      image = imagenet_views.decode(data, min_shorter_side=self.resize_size)
+      return self._view.of_encoded(encoded)
     except PIL.Image.DecompressionBombError as e:
       raise errors.DataError(f'{name} is {imagenet_views.too_large_reason(e)}') from None
     except Exception as e:  # noqa: BLE001 - decoders raise many types; one line instead.
       # The dataset's reasons where they apply: Pillow's name the stream, not the file.
-      reason = folder.image_problem(data, data, len(data)) or errors.first_line(e)
+      reason = folder.image_problem(encoded, encoded, len(encoded)) or errors.first_line(e)
       raise errors.DataError(f'{name} is not a readable image ({reason})') from e
-    if self.family == 'imagenet':
-      resized = imagenet_views.resize(image, imagenet_views.resized_shape(*hw, self.resize_size))
-      return imagenet_views.center_crop(resized, self.view_shape[0])
-    return self._array_view(image)
-
-  def _array_view(self, image: np.ndarray) -> np.ndarray:
-    if self.family == 'imagenet':
-      return imagenet_views.center_view(image, self.resize_size, self.view_shape[0])
-    h, w = self.view_shape[:2]
-    if image.shape[:2] != (h, w):
-      image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    return image
 
   def _views(self, images) -> tuple[Sequence, bool]:
     """(the images, whether they already are views): a (N, H, W, 3) uint8

@@ -28,7 +28,7 @@ import time
 import jax
 from etils import epath
 
-from resnet_jax import cpu_devices, errors
+from resnet_jax import cpu_devices, errors, paths
 
 PACKAGES = (
   'jax',
@@ -209,7 +209,7 @@ class _RemoteLog:
 
 def _open_log(path: epath.Path):
   path.parent.mkdir(parents=True, exist_ok=True)
-  if '://' in str(path):
+  if paths.is_remote(path):
     return _RemoteLog(path)
   return open(path, 'a', buffering=1, encoding='utf-8')  # Line-buffered: a killed run keeps it.
 

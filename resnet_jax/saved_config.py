@@ -5,8 +5,8 @@ loads DIR's config through this file, so `--config.*` overrides apply to it
 as to any config file's (e.g. `--config.input.dataset`, `--config.eval.protocol`).
 """
 
-from resnet_jax import checkpointing
+from resnet_jax import workdir_files
 
 
 def get_config(workdir: str):
-  return checkpointing.read_config(workdir)
+  return workdir_files.read_config(workdir)

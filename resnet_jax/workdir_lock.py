@@ -29,7 +29,7 @@ import uuid
 
 from etils import epath
 
-from resnet_jax import errors
+from resnet_jax import errors, paths
 
 LOCK_FILE = 'lock.json'
 REFRESH_S = 30.0
@@ -48,10 +48,6 @@ def _holder_record(purpose: str) -> dict:
     'refreshed': now,
     'token': uuid.uuid4().hex,
   }
-
-
-def _is_local(path: epath.Path) -> bool:
-  return '://' not in str(path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,7 +96,7 @@ def _read(path: epath.Path) -> dict | None:
 def _create(path: epath.Path, record: dict) -> bool:
   """Writes the lock if there is none; False if another holds it."""
   text = json.dumps(record, indent=2) + '\n'
-  if not _is_local(path):
+  if paths.is_remote(path):
     if path.exists():
       return False
     path.write_text(text)
@@ -116,7 +112,7 @@ def _create(path: epath.Path, record: dict) -> bool:
 
 def _remove_stale(path: epath.Path, seen: dict) -> None:
   """Moves the stale lock aside, unless another run replaced it meanwhile."""
-  if not _is_local(path):
+  if paths.is_remote(path):
     path.unlink(missing_ok=True)
     return
   aside = epath.Path(f'{path}.stale.{os.getpid()}')

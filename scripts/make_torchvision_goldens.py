@@ -3,7 +3,7 @@
     pip install -e ".[torch]"   # torch and torchvision, for this script only
     python scripts/make_torchvision_goldens.py
 
-For resnet18 and resnet50, `torchvision_weights.synthetic_state_dict(name,
+For resnet18 and resnet50, the tests' `helpers.synthetic_state_dict(name,
 seed=0)` is loaded strictly into `torchvision.models.<name>(weights=None)`,
 which is run in eval mode on a fixed random input. Each file holds `input`
 (NCHW float32), `logits` (float32) and the `torch_version` and
@@ -15,17 +15,18 @@ also checks that today's torchvision still gives these logits.
 """
 
 import os
+import sys
 
 import numpy as np
 import torch
 import torchvision
 
-from resnet_jax.weights import torchvision as tw
-
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDENS = os.path.join(ROOT, 'tests', 'goldens')
 NAMES = ('resnet18', 'resnet50')
-GOLDENS = os.path.join(
-  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests', 'goldens'
-)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+
+from helpers import synthetic_state_dict  # noqa: E402 - the tests' recipe, from tests/.
 
 
 def golden_input() -> np.ndarray:
@@ -36,7 +37,7 @@ def golden_input() -> np.ndarray:
 def torchvision_logits(name: str, x: np.ndarray) -> np.ndarray:
   """torchvision's eval-mode logits of `name` with the synthetic seed-0 weights."""
   model = getattr(torchvision.models, name)(weights=None)
-  state_dict = tw.synthetic_state_dict(name, seed=0)
+  state_dict = synthetic_state_dict(name, seed=0)
   model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()}, strict=True)
   with torch.no_grad():
     return model.eval()(torch.from_numpy(x)).numpy().astype(np.float32)

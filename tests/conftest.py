@@ -32,8 +32,6 @@ os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 # Imported here, it is already loaded when the hook needs it.
 import tracemalloc  # noqa: E402,F401
 
-import pytest  # noqa: E402
-
 # The slowest modules first: with `-n 2`, a long test started last keeps one
 # worker busy while the other idles; started first, the short ones fill in
 # around it. (The order within a module is kept.)
@@ -50,63 +48,25 @@ _SLOWEST_FIRST = (
 )
 
 
-# The slow tier: end-to-end and at-scale tests (real-data command lines,
-# several processes, notebooks, the Table 6 launcher, deep nets' derivatives,
-# fault injection into long runs, equivalences already covered by a faster
-# test at a smaller size). `pytest tests` runs the rest; `--slow` runs all.
-_SLOW = (
-  'test_multiprocess.py',
-  'test_notebooks.py',
-  'test_imagenet_train.py',
-  'test_cifar_table.py::test_runs_concurrently_then_collects_and_a_rerun_skips_finished_runs',
-  'test_main.py::test_readme_command_trains_and_evaluates',
-  'test_models_autodiff.py::test_forward_mode_through_deep_and_imagenet_nets',
-  'test_models_autodiff.py::test_jvp_and_jacfwd_match_finite_differences',
-  'test_models_mask.py::test_masked_canvas_matches_each_image_alone[resnet',
-  'test_models.py::test_every_option_has_its_effect[bn_group_size]',
-  'test_models.py::test_resnet1202_forward_backward_compiles',
-  'test_train.py::test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold',
-  'test_train.py::test_interrupt_and_resume_equals_uninterrupted[True]',
-  'test_train.py::test_corrupt_latest_checkpoint_falls_back_to_the_previous[corrupt_meta]',
-  'test_evaluation.py::test_ensemble_averages_the_members_scores',
-  'test_evaluation.py::test_multi_scale_equals_the_unpadded_whole_image_computation',
-  'test_steps_per_dispatch.py::test_loop_with_k_steps_and_resume_under_another_k',
-  'test_steps_per_dispatch.py::test_k_steps_in_one_call_equal_k_single_steps',
-  'test_steps_per_dispatch.py::test_strided_convolutions_in_the_loop_take_the_fast_cpu_path',
-  'test_steps_per_dispatch.py::test_resident_gather_is_local_to_each_device',
-  'test_faults.py::test_failed_save_stops_at_once_in_one_line_and_keeps_earlier_checkpoints',
-  'test_faults.py::test_kill_during_a_save_or_the_final_eval_then_rerun_is_bit_identical',
-  'test_faults.py::test_unreadable_latest_checkpoint_falls_back_quietly_and_bit_identically',
-  'test_faults.py::test_second_ctrl_c_exits_130_in_one_line',
-  'test_steps_per_dispatch.py::test_resume_at_a_step_that_k_does_not_divide_is_refused',
-  'test_benchmark.py::test_k_steps_per_call_are_timed_per_step_with_the_split_on_the_devices',
-  'test_bn_groups.py::test_sharded_equals_one_device',
-  'test_responses.py::test_cli_end_to_end_on_two_trained_workdirs',
-  'test_responses.py::test_collect_named_modules_matches_direct_capture',
-  'test_responses.py::test_streaming_stats_match_whole_split_sharded_and_single_device',
-  'test_imagenet_input.py::test_datasets_same_for_any_num_workers',
-  'test_features.py::test_features_logits_are_the_logits_and_pooled_feeds_fc[resnet18]',
-  'test_features.py::test_unscan_rescan_round_trip_and_unscanned_net[resnet18]',
-)
-
-
 def pytest_addoption(parser):
   parser.addoption(
-    '--slow', action='store_true', help='also run the slow tier (conftest._SLOW): the whole suite'
+    '--slow', action='store_true', help='also run the slow tier (pytest.mark.slow): all tests'
   )
 
 
-def _is_slow(item) -> bool:
-  name = f'{item.path.name}::{item.name}'
-  return any(name == s or name.startswith(s) or item.path.name == s for s in _SLOW)
+def pytest_configure(config):
+  # The slow tier: end-to-end and at-scale tests (real-data command lines,
+  # several processes, notebooks, the Table 6 launcher, deep nets' derivatives,
+  # fault injection into long runs, equivalences already covered by a faster
+  # test at a smaller size), each marked where it is defined. `pytest tests`
+  # runs the rest; `--slow` runs all.
+  config.addinivalue_line('markers', 'slow: the slow tier, run only with --slow')
 
 
 def pytest_collection_modifyitems(config, items):
-  slow = [item for item in items if _is_slow(item)]
-  for item in slow:
-    item.add_marker(pytest.mark.slow)
   if not config.getoption('--slow'):
+    slow = [item for item in items if item.get_closest_marker('slow')]
     config.hook.pytest_deselected(items=slow)
-    items[:] = [item for item in items if not _is_slow(item)]
+    items[:] = [item for item in items if not item.get_closest_marker('slow')]
   rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -13,6 +13,7 @@ from resnet_jax import checkpointing, config_lib, data, distributed, experiment,
 from resnet_jax.data import cifar
 from resnet_jax.research import activations
 from resnet_jax.training import step as step_lib
+from resnet_jax.weights import torchvision as tw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The local TFDS datasets (cifar10_jpeg, imagenette224) beside the checkout;
@@ -152,3 +153,38 @@ def unscan(tree):
 def layer_responses(intermediates) -> list:
   """The Fig. 7 response arrays of an `intermediates` collection, network order."""
   return [a for _, a in activations.named_responses(intermediates)]
+
+
+def synthetic_state_dict(name: str, num_classes: int = 1000, seed: int = 0) -> dict:
+  """A torchvision `name` state dict of seeded random numpy arrays.
+
+  Exactly torchvision's keys, in its order, with its shapes and dtypes
+  (`num_batches_tracked` int64 0-d zeros), drawn from
+  `np.random.default_rng(seed)`. Convolutions are N(0, 2 / fan_out) and fc
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torchvision initialises them; BN gets
+  weight U(0.5, 1.5), bias N(0, 0.2), running mean N(0, 0.2) and running var
+  U(0.5, 2.0), so that no BN is the identity (torchvision's init would leave
+  a BN bug unseen).
+  """
+  shapes = tw._abstract(tw.torchvision_model(name, num_classes))
+  fc_fan_in = shapes[('params', 'fc', 'kernel')].shape[0]
+  rng = np.random.default_rng(seed)
+  out = {}
+  for key, (path, row, kind) in tw.key_map(name).items():
+    shape = tw._torch_shape(kind, shapes[path].shape if row is None else shapes[path].shape[1:])
+    field = key.rpartition('.')[2]
+    if kind == 'conv':  # kaiming_normal_(mode='fan_out', nonlinearity='relu').
+      array = rng.normal(0.0, np.sqrt(2.0 / (shape[0] * shape[2] * shape[3])), shape)
+    elif key.startswith('fc.'):  # nn.Linear's default init, weight and bias alike.
+      bound = 1.0 / np.sqrt(fc_fan_in)
+      array = rng.uniform(-bound, bound, shape)
+    elif field == 'weight':
+      array = rng.uniform(0.5, 1.5, shape)
+    elif field == 'running_var':
+      array = rng.uniform(0.5, 2.0, shape)
+    else:  # BN bias and running_mean.
+      array = rng.normal(0.0, 0.2, shape)
+    out[key] = array.astype(np.float32)
+    if field == 'running_var':
+      out[key[: -len('running_var')] + 'num_batches_tracked'] = np.zeros((), np.int64)
+  return out

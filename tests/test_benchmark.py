@@ -2,7 +2,7 @@
 
 import pytest
 
-from resnet_jax import config_lib
+from resnet_jax import cli, config_lib, errors
 from resnet_jax.tools import benchmark
 
 
@@ -14,6 +14,7 @@ def tiny(k=1, resident=False):
   return config
 
 
+@pytest.mark.slow
 def test_k_steps_per_call_are_timed_per_step_with_the_split_on_the_devices():
   result = benchmark.benchmark(tiny(k=4, resident=True), steps=2, warmup=1)
   assert result['steps_per_dispatch'] == 4 and result['device_resident']
@@ -52,15 +53,30 @@ def test_table_has_a_row_per_net_and_a_column_per_dtype():
 
 
 def test_overrides_parse_literals_and_are_type_checked():
+  """`--set` goes through the command lines' own override path (`cli.apply_overrides`)."""
   config = tiny()
-  benchmark.apply_override(config, 'steps_per_dispatch=50')
-  benchmark.apply_override(config, 'input.device_resident=true')
-  benchmark.apply_override(config, 'model_options.dtype=bfloat16')
-  benchmark.apply_override(config, 'schedule.boundaries=(10, 20)')
+  cli.apply_overrides(
+    config,
+    [
+      'steps_per_dispatch=50',
+      'input.device_resident=true',
+      'model_options.dtype=bfloat16',
+      'schedule.boundaries=(10, 20)',
+      'input.data_dir=/data/tfds',
+    ],
+    flag='--set=',
+  )
   assert config.steps_per_dispatch == 50 and config.input.device_resident is True
-  assert config.model_options.dtype == 'bfloat16'
+  assert config.model_options.dtype == 'bfloat16' and config.input.data_dir == '/data/tfds'
   assert tuple(config.schedule.boundaries) == (10, 20)
-  with pytest.raises(TypeError):
-    benchmark.apply_override(config, 'steps_per_dispatch=many')
+  for assignment, words in [
+    ('steps_per_dispatch=many', '--set=steps_per_dispatch=many: invalid literal for int()'),
+    ('optimizer.wieght_decay=0', 'did you mean --set=optimizer.weight_decay?'),
+    ('steps_per_dispatch', 'is not FIELD=VALUE'),
+  ]:
+    with pytest.raises(errors.ConfigError) as e:
+      cli.apply_overrides(config, [assignment], flag='--set=')
+    assert words in str(e.value) and '\n' not in str(e.value), str(e.value)
+  assert config.steps_per_dispatch == 50
   assert benchmark.recipe('resnet50').input.dataset == 'imagenet2012'
   assert benchmark.recipe('cifar_plain20').input.dataset == 'cifar10'

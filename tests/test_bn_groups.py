@@ -154,6 +154,7 @@ def _loss_grads_and_stats(model, variables, x, labels):
   return loss, logits, batch_stats, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('group_size', [2, 4, 8])
 def test_sharded_equals_one_device(group_size):
   """Batch 16 on 8 devices (2 each): G=2 inside a device, G=4, 8 over 2, 4."""

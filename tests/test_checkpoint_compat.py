@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 
-from resnet_jax import checkpointing
+from resnet_jax import trained_workdir
 from resnet_jax.training import loop
 
 from helpers import ROOT, tiny_config, tiny_splits
@@ -25,7 +25,7 @@ def golden_config():
 
 def test_a_saved_workdir_loads_and_predicts_as_when_it_was_saved():
   want = np.load(GOLDEN + '_logits.npz')
-  loaded = checkpointing.load_workdir(GOLDEN)
+  loaded = trained_workdir.load_workdir(GOLDEN)
   assert loaded.step == 2 and loaded.model.num_classes == 10
   images = want['images'].astype(np.float32)
   x = (images - np.asarray(loaded.norm['mean'])) / np.asarray(loaded.norm['std'])
@@ -38,4 +38,4 @@ def test_a_saved_workdir_resumes_training(tmp_path, capsys):
   shutil.copytree(GOLDEN, workdir)
   loop.train_and_evaluate(golden_config(), str(workdir), data=tiny_splits())
   assert 'Resumed from step 2' in capsys.readouterr().out
-  assert checkpointing.load_workdir(str(workdir)).step == 4
+  assert trained_workdir.load_workdir(str(workdir)).step == 4

@@ -50,6 +50,7 @@ def run_table(tmp_path, nets, *extra, seeds='0'):
   return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=480)
 
 
+@pytest.mark.slow
 def test_runs_concurrently_then_collects_and_a_rerun_skips_finished_runs(tmp_path):
   result = run_table(tmp_path, 'resnet20,plain20', *SHORT, seeds='0,1')
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -1,30 +1,47 @@
-"""Every `python -m` command line: `--help` works and says what it does (bad
-flags and config files as one line: `test_faults.py`)."""
+"""Every `python -m` command line: `--help` works and says what it does and
+which flags it takes; the config loader the command lines share (bad flags
+and config files through the real command lines: `test_faults.py`)."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from resnet_jax import cli, config_lib
+from resnet_jax import cli, config_lib, errors
 
 from helpers import ROOT
 
-COMMANDS = [
-  'resnet_jax.main',
-  'resnet_jax.predict',
-  'resnet_jax.models.complexity',
-  'resnet_jax.research.curves',
-  'resnet_jax.research.fig7',
-  'resnet_jax.weights.torchvision',
-  'resnet_jax.tools.benchmark',
-  'resnet_jax.tools.cifar_table',
-  'resnet_jax.tools.export_folder',
-  'resnet_jax.tools.input_benchmark',
-  'resnet_jax.tools.peer_benchmark',
-  'resnet_jax.tools.step_profile',
-]
+# Each command line -> the flags of its own that its --help lists.
+COMMANDS = {
+  'resnet_jax.main': (
+    'config coordinator_address detect_cluster mode num_processes print_config print_summary '
+    'process_id workdir'
+  ),
+  'resnet_jax.predict': 'batch_size output top_k workdir',
+  'resnet_jax.models.complexity': 'models',
+  'resnet_jax.research.curves': 'eval_key labels out',
+  'resnet_jax.research.fig7': 'batch_size data_dir dataset json label out split workdir',
+  'resnet_jax.weights.torchvision': 'export model torch_file workdir',
+  'resnet_jax.tools.benchmark': (
+    'config dtypes json models profile_dir set steps table table_out warmup'
+  ),
+  'resnet_jax.tools.cifar_table': (
+    'collect_only concurrent data_dir dataset nets poll_s results root seeds'
+  ),
+  'resnet_jax.tools.export_folder': (
+    'classes data_dir dataset out train_per_class train_split val_per_class val_split'
+  ),
+  'resnet_jax.tools.input_benchmark': (
+    'batch_size batches config crop_size data_dir dataset decoders images json num_workers '
+    'reencode_hw reencode_quality resize_size scale_max scale_min split view'
+  ),
+  'resnet_jax.tools.peer_benchmark': (
+    'config eval_batches json rounds steps threads torch_huge_pages worker'
+  ),
+  'resnet_jax.tools.step_profile': 'config steps top trace_dir',
+}
 CONFIG = '--config=configs/cifar10_resnet20.py'
 
 
@@ -51,10 +68,13 @@ def test_every_package_module_with_a_command_line_is_listed():
 
 
 @pytest.mark.parametrize('module', COMMANDS)
-def test_help_exits_0_and_says_what_it_does(module):
+def test_help_exits_0_says_what_it_does_and_lists_its_flags(module):
   result = run(module, '--help')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'python -m ' + module in result.stdout  # The module docstring: its usage.
+  # absl lists each flag as `  --name: help` (`--[no]name` for a boolean).
+  listed = set(re.findall(r'^  --(?:\[no\])?(\w+):', result.stdout, re.MULTILINE))
+  assert listed == set(COMMANDS[module].split()), result.stdout[-3000:]
 
 
 def test_print_config_shows_overrides_and_exits(tmp_path):
@@ -81,3 +101,40 @@ def test_nearest_field_names_the_closest_valid_one():
   assert cli.nearest_field_error(config, 'input.batch_size') is None
   message = cli.nearest_field_error(config, 'optimizer.wieght_decay')
   assert 'did you mean --config.optimizer.weight_decay?' in message
+  assert 'not a group' in cli.nearest_field_error(config, 'seed.value')
+
+
+def test_load_config_reads_a_file_and_overrides_as_the_command_lines_do():
+  config = cli.load_config(
+    os.path.join(ROOT, 'configs', 'cifar10_resnet20.py'),
+    ['seed=7', 'schedule.boundaries=(10, 20)', 'input.device_resident=true', 'input.data_dir=D'],
+  )
+  assert config.model == 'cifar_resnet20' and config.seed == 7
+  assert tuple(config.schedule.boundaries) == (10, 20) and config.input.device_resident is True
+  assert config.input.data_dir == 'D'
+
+
+@pytest.mark.parametrize(
+  'source, overrides, words',
+  [
+    (None, [], 'no such file'),
+    ('def get_config(:', [], 'line 1'),
+    ('def get_config():\n  raise RuntimeError("boom")', [], 'raised RuntimeError: boom'),
+    ('def get_config():\n  raise ValueError("bad")', [], 'raised ValueError: bad'),
+    ('def get_config():\n  open("/no/such/file")', [], 'raised FileNotFoundError'),
+    ('def get_config():\n  return None', [], 'returned NoneType, not a ConfigDict'),
+    ('CIFAR', ['input.batchsize=1'], 'did you mean --config.input.batch_size?'),
+    ('CIFAR', ['foo=1'], 'valid fields: '),
+    ('CIFAR', ['input.batch_size=abc'], '--config.input.batch_size=abc: invalid literal'),
+    ('CIFAR', ['seed'], '--config.seed is not FIELD=VALUE'),
+  ],
+)
+def test_load_config_errors_are_one_line(tmp_path, source, overrides, words):
+  path = tmp_path / 'config.py'
+  if source == 'CIFAR':
+    path = os.path.join(ROOT, 'configs', 'cifar10_resnet20.py')
+  elif source is not None:
+    path.write_text(source + '\n')
+  with pytest.raises(errors.UserError) as e:
+    cli.load_config(str(path), overrides)
+  assert words in str(e.value) and '\n' not in str(e.value), str(e.value)

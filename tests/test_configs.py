@@ -5,7 +5,6 @@ then `get_config()`) and must encode the paper's section 4.2 recipe.
 """
 
 import glob
-import importlib.util
 import os
 
 import jax
@@ -14,7 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from resnet_jax import config_lib, data, distributed, errors, experiment, models
+from resnet_jax import cli, config_lib, data, distributed, errors, experiment, models
 from resnet_jax.data import cifar
 from resnet_jax.training import step as step_lib
 
@@ -47,15 +46,6 @@ IMAGENET_EXPERIMENTS = {
 }
 
 
-def _load(path):
-  """The file's `get_config()`, loaded by path as config_flags does."""
-  name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(f'_config_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _stem(path):
   return os.path.splitext(os.path.basename(path))[0]
 
@@ -81,7 +71,7 @@ def test_config_files_exist_for_every_paper_model():
 
 @pytest.mark.parametrize('path', CIFAR_FILES, ids=os.path.basename)
 def test_config_file_encodes_the_paper_recipe(path):
-  config = _load(path)
+  config = cli.load_config(path)
   for num_devices in (1, 8):
     config_lib.validate(config, num_devices=num_devices)
   model = experiment.model_from_config(config)
@@ -101,7 +91,7 @@ def test_config_file_encodes_the_paper_recipe(path):
 
 @pytest.mark.parametrize('path', IMAGENET_FILES, ids=os.path.basename)
 def test_imagenet_config_encodes_section_3_4(path):
-  config = _load(path)
+  config = cli.load_config(path)
   for num_devices in (1, 8, 256):
     config_lib.validate(config, num_devices=num_devices, num_processes=min(num_devices, 32))
   name, shortcut = IMAGENET_EXPERIMENTS[_stem(path)]
@@ -131,7 +121,7 @@ def test_imagenet_config_encodes_section_3_4(path):
 @pytest.mark.parametrize('path', IMAGENETTE_FILES, ids=os.path.basename)
 @pytest.mark.skipif(not has_dataset('imagenette224'), reason='imagenette224 is not here')
 def test_imagenette_config_is_the_imagenet_recipe_on_the_local_proxy(path):
-  config = _load(path)
+  config = cli.load_config(path)
   config.input.data_dir = DATA_DIR  # Its classes and splits come from its metadata.
   config_lib.validate(config, num_devices=1)
   assert config.input.dataset == 'imagenette224'
@@ -146,7 +136,7 @@ def test_imagenette_config_is_the_imagenet_recipe_on_the_local_proxy(path):
 @pytest.mark.skipif(not has_dataset('imagenette224'), reason='imagenette224 is not here')
 @pytest.mark.parametrize('path', QUICK_FILES + FINETUNE_FILES, ids=os.path.basename)
 def test_walkthrough_configs_are_the_imagenet_recipe_scaled_down(path, tmp_path):
-  config = _load(path)
+  config = cli.load_config(path)
   if config.input.dataset == 'folder':  # Two classes of one image each are enough here.
     for split, name in (('train', 'a'), ('train', 'b'), ('val', 'a')):
       os.makedirs(tmp_path / split / name, exist_ok=True)

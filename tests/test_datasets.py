@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from resnet_jax import checkpointing, data, distributed, evaluation
+from resnet_jax import data, distributed, evaluation, trained_workdir, workdir_files
 from resnet_jax.training import loop
 
 from helpers import ROOT, tiny_config
@@ -89,14 +89,14 @@ def test_a_tfds_dataset_by_name_gives_classes_splits_and_family(tfds_dir):
 def test_it_trains_and_records_its_classes(trained):
   workdir, result = trained
   assert 0 <= result['test_error'] <= 1
-  loaded = checkpointing.load_workdir(workdir)
+  loaded = trained_workdir.load_workdir(workdir)
   assert loaded.class_names == CLASSES and loaded.model.num_classes == 3
   assert loaded.config.model_options.num_classes == 3  # Saved resolved: no dataset needed.
 
 
 def test_evaluate_from_the_workdir_alone(trained):
   workdir, result = trained
-  out = evaluation.evaluate_workdir(checkpointing.read_config(workdir), workdir)
+  out = evaluation.evaluate_workdir(workdir_files.read_config(workdir), workdir)
   assert out['count'] == 12 and out['top1_error'] == pytest.approx(result['test_error'])
   # The command line: no --config, an override on the saved one.
   run = subprocess.run(
@@ -134,7 +134,7 @@ def test_evaluate_on_a_folder_of_some_of_its_classes_maps_labels_by_name(
       os.makedirs(root / split / name, exist_ok=True)
       PIL.Image.fromarray(test[i]['image']).save(root / split / name / f'{i}.png')  # Lossless.
 
-  config = checkpointing.read_config(workdir)
+  config = workdir_files.read_config(workdir)
   reference = evaluation.protocol_scores('center', *_scorer_args(config, workdir), 'test', config)
   probs, labels = reference
   keep = labels != 0
@@ -154,7 +154,7 @@ def _scorer_args(config, workdir):
   from jax.sharding import PartitionSpec as P
 
   mesh = distributed.make_mesh()
-  loaded = checkpointing.load_workdir(workdir, sharding=NamedSharding(mesh, P()))
+  loaded = trained_workdir.load_workdir(workdir, sharding=NamedSharding(mesh, P()))
   dataset = data.create(config)
   scorer = evaluation.Scorer(loaded.model, dataset, mesh)
   return scorer, loaded.variables, loaded.norm, dataset
@@ -165,7 +165,7 @@ def test_a_folder_of_other_classes_is_refused(trained, tmp_path):
   for split in ('train', 'val'):
     os.makedirs(tmp_path / split / 'zebra', exist_ok=True)
     PIL.Image.new('RGB', (SIZE, SIZE)).save(tmp_path / split / 'zebra' / 'a.png')
-  config = checkpointing.read_config(workdir)
+  config = workdir_files.read_config(workdir)
   config.input.update(dataset='folder', data_dir=str(tmp_path), eval_split='val')
   with pytest.raises(Exception, match="does not predict, e.g. 'zebra'"):
     evaluation.evaluate_workdir(config, workdir)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_jax import checkpointing, config_lib, data, distributed, evaluation, models
+from resnet_jax import config_lib, data, distributed, evaluation, models, trained_workdir
 from resnet_jax.data import imagenet, imagenet_views
 from resnet_jax.training import loop
 
@@ -120,6 +120,7 @@ def test_crop_protocols_score_every_image_once_as_computed_directly(setup, proto
     )
 
 
+@pytest.mark.slow
 def test_multi_scale_equals_the_unpadded_whole_image_computation(setup):
   config, dataset, model, variables, norm, scorer = setup
   probs, _ = evaluation.protocol_scores(
@@ -175,6 +176,7 @@ def test_scores_refuse_examples_scored_the_wrong_number_of_times():
     scores.probabilities(1)
 
 
+@pytest.mark.slow
 def test_ensemble_averages_the_members_scores(tmp_path):
   """Table 5: two workdirs' scores averaged; each member uses its own config."""
   from test_train import tiny_config, tiny_splits  # pylint: disable=import-outside-toplevel
@@ -203,7 +205,7 @@ def test_ensemble_averages_the_members_scores(tmp_path):
   mesh = distributed.make_mesh()
   probs = []
   for workdir in members:
-    member_model, variables, norm, _, _, _ = checkpointing.load_workdir(
+    member_model, variables, norm, _, _, _ = trained_workdir.load_workdir(
       workdir, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     )
     scorer = evaluation.Scorer(member_model, dataset, mesh)

@@ -20,8 +20,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
-from resnet_jax import checkpointing, config_lib, errors, evaluation, models
+from resnet_jax import config_lib, errors, evaluation, models, trained_workdir
 from resnet_jax.training import loop
 
 from helpers import (
@@ -92,6 +93,7 @@ def rerun(workdir):
   loop.train_and_evaluate(fault_config(), str(workdir), data=tiny_splits())
 
 
+@pytest.mark.slow
 def test_failed_save_stops_at_once_in_one_line_and_keeps_earlier_checkpoints(tmp_path, reference):
   result = worker('train', tmp_path, '--fail_save=6')
   assert result.returncode == 1, result.stderr[-3000:]
@@ -112,6 +114,7 @@ def test_failed_save_stops_at_once_in_one_line_and_keeps_earlier_checkpoints(tmp
   assert_same_outcome(tmp_path, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'fault, last_saved', [('--kill_at_save=6', [3]), ('--kill_in_final_eval', [6, 9, 12])]
 )
@@ -126,6 +129,7 @@ def test_kill_during_a_save_or_the_final_eval_then_rerun_is_bit_identical(
   assert_same_outcome(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_130_in_one_line(tmp_path):
   process = subprocess.Popen(
     [sys.executable, WORKER, 'train', str(tmp_path), '--step_seconds=0.5', '--total_steps=600'],
@@ -268,6 +272,7 @@ def test_a_second_run_in_a_workdir_is_refused_and_a_killed_ones_lock_taken_over(
   assert not (tmp_path / 'lock.json').exists()
 
 
+@pytest.mark.slow
 def test_unreadable_latest_checkpoint_falls_back_quietly_and_bit_identically(
   tmp_path, reference_dir, reference
 ):
@@ -305,7 +310,7 @@ def _member(tmp_path, num_classes) -> str:
   workdir = str(tmp_path / f'member{num_classes}')
   norm = {'mean': np.zeros((8, 8, 3), np.float32), 'std': np.ones(3, np.float32)}
   state = {'params': params, 'batch_stats': batch_stats, 'norm': norm, 'step': np.int32(0)}
-  checkpointing.save_for_inference(workdir, config, state)
+  trained_workdir.save_for_inference(workdir, config, state)
   return workdir
 
 
@@ -346,14 +351,14 @@ def test_evaluate_into_an_unwritable_workdir_fails_before_scoring(
   shutil.copytree(reference_dir, workdir)
   before = snapshot(workdir)
   _no_scoring(monkeypatch)
-  real_write_text = checkpointing.epath.Path.write_text
+  real_write_text = epath.Path.write_text
 
   def write_text(self, *args, **kwargs):  # Root may write anywhere: refuse as a read-only disk.
     if str(self).startswith(str(workdir)):
       raise PermissionError(13, 'Permission denied', str(self))
     return real_write_text(self, *args, **kwargs)
 
-  monkeypatch.setattr(checkpointing.epath.Path, 'write_text', write_text)
+  monkeypatch.setattr(epath.Path, 'write_text', write_text)
   with pytest.raises(errors.WorkdirError, match='cannot write into --workdir'):
     evaluation.evaluate_workdir(fault_config(), str(workdir), data=tiny_splits())
   assert snapshot(workdir) == before
@@ -419,6 +424,18 @@ CASES = {
     ['--config=FILE:def get_config():\n  raise RuntimeError("boom")'],
     ['RuntimeError', 'boom'],
   ),
+  # ml_collections wraps a ValueError, and defers an OSError to the config's first use.
+  'config file raises ValueError': (
+    MAIN,
+    ['--config=FILE:def get_config():\n  raise ValueError("bad recipe")'],
+    ['get_config() raised ValueError: bad recipe'],
+  ),
+  'config file raises OSError': (
+    MAIN,
+    ['--config=FILE:def get_config():\n  open("/no/such/recipe.json")'],
+    ['get_config() raised FileNotFoundError', '/no/such/recipe.json'],
+  ),
+  'fig7 without --out': ('resnet_jax.research.fig7', [], ['--out']),
   'garbage weights': (
     'resnet_jax.weights.torchvision',
     ['--torch_file=FILE.safetensors'],

@@ -13,12 +13,20 @@ import numpy as np
 import pytest
 
 import resnet_jax
-from resnet_jax import checkpointing, config_lib, errors, evaluation, models
+from resnet_jax import checkpointing, config_lib, errors, evaluation, models, trained_workdir
 from resnet_jax.training import loop
 from resnet_jax.weights import init_from
 from resnet_jax.weights import torchvision as tw
 
-from helpers import DATA_DIR, ROOT, fault_config, has_dataset, tiny_config, tiny_splits
+from helpers import (
+  DATA_DIR,
+  ROOT,
+  fault_config,
+  has_dataset,
+  synthetic_state_dict,
+  tiny_config,
+  tiny_splits,
+)
 
 WORKER = os.path.join(ROOT, 'tests', 'fault_worker.py')
 
@@ -50,7 +58,7 @@ def inference_workdir(path):
   params, batch_stats = models.init_variables(model, (8, 8, 3), jax.random.key(0))
   norm = {'mean': np.zeros((8, 8, 3), np.float32), 'std': np.ones(3, np.float32)}
   state = {'params': params, 'batch_stats': batch_stats, 'norm': norm, 'step': np.int32(0)}
-  checkpointing.save_for_inference(str(path), config, state)
+  trained_workdir.save_for_inference(str(path), config, state)
   return path
 
 
@@ -89,7 +97,7 @@ def test_init_from_a_safetensors_file_of_another_net_says_what_it_is_not(tmp_pat
   assert 'not a torchvision ResNet' in message and 'encoder.weight' in message
   assert 'pass its name' not in message and 'training workdir' in message
   # A torchvision state dict that lacks a key fails here too, not after compiling.
-  state_dict = tw.synthetic_state_dict('resnet18')
+  state_dict = synthetic_state_dict('resnet18')
   del state_dict['layer2.0.bn1.weight']
   partial = tmp_path / 'partial.safetensors'
   tw.save_file(state_dict, str(partial))
@@ -114,7 +122,7 @@ def test_init_from_a_pth_file_without_torch_names_the_extra_and_the_converter(
 def test_a_config_json_that_is_not_json_is_a_config_error(tmp_path):
   workdir = untrained_workdir(tmp_path / 'run')
   (workdir / 'config.json').write_text('{"model": "cifar_resnet20",')
-  for load in (checkpointing.load_workdir, resnet_jax.Predictor.from_workdir):
+  for load in (trained_workdir.load_workdir, resnet_jax.Predictor.from_workdir):
     with pytest.raises(errors.ConfigError) as e:
       load(str(workdir))
     message = one_line(e)
@@ -127,7 +135,7 @@ def test_a_checkpoint_without_its_state_is_a_checkpoint_error(tmp_path):
   shutil.rmtree(workdir / 'checkpoints' / '0' / 'state')
   before = files_under(workdir)
   with pytest.raises(errors.CheckpointError) as e:
-    checkpointing.load_workdir(str(workdir))
+    trained_workdir.load_workdir(str(workdir))
   message = one_line(e)
   assert f'{workdir / "checkpoints"}' in message and 'state' in message
   assert 'earlier checkpoint' in message and 'retrain' in message

@@ -5,13 +5,13 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, errors, models
+from resnet_jax import errors, models, trained_workdir, workdir_files
 from resnet_jax.training import loop
 from resnet_jax.training import step as step_lib
 from resnet_jax.weights import init_from
 from resnet_jax.weights import torchvision as tw
 
-from helpers import final_params, tiny_config, tiny_splits
+from helpers import final_params, synthetic_state_dict, tiny_config, tiny_splits
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +32,7 @@ def _flat(tree):
 def test_new_head_frozen_body_and_frozen_statistics_stay_bit_identical(
   source_workdir, tmp_path, capfd
 ):
-  source = checkpointing.load_workdir(source_workdir)
+  source = trained_workdir.load_workdir(source_workdir)
   config = tiny_config()
   config.model_options.num_classes = 12  # The source's 10-class fc does not fit.
   config.init_from = source_workdir
@@ -44,7 +44,7 @@ def test_new_head_frozen_body_and_frozen_statistics_stay_bit_identical(
   assert f'Initialised from {source_workdir} (step 6)' in out
   assert 'its 10-class fc does not fit 12 classes: fc re-initialised' in out
 
-  state, _ = final_params(workdir, checkpointing.read_config(workdir))
+  state, _ = final_params(workdir, workdir_files.read_config(workdir))
   before = _flat(jax.device_get(source.variables['params']))
   after = _flat(state.params)
   for name, value in after.items():
@@ -57,7 +57,7 @@ def test_new_head_frozen_body_and_frozen_statistics_stay_bit_identical(
     np.testing.assert_array_equal(
       value, _flat(jax.device_get(source.variables['batch_stats']))[name], err_msg=name
     )
-  assert checkpointing.read_config(workdir).model_options.num_classes == 12
+  assert workdir_files.read_config(workdir).model_options.num_classes == 12
 
 
 def test_freeze_matching_nothing_and_bad_regex_fail(tmp_path):
@@ -89,7 +89,7 @@ def test_init_from_another_architecture_fails_before_compiling(source_workdir, t
 
 def test_torchvision_weights_merge_with_a_new_head(tmp_path):
   path = str(tmp_path / 'r18.safetensors')
-  tw.save_file(tw.synthetic_state_dict('resnet18', num_classes=1000), path)
+  tw.save_file(synthetic_state_dict('resnet18', num_classes=1000), path)
   variables, description = init_from.source_variables(path)
   assert description == f'torchvision weights {path}'
   target = jax.tree.map(
@@ -118,7 +118,7 @@ def test_torchvision_weights_need_their_options(tmp_path):
   from resnet_jax import config_lib
 
   path = str(tmp_path / 'r18.safetensors')
-  tw.save_file(tw.synthetic_state_dict('resnet18', num_classes=1000), path)
+  tw.save_file(synthetic_state_dict('resnet18', num_classes=1000), path)
   config = config_lib.imagenet('resnet18')  # TFDS metadata only: no data is read.
   config.model_options.shortcut = 'A'
   config.init_from = path

@@ -312,6 +312,7 @@ def test_train_dataset_resumes_from_state_mid_epoch():
   _assert_same(_take(resumed, 4), expected)
 
 
+@pytest.mark.slow
 def test_datasets_same_for_any_num_workers():
   source = _source(12)
   expected = _take(iter(_train(source)), 5)

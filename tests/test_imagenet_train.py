@@ -17,10 +17,13 @@ from resnet_jax.training import step as step_lib
 
 from helpers import DATA_DIR
 
-pytestmark = pytest.mark.skipif(
-  not os.path.isdir(os.path.join(DATA_DIR, 'imagenette224')),
-  reason='../shared/data/tfds/imagenette224 is not here',
-)
+pytestmark = [
+  pytest.mark.slow,
+  pytest.mark.skipif(
+    not os.path.isdir(os.path.join(DATA_DIR, 'imagenette224')),
+    reason='../shared/data/tfds/imagenette224 is not here',
+  ),
+]
 
 
 def small_config():

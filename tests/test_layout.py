@@ -1,4 +1,5 @@
-"""The package's import graph, read from the code: no cycles, no upward imports.
+"""The package's import graph, read from the code: no cycles, no upward imports;
+and no function longer than MAX_FUNCTION_LINES.
 
 Every `import` counts, lazy ones inside functions included, so an import
 cycle cannot hide behind a function-level import.
@@ -19,6 +20,8 @@ LAYERS = (
     'resnet_jax.cli',
     'resnet_jax.progress',
     'resnet_jax.workdir_lock',
+    'resnet_jax.paths',
+    'resnet_jax.orbax_quiet',
   ),
   ('resnet_jax.models',),
   ('resnet_jax.data',),
@@ -28,7 +31,7 @@ LAYERS = (
     'resnet_jax.experiment',
     'resnet_jax.run_info',
   ),
-  ('resnet_jax.checkpointing',),
+  ('resnet_jax.checkpointing', 'resnet_jax.workdir_files', 'resnet_jax.trained_workdir'),
   ('resnet_jax.evaluation', 'resnet_jax.prediction', 'resnet_jax.weights'),
   ('resnet_jax.training',),
   ('resnet_jax.research',),
@@ -117,3 +120,41 @@ def test_no_module_imports_a_higher_layer():
     if _layer(b) > _layer(a)
   ]
   assert not upward, upward
+
+
+MAX_FUNCTION_LINES = 60
+# (file, function) allowed to be longer: the config builders, flat lists of
+# the recipe's fields that read best in one place.
+LONG_FUNCTIONS_ALLOWED = {
+  ('resnet_jax/config_lib.py', '_model_options'),
+  ('resnet_jax/config_lib.py', '_common'),
+  ('resnet_jax/config_lib.py', 'cifar10'),
+  ('resnet_jax/config_lib.py', 'imagenet'),
+  ('resnet_jax/config_lib.py', 'imagenette'),
+}
+
+
+def long_functions(source: str, path: str) -> list[str]:
+  """`path:line name (N lines)` of each function in `source` (methods, nested
+  and async ones included) longer than MAX_FUNCTION_LINES, from its `def` to
+  its last line, unless LONG_FUNCTIONS_ALLOWED names it."""
+  out = []
+  for node in ast.walk(ast.parse(source, path)):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      lines = node.end_lineno - node.lineno + 1
+      if lines > MAX_FUNCTION_LINES and (path, node.name) not in LONG_FUNCTIONS_ALLOWED:
+        out.append(f'{path}:{node.lineno} {node.name} ({lines} lines)')
+  return out
+
+
+def test_the_length_check_sees_methods_and_async_functions():
+  body = ''.join(f'    x = {i}\n' for i in range(MAX_FUNCTION_LINES - 1))
+  source = f'class A:\n  async def long(self):\n{body}    x = 0\n  def short(self):\n{body}'
+  assert long_functions(source, 'a.py') == [f'a.py:2 long ({MAX_FUNCTION_LINES + 1} lines)']
+
+
+def test_no_function_is_longer_than_the_limit():
+  found = []
+  for path in sorted(_modules().values()):
+    found += long_functions(open(path).read(), os.path.relpath(path, ROOT).replace(os.sep, '/'))
+  assert not found, found

@@ -24,6 +24,7 @@ def run_main(*flags):
   not os.path.isdir(os.path.join(DATA_DIR, 'cifar10_jpeg')),
   reason='../shared/data/tfds/cifar10_jpeg is not here',
 )
+@pytest.mark.slow
 def test_readme_command_trains_and_evaluates(tmp_path):
   flags = [
     f'--workdir={tmp_path}',

@@ -702,6 +702,36 @@ def test_bad_option_values(options):
     models.create_model('resnet18', **options)
 
 
+def test_option_checks_name_the_field_to_change():
+  """`check_options` is what `create_model` and config validation both run."""
+  models.check_options({'shortcut': 'C', 'bn_group_size': None, 'bn_momentum': 0.99})
+  with pytest.raises(ValueError, match=r'^model_options\.bn_momentum=1\.5: it must be '):
+    models.check_options({'bn_momentum': 1.5}, prefix='model_options.')
+  with pytest.raises(ValueError, match=r"\['model_options\.foo'\]; valid options: num_classes"):
+    models.check_options({'foo': 1}, prefix='model_options.')
+
+
+def test_helpers_of_the_forward_pass_add_no_method_calls():
+  """The stem, stage and pool helpers run as plain code inside
+  `ResNet.__call__`: capturing every method's output records the module
+  calls only, as `research.activations` expects."""
+  model = models.ResNet(
+    stage_sizes=(1, 1), block_cls=models.BasicBlock, num_filters=4, stem='cifar', num_classes=3
+  )
+  variables = model.init(KEY, _x(8), train=False)
+  _, state = model.apply(
+    variables, _x(8), train=False, capture_intermediates=lambda mdl, name: True, mutable=True
+  )
+  assert sorted(state['intermediates']) == [
+    '__call__',
+    'bn_init',
+    'conv_init',
+    'fc',
+    'stage1_block1',
+    'stage2_block1',
+  ]
+
+
 def _tiny_apply(model, train=False, batch=4, seed=0):
   """(logits, variables, updated batch_stats) of `model` on a random 8x8 batch."""
   x = jax.random.normal(jax.random.key(seed), (batch, 8, 8, 3))
@@ -799,13 +829,17 @@ OPTION_CHECKS = {
 }
 
 
-@pytest.mark.parametrize('option', models.OPTIONS)
+@pytest.mark.parametrize(
+  'option',
+  [pytest.param(o, marks=pytest.mark.slow) if o == 'bn_group_size' else o for o in models.OPTIONS],
+)
 def test_every_option_has_its_effect(option):
   """Each option of `models.OPTIONS` changes what it says (a new option
   without a check here fails)."""
   OPTION_CHECKS[option]()
 
 
+@pytest.mark.slow
 def test_resnet1202_forward_backward_compiles():
   model = models.create_model('cifar_resnet1202')
   x = _spec(32)

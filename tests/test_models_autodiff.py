@@ -112,6 +112,7 @@ def _cifar20_float64():
   return model, variables['params'], state['batch_stats']
 
 
+@pytest.mark.slow
 def test_jvp_and_jacfwd_match_finite_differences():
   with jax.enable_x64(True):
     model, params, stats = _cifar20_float64()
@@ -165,6 +166,7 @@ def test_jvp_and_jacfwd_match_finite_differences():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'name,size,options',
   [

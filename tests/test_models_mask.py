@@ -43,9 +43,14 @@ def _canvas(sizes, canvas_size, seed=2):
   [
     ('cifar_resnet20', {}, [(37, 53), (64, 41)]),
     ('cifar_resnet20', {'scan_blocks': False}, [(37, 53), (30, 31)]),
-    ('resnet18', {'num_classes': 10}, [(61, 45), (33, 64)]),
-    ('resnet50', {'num_classes': 10}, [(61, 45), (50, 57)]),
-    ('resnet50', {'num_classes': 10, 'downsample_on_3x3': True}, [(61, 45), (64, 35)]),
+    pytest.param('resnet18', {'num_classes': 10}, [(61, 45), (33, 64)], marks=pytest.mark.slow),
+    pytest.param('resnet50', {'num_classes': 10}, [(61, 45), (50, 57)], marks=pytest.mark.slow),
+    pytest.param(
+      'resnet50',
+      {'num_classes': 10, 'downsample_on_3x3': True},
+      [(61, 45), (64, 35)],
+      marks=pytest.mark.slow,
+    ),
   ],
 )
 def test_masked_canvas_matches_each_image_alone(name, options, sizes):

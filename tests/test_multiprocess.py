@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, config_lib, experiment, models
+from resnet_jax import checkpointing, config_lib, experiment, models, trained_workdir
 
+pytestmark = pytest.mark.slow
 WORKER = os.path.join(os.path.dirname(__file__), 'multiprocess_worker.py')
 TIME_LIMIT = 240  # Seconds per run: a hang fails the test instead of CI.
 
@@ -91,7 +92,7 @@ def final_state(workdir, step=None):
     abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
     )
-    state = checkpointing.restore_inference(mngr, step, abstract)
+    state = trained_workdir.restore_inference(mngr, step, abstract)
   return jax.device_get(state)
 
 

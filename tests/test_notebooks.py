@@ -13,6 +13,7 @@ import pytest
 
 from helpers import DATA_DIR, ROOT
 
+pytestmark = pytest.mark.slow
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, 'notebooks', '*.ipynb')))
 
 

@@ -22,7 +22,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import (
-  checkpointing,
   data,
   distributed,
   errors,
@@ -31,6 +30,7 @@ from resnet_jax import (
   models,
   predict,
   prediction,
+  trained_workdir,
 )
 from resnet_jax.data import cifar, imagenet, imagenet_views
 from resnet_jax.weights import torchvision as tw
@@ -50,7 +50,7 @@ def _encode(image, fmt) -> bytes:
 def _center_scores(workdir, dataset, split, config):
   """The evaluation path: `protocol_scores('center', ...)` of the workdir's net."""
   mesh = distributed.make_mesh()
-  loaded = checkpointing.load_workdir(workdir, sharding=NamedSharding(mesh, P()))
+  loaded = trained_workdir.load_workdir(workdir, sharding=NamedSharding(mesh, P()))
   scorer = evaluation.Scorer(loaded.model, dataset, mesh)
   return evaluation.protocol_scores(
     'center', scorer, loaded.variables, loaded.norm, dataset, split, config
@@ -71,7 +71,7 @@ def cifar_run(tmp_path_factory):
   norm = {'mean': cifar.mean_image(train), 'std': np.full(3, 64.0, np.float32)}
   state = {'params': params, 'batch_stats': batch_stats, 'norm': norm, 'step': np.int32(0)}
   workdir = str(tmp_path_factory.mktemp('cifar') / 'run')
-  checkpointing.save_for_inference(workdir, config, state, class_names=CIFAR_NAMES)
+  trained_workdir.save_for_inference(workdir, config, state, class_names=CIFAR_NAMES)
   expected = _center_scores(workdir, data.create(config, preloaded=splits), 'test', config)
   return config, workdir, evals['test'].images, expected
 
@@ -146,7 +146,7 @@ def imagenet_run(tmp_path_factory):
   if not helpers.has_dataset('imagenette224'):
     pytest.skip(f'imagenette224 not found under {helpers.DATA_DIR}')
   root = tmp_path_factory.mktemp('imagenet')
-  _, variables = tw.from_torchvision(tw.synthetic_state_dict('resnet18', num_classes=10))
+  _, variables = tw.from_torchvision(helpers.synthetic_state_dict('resnet18', num_classes=10))
   workdir = str(root / 'run')
   config = tw.write_workdir('resnet18', variables, workdir)
   # The evaluation of the same net on the first validation images.

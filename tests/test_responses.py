@@ -2,14 +2,14 @@
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
 
-from resnet_jax import checkpointing, data, distributed, errors, models
+from resnet_jax import data, distributed, errors, models, trained_workdir
 from resnet_jax.data import cifar
 from resnet_jax.research import activations, fig7, responses
 from resnet_jax.training import loop
@@ -101,6 +101,7 @@ def poisoned(batches):
     yield batch
 
 
+@pytest.mark.slow
 def test_streaming_stats_match_whole_split_sharded_and_single_device(net):
   model, variables = net
   split = tiny_splits()[1]['test']
@@ -183,6 +184,7 @@ def test_names_order_and_scanned_equals_unscanned(net):
     np.testing.assert_allclose(a.channel_mean, b.channel_mean, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_collect_named_modules_matches_direct_capture(net):
   model, variables = net
   split = tiny_splits()[1]['test']
@@ -297,6 +299,7 @@ def test_streaming_merge_is_precise_over_many_batches():
   assert got.count == 200 * 36
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_two_trained_workdirs(tmp_path, capsys):
   splits = tiny_splits()
   workdirs = []
@@ -320,7 +323,7 @@ def test_cli_end_to_end_on_two_trained_workdirs(tmp_path, capsys):
   table = capsys.readouterr().out
   assert '| ResNet-20 | 18 |' in table and '| plain-20 | 18 |' in table
   # The numbers match a direct computation on the loaded checkpoint.
-  model, variables, norm, _, _, _ = checkpointing.load_workdir(workdirs[0])
+  model, variables, norm, _, _, _ = trained_workdir.load_workdir(workdirs[0])
   direct = responses.response_stats(
     model,
     variables,
@@ -336,24 +339,24 @@ def test_cli_end_to_end_on_two_trained_workdirs(tmp_path, capsys):
     fig7.run(workdirs[:1], str(tmp_path / 'x.png'), data_dir=str(tmp_path / 'nowhere'))
 
 
-def _parsed(*argv):
-  values = flags.FlagValues()
-  fig7.define_flags(values)
-  values(['prog', *argv])
-  return values
+def _parsed(**given):
+  """fig7's flags as absl parses them (its command line defines them only
+  when it runs): `given`, None for the others."""
+  names = ('workdir', 'out', 'json', 'data_dir', 'dataset', 'split', 'batch_size', 'label')
+  return types.SimpleNamespace(**{name: given.get(name) for name in names})
 
 
 def test_flags():
   kwargs = fig7.run_kwargs(
-    _parsed(
-      '--workdir=a', '--workdir=b', '--out=f.png', '--data_dir=/data/tfds', '--dataset=cifar10_jpeg'
-    )
+    _parsed(workdir=['a', 'b'], out='f.png', data_dir='/data/tfds', dataset='cifar10_jpeg')
   )
   assert kwargs['workdirs'] == ['a', 'b'] and kwargs['out'] == 'f.png'
   assert kwargs['json_path'] is None and kwargs['data_dir'] == '/data/tfds'
   assert kwargs['dataset'] == 'cifar10_jpeg'
   with pytest.raises(errors.ConfigError, match='--out'):
-    fig7.run_kwargs(_parsed('--workdir=a'))
+    fig7.run_kwargs(_parsed(workdir=['a']))
+  with pytest.raises(errors.ConfigError, match='one --label per --workdir'):
+    fig7.run_kwargs(_parsed(workdir=['a', 'b'], out='f.png', label=['A']))
   assert fig7.model_label('cifar_plain56') == 'plain-56'
   assert fig7.model_label('resnet152') == 'ResNet-152'
   config = fig7.override_input(responses_config(), data_dir='/d', dataset='cifar10_jpeg')

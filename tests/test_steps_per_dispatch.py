@@ -56,6 +56,7 @@ def host_batches(n_steps, batch=16):
   return split, index
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('resident', [False, True])
 def test_k_steps_in_one_call_equal_k_single_steps(resident):
   """Warm-up (ended by its cap at step 5) and lr boundaries (3, 6) fall inside
@@ -107,6 +108,7 @@ def _assert_same_state(a, b):
   np.testing.assert_array_equal(jax.random.key_data(a.rng), jax.random.key_data(b.rng))
 
 
+@pytest.mark.slow
 def test_resident_gather_is_local_to_each_device():
   """Replicated split, sharded indices: each device gathers its own examples;
   the compiled call moves no images between devices."""
@@ -122,6 +124,7 @@ def test_resident_gather_is_local_to_each_device():
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the CPU path only')
+@pytest.mark.slow
 def test_strided_convolutions_in_the_loop_take_the_fast_cpu_path():
   """XLA:CPU runs strided-conv gradients 50-100x slower inside a loop: there
   they are stride-1 forward convolutions, subsampled (`ResNet.in_step_loop`).
@@ -133,6 +136,7 @@ def test_strided_convolutions_in_the_loop_take_the_fast_cpu_path():
   assert convs(multi) and not any('stride=' in w for w in convs(multi)), convs(multi)
 
 
+@pytest.mark.slow
 def test_loop_with_k_steps_and_resume_under_another_k_equals_single_steps(tmp_path):
   data = tiny_splits()
   loop.train_and_evaluate(dispatch_config(1), str(tmp_path / 'single'), data=data)
@@ -200,6 +204,7 @@ def test_intervals_that_k_does_not_divide_are_refused():
   config_lib.validate(dispatch_config(4), 8)
 
 
+@pytest.mark.slow
 def test_resume_at_a_step_that_k_does_not_divide_is_refused(tmp_path):
   config = dispatch_config(1)
   config.stop_after_steps = 2

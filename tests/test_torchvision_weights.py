@@ -27,11 +27,11 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, config_lib
+from resnet_jax import checkpointing, config_lib, trained_workdir
 from resnet_jax.data import imagenet
 from resnet_jax.weights import torchvision as tw
 
-from helpers import ROOT
+from helpers import ROOT, synthetic_state_dict
 
 needs_torch = pytest.mark.skipif(
   importlib.util.find_spec('torch') is None or importlib.util.find_spec('torchvision') is None,
@@ -112,7 +112,7 @@ def test_logits_match_torchvision_goldens(name):
   np.testing.assert_array_equal(
     x, np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
   )
-  ours, variables = tw.from_torchvision(tw.synthetic_state_dict(name, seed=0), name)
+  ours, variables = tw.from_torchvision(synthetic_state_dict(name, seed=0), name)
   assert ours.downsample_on_3x3 == (name == 'resnet50')
   logits = np.asarray(_apply(ours, variables, x.transpose(0, 2, 3, 1)))
   _assert_logits_close(
@@ -127,7 +127,7 @@ def test_synthetic_state_dict_is_torchvisions_and_goldens_are_current(name):
   import torchvision
 
   model = getattr(torchvision.models, name)(weights=None).eval()
-  state_dict = tw.synthetic_state_dict(name, seed=0)
+  state_dict = synthetic_state_dict(name, seed=0)
   reference = _numpy_state_dict(model)
   assert list(state_dict) == list(reference)  # torchvision's key order
   for key, value in reference.items():
@@ -158,7 +158,7 @@ def test_logits_match_torchvision(net):
 
 @pytest.mark.parametrize('name', GOLDEN_NAMES)
 def test_export_round_trip_is_exact(name):
-  state_dict = tw.synthetic_state_dict(name)
+  state_dict = synthetic_state_dict(name)
   _, variables = tw.from_torchvision(state_dict, name)  # numpy arrays, name inferred too
   assert tw.infer_name(state_dict) == name
   exported = tw.to_torchvision(variables, name)
@@ -180,7 +180,7 @@ def test_export_round_trip_of_torchvision_is_exact(net):
 
 @pytest.mark.parametrize('suffix', ['.safetensors', pytest.param('.pth', marks=needs_torch)])
 def test_file_round_trip(suffix, scratch):
-  state_dict = tw.synthetic_state_dict('resnet18', num_classes=10)
+  state_dict = synthetic_state_dict('resnet18', num_classes=10)
   path = os.path.join(scratch, 'weights' + suffix)
   tw.save_file(state_dict, path)  # numpy arrays in
   loaded = tw.load_file(path)
@@ -214,7 +214,7 @@ def test_file_round_trip_of_torch_tensors(suffix, scratch):
 
 @pytest.fixture(scope='module')
 def r18_state_dict():
-  return tw.synthetic_state_dict('resnet18')
+  return synthetic_state_dict('resnet18')
 
 
 def test_bad_state_dicts_fail_naming_the_key(r18_state_dict):
@@ -257,12 +257,12 @@ def test_bad_state_dicts_fail_naming_the_key(r18_state_dict):
 
 @pytest.mark.parametrize('name', GOLDEN_NAMES)
 def test_workdir_loads_and_exports(name, scratch):
-  state_dict = tw.synthetic_state_dict(name, seed=0)
+  state_dict = synthetic_state_dict(name, seed=0)
   _, variables = tw.from_torchvision(state_dict, name)
   workdir = os.path.join(scratch, 'run')
   config = tw.write_workdir(name, variables, workdir)
 
-  loaded_model, loaded, norm, step, _, _ = checkpointing.load_workdir(workdir)
+  loaded_model, loaded, norm, step, _, _ = trained_workdir.load_workdir(workdir)
   assert step == 0 and loaded_model.downsample_on_3x3 == (name == 'resnet50')
   jax.tree.map(lambda a, b: _assert_same(np.asarray(a), b, ''), loaded, variables)
   np.testing.assert_array_equal(norm['mean'], imagenet.MEAN_RGB)
@@ -315,7 +315,7 @@ def test_workdir_of_torchvision_matches_it_on_pixels(net, scratch):
   _, variables = tw.from_torchvision(model.state_dict(), name)  # torch tensors
   workdir = os.path.join(scratch, 'run')
   tw.write_workdir(name, variables, workdir)
-  loaded_model, loaded, norm, _, _, _ = checkpointing.load_workdir(workdir)
+  loaded_model, loaded, norm, _, _, _ = trained_workdir.load_workdir(workdir)
 
   # Our evaluation's (pixels - mean) / std on 0..255 is torchvision's
   # normalisation of pixels / 255.
@@ -360,7 +360,7 @@ def test_cli_imports_safetensors_without_torch(r18_state_dict, scratch):
     if line.startswith('import time:')
   }
   assert 'jax' in imported and 'torch' not in imported  # .safetensors needs no torch.
-  _, loaded, _, _, _, _ = checkpointing.load_workdir(workdir)
+  _, loaded, _, _, _, _ = trained_workdir.load_workdir(workdir)
   np.testing.assert_array_equal(
     loaded['params']['stage4_rest']['conv2']['kernel'][0],
     r18_state_dict['layer4.1.conv2.weight'].transpose(2, 3, 1, 0),

@@ -64,6 +64,7 @@ def test_sharded_step_matches_single_device_and_compiles_once():
   assert compiles.count('/jax/core/compile/jaxpr_to_mlir_module_duration') == 1, compiles
 
 
+@pytest.mark.slow
 def test_warmup_rule_ends_when_the_smoothed_error_crosses_the_threshold():
   smoothing, warmup_lr = 0.9, 0.01
   # A threshold never reached: warm-up all along; record the errors it sees.
@@ -159,7 +160,7 @@ def test_evaluate_counts_every_example_once():
   assert out['top5_error'] == pytest.approx(expected5, abs=1e-6)
 
 
-@pytest.mark.parametrize('warmup', [False, True])
+@pytest.mark.parametrize('warmup', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, warmup):
   data = tiny_splits()
   # With warm-up: still active at the interruption (step 3), ended by the cap
@@ -287,7 +288,9 @@ def _truncate_data_files(step_dir):
         open(os.path.join(root, name), 'wb').close()
 
 
-@pytest.mark.parametrize('damage', ['truncated_state', 'corrupt_meta'])
+@pytest.mark.parametrize(
+  'damage', ['truncated_state', pytest.param('corrupt_meta', marks=pytest.mark.slow)]
+)
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage, capfd):
   data = tiny_splits()
   config = tiny_config()

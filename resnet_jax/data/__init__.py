@@ -2,7 +2,7 @@
 interface the loop calls (`core`), one module per family, and image folders
 (`folder`).
 
-`create(config)` returns the family's `core.Dataset`:
+`create(config)` returns the family's `core.Dataset` (`DATASETS`):
 - CIFAR (`cifar`): decoded into memory once; crop/flip augmentation and mean
   subtraction on the device.
 - ImageNet (`imagenet`, with its host-side views in `imagenet_views`): JPEGs
@@ -24,6 +24,7 @@ __all__ = [
   'CifarData',
   'Dataset',
   'DatasetInfo',
+  'DATASETS',
   'ImagenetData',
   'catalog',
   'check_dataset',
@@ -32,10 +33,14 @@ __all__ = [
 ]
 
 
+DATASETS = {'cifar': CifarData, 'imagenet': ImagenetData}  # Input family -> its pipeline.
+
+
 def create(config: ml_collections.ConfigDict, preloaded=None) -> Dataset:
   """The config's dataset. `preloaded` (CIFAR only): (train, {name: split}) arrays."""
-  if dataset_info(config.input).family == 'cifar':
-    return CifarData(config, preloaded)
-  if preloaded is not None:
+  dataset = DATASETS[dataset_info(config.input).family]
+  if preloaded is None:
+    return dataset(config)
+  if dataset is not CifarData:
     raise ValueError('preloaded data is only supported for CIFAR datasets')
-  return ImagenetData(config)
+  return dataset(config, preloaded)

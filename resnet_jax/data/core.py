@@ -4,9 +4,10 @@ processes.
 
 The loop calls only the methods of `Dataset`; the host side yields numpy
 batches of this process's share of the data, the device side
-(`preprocess_train`, `preprocess_eval`) runs inside the compiled steps. The
-families (`data.cifar`, `data.imagenet`) build on this module, never the
-other way round.
+(`preprocess_train`, `preprocess_eval`) runs inside the compiled steps.
+`Dataset.eval_view` makes one image's evaluation view without any data, for
+prediction. The families (`data.cifar`, `data.imagenet`) build on this
+module, never the other way round.
 """
 
 import abc
@@ -55,6 +56,22 @@ class ProcessBlocks(grain.MapDataset):
 
   def __str__(self):
     return f'ProcessBlocks(b={self._b}, p={self._p}/{self._n})'
+
+
+class EvalView(abc.ABC):
+  """One image as the evaluation's `center` protocol shows it to the net,
+  made on the host from an image of any size (`Dataset.eval_view`)."""
+
+  shape: tuple[int, int, int]  # (H, W, 3) of every view.
+
+  @abc.abstractmethod
+  def of_array(self, image: np.ndarray) -> np.ndarray:
+    """The view of a uint8 RGB (H, W, 3) image: uint8 of `shape`."""
+
+  @abc.abstractmethod
+  def of_encoded(self, encoded: bytes) -> np.ndarray:
+    """The view of an encoded image (JPEG, PNG, ...), decoded as the
+    evaluation decodes the dataset's own: uint8 of `shape`."""
 
 
 class Dataset(abc.ABC):
@@ -165,6 +182,21 @@ class Dataset(abc.ABC):
     if split == self.info.eval_split:
       return inp.get('eval_split') or split
     raise ValueError(f'unknown split {split!r}; valid: train, {", ".join(self.eval_splits())}')
+
+  @classmethod
+  @abc.abstractmethod
+  def eval_view(cls, config: ml_collections.ConfigDict, norm_shapes: dict) -> EvalView:
+    """The `center` evaluation view of one image, for a net trained with `config`.
+
+    A class method: it reads no data, so that a checkpoint alone can predict.
+
+    Args:
+      config: the experiment config the net was trained with.
+      norm_shapes: the shapes of the checkpoint's `normalization()` arrays.
+
+    Returns:
+      The family's `EvalView`.
+    """
 
   @staticmethod
   @abc.abstractmethod

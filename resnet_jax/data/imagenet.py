@@ -10,6 +10,7 @@ and `imagenette224` alike (same feature keys); `ImagenetData` is the family's
 """
 
 import concurrent.futures
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -31,10 +32,11 @@ from resnet_jax.data.imagenet_views import (
   VIEWS,
   canvas_shape,
   center_crop,
+  center_view,
   decode,
+  decode_resized,
   image_size,
   multi_scale_views,
-  resize,
   resized_shape,
   ten_crops,
   train_example,
@@ -231,9 +233,7 @@ def _eval_element(position, *, source, start, stop, view, resize_size, crop_size
       'index': np.int32(-1),
     }
   example = source[index]
-  jpeg = example['image']
-  image = decode(jpeg, min_shorter_side=resize_size)
-  resized = resize(image, resized_shape(*image_size(jpeg), resize_size))
+  resized = decode_resized(example['image'], resize_size)
   if view == 'center':
     images = center_crop(resized, crop_size)[None]
   else:
@@ -365,6 +365,25 @@ def multi_scale_dataset(
   return _prefetch(ds.batch(local_batch_size), num_workers)
 
 
+@dataclasses.dataclass(frozen=True)
+class CenterView(core.EvalView):
+  """The center view (section 3.4): shorter side `resize_size`, central
+  `crop_size` crop; encoded images decoded as `eval_dataset` decodes them."""
+
+  resize_size: int
+  crop_size: int
+
+  @property
+  def shape(self):
+    return (self.crop_size, self.crop_size, 3)
+
+  def of_array(self, image):
+    return center_view(image, self.resize_size, self.crop_size)
+
+  def of_encoded(self, encoded):
+    return center_crop(decode_resized(encoded, self.resize_size), self.crop_size)
+
+
 class ImagenetData(core.Dataset):
   """ImageNet and its proxies (section 3.4): streamed JPEGs, host augmentation."""
 
@@ -467,6 +486,11 @@ class ImagenetData(core.Dataset):
       num_batches=num_batches,
       num_workers=self.num_workers,
     )
+
+  @classmethod
+  def eval_view(cls, config, norm_shapes):
+    del norm_shapes  # Views have the evaluation's size; a per-pixel mean adapts to it.
+    return CenterView(int(config.eval.resize_size), int(config.eval.crop_size))
 
   @staticmethod
   def preprocess_train(rng, images, norm, config):

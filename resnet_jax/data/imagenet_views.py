@@ -155,11 +155,10 @@ def _decode_opencv(data: bytes, min_shorter_side: int | None) -> np.ndarray:
   return image
 
 
-# Candidates measured by `input_benchmark --decoders`. simplejpeg won on this
-# machine: on imagenette224 its full-size decode is ~1.25x OpenCV's and ~2x
-# Pillow's (per-call overhead; all three use libjpeg-turbo), and its training
-# view ~1.2x OpenCV's; on ImageNet-sized JPEGs it and OpenCV are within noise.
-# Its M/8 scales (3/4, 5/8, ...) decode slower than full size: only 1/2^k.
+# The candidates `input_benchmark --decoders` compares (docs/speed.md): all
+# three use libjpeg-turbo, simplejpeg with the least per-call overhead, so it
+# is the default. Its M/8 scales (3/4, 5/8, ...) decode slower than full
+# size: only 1/2^k are used.
 DECODERS = {'simplejpeg': _decode_simplejpeg, 'opencv': _decode_opencv, 'pillow': _decode_pillow}
 DECODER = 'simplejpeg'
 
@@ -190,7 +189,7 @@ def _interpolation(shrink: float) -> int:
   """Bilinear, or area averaging (antialiased) when shrinking 2x or more.
 
   Below 2x, bilinear aliases little, and OpenCV's area averaging at
-  fractional factors costs ~5x more (0.8 ms for 300->224). Decoding at
+  fractional factors costs several times more (docs/speed.md). Decoding at
   reduced DCT scale first (itself an antialiased downscale) leaves < 2x.
   """
   return cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR
@@ -216,6 +215,24 @@ def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
     The resized uint8 image (bilinear; area average when shrinking >= 2x).
   """
   return resize(image, resized_shape(*image.shape[:2], size))
+
+
+def decode_resized(jpeg: bytes, size: int) -> np.ndarray:
+  """An encoded image at shorter side `size`: what center and 10-crop views are cut from.
+
+  Decoded at the reduced DCT scale that keeps the shorter side >= `size`,
+  then resized to the shape of the full-size image resized: DCT scaling
+  rounds the sides, which must not change the view's aspect.
+
+  Args:
+    jpeg: encoded image (JPEG; other formats via Pillow).
+    size: the shorter side.
+
+  Returns:
+    uint8 (H, W, 3).
+  """
+  h, w = image_size(jpeg)
+  return resize(decode(jpeg, min_shorter_side=size), resized_shape(h, w, size))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,8 +280,8 @@ def render_train_crop(image: np.ndarray, crop: TrainCrop) -> np.ndarray:
 
   The window is mapped back to `image` and rounded to whole pixels there (a
   sub-pixel shift and a <1% change of S, immaterial for augmentation), then
-  resized to the crop: 4x faster than an exact cv2.warpAffine and 2-3x
-  faster than resizing the whole image.
+  resized to the crop: cheaper than an exact cv2.warpAffine and than
+  resizing the whole image (docs/speed.md).
 
   Args:
     image: uint8 (H, W, 3): the original image, or the same image decoded at

@@ -15,9 +15,17 @@ import math
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 from jax.extend import core as jax_core
 
-from resnet_jax import errors, models
+from resnet_jax import cli, errors, models
+
+FLAGS = flags.FLAGS
+# Defined only when this module runs as the command line: imported as a
+# library (by tests, notebooks), it leaves the flags to the program that
+# imports it, which may define --models itself (tools.benchmark does).
+if __name__ == '__main__':
+  flags.DEFINE_string('models', None, 'Comma-separated model names (default: every model).')
 
 # The paper's figures: Table 1 multiply-adds at 224x224 (option B), the exact
 # option-B parameter counts of torchvision, Table 6 parameters of the CIFAR nets.
@@ -135,9 +143,7 @@ def _fmt(value, scale, digits, unit=''):
 
 def main(argv):
   del argv
-  from absl import flags
-
-  names = flags.FLAGS.models.split(',') if flags.FLAGS.models else None
+  names = FLAGS.models.split(',') if FLAGS.models else None
   unknown = sorted(set(names or ()) - set(models.MODELS))
   if unknown:
     raise errors.ConfigError(
@@ -175,9 +181,4 @@ def print_table(names=None):
 
 
 if __name__ == '__main__':
-  from absl import flags
-
-  from resnet_jax import cli
-
-  flags.DEFINE_string('models', None, 'Comma-separated model names (default: every model).')
   cli.run(main)

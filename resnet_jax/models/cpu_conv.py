@@ -1,8 +1,9 @@
 """Convolutions whose gradients stay fast inside XLA:CPU's while loops.
 
 XLA:CPU runs its own gradient convolutions (kernel and lhs in transposed
-layouts) 50-100x slower inside a while loop (a scanned stage, or a loop of
-train steps) than outside; forward convolutions run at full speed there.
+layouts) far slower inside a while loop (a scanned stage, or a loop of train
+steps) than outside (docs/speed.md); forward convolutions run at full speed
+there.
 `conv_general_dilated` is a drop-in `nn.Conv(conv_general_dilated=...)` that,
 on CPU only, takes those gradients as forward convolutions. Other platforms
 compile XLA's own convolution unchanged.
@@ -48,7 +49,7 @@ def _conv_cpu_gradients(x, k, pads, precision):
 @functools.partial(_conv_cpu_gradients.defjvp, symbolic_zeros=True)
 def _conv_cpu_gradients_jvp(pads, precision, primals, tangents):
   # XLA:CPU runs its own gradient convolutions (kernel and lhs in transposed
-  # layouts) 50-100x slower inside a while loop (a scanned stage) than outside;
+  # layouts) far slower inside a while loop (a scanned stage) than outside;
   # forward convolutions run at full speed there. So the tangent map
   # dy = conv(dx, k) + conv(x, dk) is written as the transpose of the two
   # gradients above: reverse mode transposes it back and gets exactly those
@@ -107,8 +108,8 @@ def conv_general_dilated(
   forward mode too (`jax.jvp`, `jax.jacfwd`, `jax.linearize`).
 
   `strided_as_stride1`: for code traced inside a loop of train steps. XLA:CPU
-  runs the gradients of strided convolutions 50-100x slower inside a while
-  loop, like those of stride-1 ones, so on CPU a strided convolution is then
+  runs the gradients of strided convolutions far slower inside a while loop,
+  like those of stride-1 ones, so on CPU a strided convolution is then
   computed as the stride-1 one, subsampled: s*s times the FLOPs of those few
   layers, all in fast forward convolutions. Outside a loop, strided
   convolutions keep XLA's own, cheaper path.
@@ -124,20 +125,13 @@ def conv_general_dilated(
     precision=precision,
     **kwargs,
   )
-  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
-  simple = (
-    feature_group_count == 1
-    and not kwargs
-    and all(d == 1 for d in (lhs_dilation or (1,)))
-    and all(d == 1 for d in (rhs_dilation or (1,)))
-    and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+  simple = not kwargs and _is_plain_nhwc(
+    lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count
   )
   strided = any(s != 1 for s in window_strides)
   if not simple or (strided and not strided_as_stride1):
     return standard(lhs, rhs)
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+  pads = _explicit_pads(lhs, rhs, window_strides, padding)
 
   def cpu(x, k):
     y = _conv_with_cpu_gradients(x, k, pads, precision)
@@ -146,3 +140,24 @@ def conv_general_dilated(
     return y[:, :: window_strides[0], :: window_strides[1]] if strided else y
 
   return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=standard)
+
+
+def _is_plain_nhwc(
+  lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count
+) -> bool:
+  """Whether the convolution is one `_conv_with_cpu_gradients` computes:
+  NHWC input, HWIO kernel, no dilation, no feature groups."""
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  return (
+    feature_group_count == 1
+    and all(d == 1 for d in (lhs_dilation or (1,)))
+    and all(d == 1 for d in (rhs_dilation or (1,)))
+    and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+  )
+
+
+def _explicit_pads(lhs, rhs, window_strides, padding) -> tuple:
+  """`padding` ('SAME', 'VALID' or pairs) as ((low, high), (low, high)) of ints."""
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  return tuple(tuple(int(p) for p in pair) for pair in padding)

@@ -329,19 +329,41 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool, mask=None, features: bool = False):
-    if mask is not None:
-      if train:
-        raise ValueError(
-          'mask is for inference only: with train=True, BatchNorm '
-          'batch statistics would count the padding.'
-        )
-      mask = jnp.asarray(mask)
-      if mask.shape != x.shape[:3]:
-        raise ValueError(
-          f'mask must have shape (batch, height, width) = {x.shape[:3]}, got {mask.shape}'
-        )
-      mask = mask.astype(bool)
-    conv = functools.partial(
+    mask = _checked_mask(mask, x.shape, train)
+    conv, norm = self._conv(), self._norm(train)
+    x = self._stem(_zero_outside(x.astype(self.dtype), mask), mask, conv, norm)
+    stage_outputs = {}
+    for i, num_blocks in enumerate(self.stage_sizes):
+      x = self._stage(i, num_blocks, x, mask, conv, norm)
+      if features:
+        # Zeroed outside the mask: the padding's values (inf, nan included)
+        # would otherwise reach a head that reads them.
+        stage_outputs[f'stage{i + 1}'] = _zero_outside(x, mask)
+    pooled = self._pool(x, mask)
+    logits = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=fc_kernel_init,
+      name='fc',
+    )(pooled)
+    if features:
+      return {
+        **stage_outputs,
+        'pooled': pooled.astype(jnp.float32),
+        'logits': logits.astype(jnp.float32),
+      }
+    return logits.astype(jnp.float32)
+
+  # The helpers below are `nn.nowrap`: plain code run inside `__call__`, so the
+  # submodules they create are `__call__`'s own, under the names given here
+  # (which checkpoints and the torchvision conversion rely on), and no method
+  # call of theirs shows in summaries or captured intermediates.
+
+  @nn.nowrap
+  def _conv(self):
+    """The convolution factory: no bias, He init, float32 params."""
+    return functools.partial(
       nn.Conv,
       use_bias=False,
       dtype=self.dtype,
@@ -351,8 +373,12 @@ class ResNet(nn.Module):
         cpu_conv.conv_general_dilated, strided_as_stride1=self.in_step_loop
       ),
     )
+
+  @nn.nowrap
+  def _norm(self, train: bool):
+    """The BatchNorm factory: over the whole batch, or over `bn_group_size` groups."""
     if self.bn_group_size:
-      norm = functools.partial(
+      return functools.partial(
         GroupBatchNorm,
         group_size=self.bn_group_size,
         use_running_average=not train,
@@ -360,28 +386,34 @@ class ResNet(nn.Module):
         epsilon=self.bn_epsilon,
         dtype=self.dtype,
       )
-    else:
-      norm = functools.partial(
-        nn.BatchNorm,
-        use_running_average=not train,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-      )
-    x = _zero_outside(x.astype(self.dtype), mask)
+    return functools.partial(
+      nn.BatchNorm,
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+    )
+
+  @nn.nowrap
+  def _stem(self, x, mask, conv, norm):
+    """`conv_init` and `bn_init`, then (ImageNet) the max pool."""
     if self.stem == 'imagenet':
       x = conv(self.num_filters, (7, 7), strides=(2, 2), padding=3, name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
       # Zeros, not the padding's -inf, outside the mask: the inputs are
       # post-ReLU (>= 0) and every window holds a valid pixel, so they never win.
-      x = nn.max_pool(_zero_outside(x, mask), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    elif self.stem == 'cifar':
+      return nn.max_pool(_zero_outside(x, mask), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.stem == 'cifar':
       x = conv(self.num_filters, (3, 3), padding=1, name='conv_init')(x)
-      x = nn.relu(norm(name='bn_init')(x))
-    else:
-      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+      return nn.relu(norm(name='bn_init')(x))
+    raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
 
+  @nn.nowrap
+  def _stage(self, i: int, num_blocks: int, x, mask, conv, norm):
+    """Stage i+1: `stageI_block1` (the one that may change the shape), then
+    the rest, scanned (`stageI_rest`) or one by one (`stageI_blockJ`)."""
+    width = self.num_filters * 2**i
     block_args = dict(
       conv=conv,
       norm=norm,
@@ -389,52 +421,52 @@ class ResNet(nn.Module):
       zero_init_last_bn=self.zero_init_last_bn,
       downsample_on_3x3=self.downsample_on_3x3,
     )
-    stage_outputs = {}
-    for i, num_blocks in enumerate(self.stage_sizes):
-      width = self.num_filters * 2**i
-      strides = 2 if i > 0 else 1
-      x = self.block_cls(width, strides, name=f'stage{i + 1}_block1', **block_args)(x, mask)
-      rest = num_blocks - 1
-      if rest and self.scan_blocks:
-        # Blocks 2..n of a stage share shapes: one scanned body, stacked params;
-        # every block sees the same (input-resolution) mask.
-        stack = nn.scan(
-          _SCANNABLE[self.block_cls],
-          variable_axes={'params': 0, 'batch_stats': 0, 'intermediates': 0},
-          split_rngs={'params': True},
-          in_axes=nn.broadcast,
-          length=rest,
-        )
-        x, _ = stack(width, 1, name=f'stage{i + 1}_rest', **block_args)(x, mask)
-      else:
-        for j in range(rest):
-          x = self.block_cls(width, 1, name=f'stage{i + 1}_block{j + 2}', **block_args)(x, mask)
-      if features:
-        # Zeroed outside the mask: the padding's values (inf, nan included)
-        # would otherwise reach a head that reads them.
-        stage_outputs[f'stage{i + 1}'] = _zero_outside(x, mask)
+    strides = 2 if i > 0 else 1
+    x = self.block_cls(width, strides, name=f'stage{i + 1}_block1', **block_args)(x, mask)
+    rest = num_blocks - 1
+    if rest and self.scan_blocks:
+      # Blocks 2..n of a stage share shapes: one scanned body, stacked params;
+      # every block sees the same (input-resolution) mask.
+      stack = nn.scan(
+        _SCANNABLE[self.block_cls],
+        variable_axes={'params': 0, 'batch_stats': 0, 'intermediates': 0},
+        split_rngs={'params': True},
+        in_axes=nn.broadcast,
+        length=rest,
+      )
+      x, _ = stack(width, 1, name=f'stage{i + 1}_rest', **block_args)(x, mask)
+      return x
+    for j in range(rest):
+      x = self.block_cls(width, 1, name=f'stage{i + 1}_block{j + 2}', **block_args)(x, mask)
+    return x
+
+  @nn.nowrap
+  def _pool(self, x, mask):
+    """The global average pool (B, C), a masked mean with a mask."""
     if mask is None:
-      x = jnp.mean(x, axis=(1, 2))
-    else:
-      total = _zero_outside(x, mask).sum(axis=(1, 2), dtype=jnp.float32)
-      count = mask_at(mask, x.shape[1:3]).sum(axis=(1, 2), dtype=jnp.float32)
-      # An empty mask (a batch-padding example) pools to zeros, not nan.
-      x = (total / jnp.maximum(count, 1)[:, None]).astype(self.dtype)
-    pooled = x
-    x = nn.Dense(
-      self.num_classes,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=fc_kernel_init,
-      name='fc',
-    )(x)
-    if features:
-      return {
-        **stage_outputs,
-        'pooled': pooled.astype(jnp.float32),
-        'logits': x.astype(jnp.float32),
-      }
-    return x.astype(jnp.float32)
+      return jnp.mean(x, axis=(1, 2))
+    total = _zero_outside(x, mask).sum(axis=(1, 2), dtype=jnp.float32)
+    count = mask_at(mask, x.shape[1:3]).sum(axis=(1, 2), dtype=jnp.float32)
+    # An empty mask (a batch-padding example) pools to zeros, not nan.
+    return (total / jnp.maximum(count, 1)[:, None]).astype(self.dtype)
+
+
+def _checked_mask(mask, x_shape, train: bool):
+  """`ResNet`'s `mask` as a bool (B, H, W) array, None if none; ValueError in
+  training or at another shape than the input's."""
+  if mask is None:
+    return None
+  if train:
+    raise ValueError(
+      'mask is for inference only: with train=True, BatchNorm '
+      'batch statistics would count the padding.'
+    )
+  mask = jnp.asarray(mask)
+  if mask.shape != x_shape[:3]:
+    raise ValueError(
+      f'mask must have shape (batch, height, width) = {x_shape[:3]}, got {mask.shape}'
+    )
+  return mask.astype(bool)
 
 
 def _imagenet(stage_sizes, block_cls, plain=False):
@@ -513,18 +545,33 @@ def create_model(name: str, **options) -> ResNet:
   """
   if name not in MODELS:
     raise errors.ConfigError(f'unknown model {name!r}; valid names: {", ".join(MODELS)}')
+  check_options(options)
+  if 'dtype' in options:
+    options['dtype'] = jnp.dtype(options['dtype'])
+  return ResNet(**{**MODELS[name], **options})
+
+
+def check_options(options, prefix: str = ''):
+  """Checks `create_model`'s options before anything is built.
+
+  Args:
+    options: option name -> value, as `create_model` takes them.
+    prefix: what messages put before an option's name (a config's
+      'model_options.'), so that they name the field to change.
+
+  Raises:
+    ConfigError: the unknown options, or the first value out of its range,
+      with what it must be.
+  """
   unknown = sorted(set(options) - set(OPTIONS))
   if unknown:
     raise errors.ConfigError(
-      f'unknown option(s) {unknown} for create_model; valid options: {", ".join(OPTIONS)}'
+      f'unknown option(s) {[prefix + k for k in unknown]}; valid options: {", ".join(OPTIONS)}'
     )
   for option, value in options.items():
     is_valid, wanted = _OPTION_CHECKS[option]
     if not is_valid(value):
-      raise errors.ConfigError(f'{option}={value!r}: it must be {wanted}')
-  if 'dtype' in options:
-    options['dtype'] = jnp.dtype(options['dtype'])
-  return ResNet(**{**MODELS[name], **options})
+      raise errors.ConfigError(f'{prefix}{option}={value!r}: it must be {wanted}')
 
 
 def _is_int(value) -> bool:
@@ -547,7 +594,7 @@ def _is_bool(value) -> bool:
   return isinstance(value, (bool, np.bool_))
 
 
-# option -> (is its value valid, what it must be). Caught by `create_model`:
+# option -> (is its value valid, what it must be). Caught by `check_options`:
 # a bad value otherwise fails deep inside `init` (a division by zero, an MLIR error).
 _OPTION_CHECKS = {
   'num_classes': (lambda v: _is_int(v) and v >= 1, 'a positive integer (the classifier outputs)'),

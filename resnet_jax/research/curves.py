@@ -11,7 +11,25 @@ Needs matplotlib (`pip install -e ".[notebooks]"`).
 import json
 import os
 
-from resnet_jax import errors
+from absl import flags
+
+from resnet_jax import cli, errors
+
+EVAL_KEYS = ('test_error', 'validation_error', 'holdout_error')
+
+FLAGS = flags.FLAGS
+# Defined only when this module runs as the command line: imported as a
+# library (by tools.cifar_table, notebooks), it leaves the flags to the
+# program that imports it (a required --out would fail that program).
+if __name__ == '__main__':
+  flags.DEFINE_string('out', None, 'The figure (png).', required=True)
+  flags.DEFINE_string('labels', None, 'Comma-separated legend labels, one per workdir.')
+  flags.DEFINE_enum(
+    'eval_key',
+    None,
+    EVAL_KEYS,
+    'The bold curve; default: test_error if logged, else validation_error.',
+  )
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -40,9 +58,6 @@ def series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
   """(steps, values) of one metric."""
   points = [(r['step'], r[key]) for r in records if key in r]
   return [p[0] for p in points], [p[1] for p in points]
-
-
-EVAL_KEYS = ('test_error', 'validation_error', 'holdout_error')
 
 
 def default_eval_key(records: list[dict]) -> str:
@@ -88,9 +103,6 @@ def figure(workdirs: list[str], labels: list[str] | None = None, eval_key: str |
 
 
 def main(argv):
-  from absl import flags
-
-  FLAGS = flags.FLAGS
   workdirs = argv[1:]
   if not workdirs:
     raise errors.ConfigError('give one or more training workdirs after the flags')
@@ -102,16 +114,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from absl import flags
-
-  from resnet_jax import cli
-
-  flags.DEFINE_string('out', None, 'The figure (png).', required=True)
-  flags.DEFINE_string('labels', None, 'Comma-separated legend labels, one per workdir.')
-  flags.DEFINE_enum(
-    'eval_key',
-    None,
-    EVAL_KEYS,
-    'The bold curve; default: test_error if logged, else validation_error.',
-  )
   cli.run(main)

@@ -16,12 +16,33 @@ import re
 import jax
 import ml_collections
 import numpy as np
+from absl import app, flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import checkpointing, distributed, errors
+from resnet_jax import cli, distributed, errors, trained_workdir, workdir_files
 from resnet_jax import data as data_lib
 from resnet_jax.research import responses
+
+FLAGS = flags.FLAGS
+# Defined only when this module runs as the command line: imported as a
+# library (by notebooks, tests), it leaves the flags to the program that
+# imports it, which may define --workdir or --out itself.
+if __name__ == '__main__':
+  flags.DEFINE_multi_string('workdir', None, 'A training workdir (repeat for several).')
+  flags.DEFINE_string('out', None, 'The figure (png).')
+  flags.DEFINE_string('json', None, 'The numbers (default: --out with a .json suffix).')
+  flags.DEFINE_string(
+    'data_dir', None, "Overrides each workdir config's input.data_dir (a TFDS data directory)."
+  )
+  flags.DEFINE_string('dataset', None, "Overrides each workdir config's input.dataset.")
+  flags.DEFINE_string('split', None, 'Default: the evaluation split (CIFAR: test).')
+  flags.DEFINE_integer(
+    'batch_size', None, "Images per batch (default: the config's eval_batch_size)."
+  )
+  flags.DEFINE_multi_string(
+    'label', None, "Legend labels, one per --workdir (default: the model's name, e.g. ResNet-20)."
+  )
 
 
 def model_label(model_name: str) -> str:
@@ -61,7 +82,7 @@ def workdir_responses(
     workdir: a training workdir.
     split: default: the dataset's evaluation split (CIFAR: test).
     data: optional preloaded CIFAR `(train, {name: split})` (tests, notebooks).
-    config: default: the workdir's own (`checkpointing.read_config`); its
+    config: default: the workdir's own (`workdir_files.read_config`); its
       `input` says where the data is (see `override_input`).
     batch_size: images per batch (default: the config's evaluation batch).
     mesh: default: all devices.
@@ -73,30 +94,44 @@ def workdir_responses(
     'mean_abs' (per layer) and 'per_layer' (each layer's `LayerStats.to_json`,
     per-channel values included).
   """
-  trained = checkpointing.read_config(workdir)
+  trained = workdir_files.read_config(workdir)
   config = config or trained
   if mesh is None:
     mesh = distributed.make_mesh()
+  if data is None:
+    data_lib.check_dataset(config.input)
+  model, variables, norm, step, _, _ = _load_checkpoint(workdir, config, trained, mesh)
+  dataset = _dataset_for(model, workdir, config, data)
+  split = split or dataset.info.eval_split
+  stats = responses.dataset_stats(
+    model, variables, norm, dataset, split, mesh=mesh, batch_size=batch_size
+  )
+  return _responses_json(workdir, config, step, split, dataset.num_examples(split), stats)
+
+
+def _load_checkpoint(workdir: str, config, trained, mesh):
+  """`load_workdir` of `workdir` (replicated on `mesh`) for the data `config` names."""
   # The checkpoint is checked against the config's structure, which names the
   # dataset: load with the trained dataset name, read the data the config names.
   load_config = ml_collections.ConfigDict(config.to_dict())
   with load_config.unlocked():
     load_config.input.dataset = trained.input.dataset
-  if data is None:
-    data_lib.check_dataset(config.input)
-  model, variables, norm, step, _, _ = checkpointing.load_workdir(
-    workdir, load_config, sharding=NamedSharding(mesh, P())
-  )
+  return trained_workdir.load_workdir(workdir, load_config, sharding=NamedSharding(mesh, P()))
+
+
+def _dataset_for(model, workdir: str, config, data):
+  """The dataset `config` names; a ConfigError unless it has the net's classes."""
   dataset = data_lib.create(config, preloaded=data)
   if model.num_classes != dataset.info.num_classes:
     raise errors.ConfigError(
       f'{workdir} predicts {model.num_classes} classes, '
       f'{config.input.dataset} has {dataset.info.num_classes}'
     )
-  split = split or dataset.info.eval_split
-  stats = responses.dataset_stats(
-    model, variables, norm, dataset, split, mesh=mesh, batch_size=batch_size
-  )
+  return dataset
+
+
+def _responses_json(workdir: str, config, step, split: str, num_examples: int, stats) -> dict:
+  """`workdir_responses`'s result from the per-layer `stats`."""
   layers = list(stats.values())
   std = [s.std for s in layers]
   return {
@@ -105,7 +140,7 @@ def workdir_responses(
     'label': model_label(config.model),
     'step': int(step),
     'split': split,
-    'num_examples': dataset.num_examples(split),
+    'num_examples': num_examples,
     'definition': responses.STD_DEFINITION,
     'layers': [s.name for s in layers],
     'std': std,
@@ -184,7 +219,7 @@ def run(
     raise errors.ConfigError('give at least one --workdir')
   results = []
   for workdir in workdirs:
-    config = override_input(checkpointing.read_config(workdir), data_dir, dataset)
+    config = override_input(workdir_files.read_config(workdir), data_dir, dataset)
     results.append(workdir_responses(workdir, split, data, config, batch_size=batch_size))
   for i, r in enumerate(results):  # Distinct legend entries.
     if labels:
@@ -200,43 +235,6 @@ def run(
     print(table(results), flush=True)
     print(f'wrote {out} and {json_path}', flush=True)
   return results
-
-
-def define_flags(flag_values):
-  """The CLI's flags, on `flag_values` (absl's global FLAGS when run)."""
-  from absl import flags
-
-  flags.DEFINE_multi_string(
-    'workdir', None, 'A training workdir (repeat for several).', flag_values=flag_values
-  )
-  flags.DEFINE_string('out', None, 'The figure (png).', flag_values=flag_values)
-  flags.DEFINE_string(
-    'json', None, 'The numbers (default: --out with a .json suffix).', flag_values=flag_values
-  )
-  flags.DEFINE_string(
-    'data_dir',
-    None,
-    "Overrides each workdir config's input.data_dir (a TFDS data directory).",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_string(
-    'dataset', None, "Overrides each workdir config's input.dataset.", flag_values=flag_values
-  )
-  flags.DEFINE_string(
-    'split', None, 'Default: the evaluation split (CIFAR: test).', flag_values=flag_values
-  )
-  flags.DEFINE_integer(
-    'batch_size',
-    None,
-    "Images per batch (default: the config's eval_batch_size).",
-    flag_values=flag_values,
-  )
-  flags.DEFINE_multi_string(
-    'label',
-    None,
-    "Legend labels, one per --workdir (default: the model's name, e.g. ResNet-20).",
-    flag_values=flag_values,
-  )
 
 
 def run_kwargs(values) -> dict:
@@ -258,17 +256,10 @@ def run_kwargs(values) -> dict:
 
 
 def main(argv):
-  from absl import app, flags
-
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  run(**run_kwargs(flags.FLAGS))
+  run(**run_kwargs(FLAGS))
 
 
 if __name__ == '__main__':
-  from absl import flags
-
-  from resnet_jax import cli
-
-  define_flags(flags.FLAGS)  # Only when run: other CLIs define --workdir too.
   cli.run(main)

@@ -19,7 +19,6 @@ each benchmark (open it with TensorBoard's profile plugin or Perfetto).
 The input pipeline has its own benchmark: `python -m resnet_jax.tools.input_benchmark`.
 """
 
-import ast
 import json
 import os
 import platform
@@ -69,25 +68,7 @@ def recipe(model: str) -> ml_collections.ConfigDict:
   """The paper's recipe for `model` (section 4.2 for CIFAR nets, 3.4 otherwise)."""
   if model not in models.MODELS:
     raise app.UsageError(f'unknown model {model!r}; valid: {", ".join(models.MODELS)}')
-  if models.MODELS[model]['stem'] == 'imagenet':
-    return config_lib.imagenet(model)
-  return config_lib.cifar10(model)
-
-
-def apply_override(config: ml_collections.ConfigDict, assignment: str):
-  """'a.b=value' -> config.a.b = value (a Python literal, or a bare string)."""
-  key, sep, text = assignment.partition('=')
-  if not sep:
-    raise app.UsageError(f'--set={assignment!r} is not KEY=VALUE')
-  *parents, leaf = key.split('.')
-  node = config
-  for name in parents:
-    node = node[name]
-  try:
-    value = ast.literal_eval(text)
-  except (ValueError, SyntaxError):  # A bare word: a string (or true/false).
-    value = {'true': True, 'false': False}.get(text.lower(), text)
-  node[leaf] = value  # ConfigDict checks the type.
+  return config_lib.recipe(model)
 
 
 def benchmark(config, steps: int, warmup: int, profile_dir: str | None = None) -> dict:
@@ -194,8 +175,7 @@ def main(argv):
       config = recipe(model)
       config.input.batch_size = PAPER_TABLE.get(model, config.input.batch_size)
       config.model_options.dtype = dtype
-      for assignment in FLAGS.set:
-        apply_override(config, assignment)
+      cli.apply_overrides(config, FLAGS.set, flag='--set=')
       profile = os.path.join(FLAGS.profile_dir, f'{model}_{dtype}') if FLAGS.profile_dir else None
       result = benchmark(config, FLAGS.steps, FLAGS.warmup, profile)
       print(describe(result, FLAGS.steps), flush=True)

@@ -1,15 +1,16 @@
 """Table 6 and Fig. 6 in one command: the CIFAR-10 runs side by side, then their results.
 
     python -m resnet_jax.tools.cifar_table --root=runs/table6 \
-        --data_dir=../shared/data/tfds --results=results/table6
+        --data_dir=DIR --results=results/table6
 
-starts `python -m resnet_jax.main` for every net of `--nets` (default: the
-Table 6 ResNets 20-110 and plain-20/56 of Fig. 6) and seed of `--seeds` on
-one machine at once, `--concurrent` at a time, each in its own workdir
-`ROOT/NET` (`ROOT/NET_seedS` for seeds other than 0) with its log in
-`train.log` there; on one GPU they share it (each process gets an equal
-slice of its memory: `XLA_PYTHON_CLIENT_MEM_FRACTION`). `ROOT/progress.txt`
-is rewritten every `--poll_s` with each run's step and latest errors, for
+starts `python -m resnet_jax.main` on `--dataset` in DIR (a TFDS data
+directory) for every net of `--nets` (default: the Table 6 ResNets 20-110
+and plain-20/56 of Fig. 6) and seed of `--seeds` on one machine at once,
+`--concurrent` at a time, each in its own workdir `ROOT/NET`
+(`ROOT/NET_seedS` for seeds other than 0) with its log in `train.log`
+there; on one GPU they share it (each process gets an equal slice of its
+memory: `XLA_PYTHON_CLIENT_MEM_FRACTION`). `ROOT/progress.txt` is
+rewritten every `--poll_s` with each run's step and latest errors, for
 polling a detached launch (`setsid ... &`).
 
 Run it again to resume: finished runs are skipped and interrupted ones resume

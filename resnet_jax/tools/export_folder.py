@@ -3,12 +3,13 @@ r"""Writes examples of a TFDS image dataset as a folder of images
 `--config.input.dataset=folder --config.input.data_dir=OUT` trains on.
 
     python -m resnet_jax.tools.export_folder --dataset=cifar10_jpeg \
-        --data_dir=../shared/data/tfds --out=runs/cifar5_folder \
+        --data_dir=DIR --out=runs/cifar5_folder \
         --classes=airplane,automobile,bird,cat,deer --train_per_class=100 --val_per_class=20
 
-The encoded bytes are written unchanged (no re-encoding): JPEGs stay the
-dataset's JPEGs, other encodings keep their format's suffix. Examples are
-taken in the split's stored order, the first N of each class.
+DIR is a TFDS data directory that holds the dataset. The encoded bytes are
+written unchanged (no re-encoding): JPEGs stay the dataset's JPEGs, other
+encodings keep their format's suffix. Examples are taken in the split's
+stored order, the first N of each class.
 """
 
 import os
@@ -18,14 +19,15 @@ from absl import flags, logging
 
 from resnet_jax import cli, errors
 
-_DATASET = flags.DEFINE_string('dataset', None, 'TFDS dataset, e.g. cifar10_jpeg, imagenette224.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data directory (None: TFDS default).')
-_OUT = flags.DEFINE_string('out', None, 'The folder to write (must not exist yet).')
-_CLASSES = flags.DEFINE_list('classes', None, 'Class names to export (default: all).')
-_TRAIN = flags.DEFINE_integer('train_per_class', 100, 'Training images per class.')
-_VAL = flags.DEFINE_integer('val_per_class', 20, 'Validation images per class.')
-_TRAIN_SPLIT = flags.DEFINE_string('train_split', 'train', 'The split train/ is taken from.')
-_VAL_SPLIT = flags.DEFINE_string(
+FLAGS = flags.FLAGS
+flags.DEFINE_string('dataset', None, 'TFDS dataset, e.g. cifar10_jpeg, imagenette224.')
+flags.DEFINE_string('data_dir', None, 'TFDS data directory (None: TFDS default).')
+flags.DEFINE_string('out', None, 'The folder to write (must not exist yet).')
+flags.DEFINE_list('classes', None, 'Class names to export (default: all).')
+flags.DEFINE_integer('train_per_class', 100, 'Training images per class.')
+flags.DEFINE_integer('val_per_class', 20, 'Validation images per class.')
+flags.DEFINE_string('train_split', 'train', 'The split train/ is taken from.')
+flags.DEFINE_string(
   'val_split', None, "The split val/ is taken from (default: the dataset's evaluation split)."
 )
 
@@ -85,22 +87,25 @@ def export(dataset, data_dir, out, classes, per_split: dict) -> dict:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Not TFDS's per-read info lines.
-  if not _DATASET.value or not _OUT.value:
+  if not FLAGS.dataset or not FLAGS.out:
     cli.fail('--dataset and --out are required')
   from resnet_jax.data import catalog
 
-  val_split = _VAL_SPLIT.value
+  val_split = FLAGS.val_split
   if val_split is None:
-    inp = ml_collections.ConfigDict({'dataset': _DATASET.value, 'data_dir': _DATA_DIR.value})
+    inp = ml_collections.ConfigDict({'dataset': FLAGS.dataset, 'data_dir': FLAGS.data_dir})
     val_split = catalog.dataset_info(inp).eval_split
   written = export(
-    _DATASET.value,
-    _DATA_DIR.value,
-    _OUT.value,
-    _CLASSES.value,
-    {'train': (_TRAIN_SPLIT.value, _TRAIN.value), 'val': (val_split, _VAL.value)},
+    FLAGS.dataset,
+    FLAGS.data_dir,
+    FLAGS.out,
+    FLAGS.classes,
+    {
+      'train': (FLAGS.train_split, FLAGS.train_per_class),
+      'val': (val_split, FLAGS.val_per_class),
+    },
   )
-  print(f'wrote {written["train"]} training and {written["val"]} validation images to {_OUT.value}')
+  print(f'wrote {written["train"]} training and {written["val"]} validation images to {FLAGS.out}')
 
 
 if __name__ == '__main__':

@@ -3,10 +3,11 @@
     python -m resnet_jax.tools.input_benchmark --config=configs/imagenette_r50.py \
         [--decoders] [--num_workers=2]
     python -m resnet_jax.tools.input_benchmark --dataset=imagenette224 \
-        --data_dir=../shared/data/tfds [--decoders] [--num_workers=2]
+        --data_dir=DIR [--decoders] [--num_workers=2]
 
 With --config, the dataset, data directory and view sizes come from the
-experiment config (and its --config.x.y overrides); otherwise from the flags.
+experiment config (and its --config.x.y overrides); otherwise from the flags
+(DIR: a TFDS data directory).
 
 Prints decoded-and-augmented images/s per core (one process, one thread,
 JPEG bytes already in memory) for a view, the mean JPEG size and decoded
@@ -26,7 +27,7 @@ import simplejpeg
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import cli
+from resnet_jax import cli, config_lib
 from resnet_jax.data import imagenet, imagenet_views
 
 FLAGS = flags.FLAGS
@@ -163,7 +164,7 @@ def _use_config(config):
   """The flags that an experiment config decides, taken from it."""
   inp = config.input
   FLAGS.dataset, FLAGS.data_dir = inp.dataset, inp.data_dir
-  if 'image_size' not in inp:
+  if config_lib.family(config) != 'imagenet':
     raise app.UsageError(
       f'{inp.dataset} is not an ImageNet-family dataset: '
       'its input is decoded once into memory, not streamed'
@@ -173,12 +174,9 @@ def _use_config(config):
   FLAGS.resize_size = config.eval.resize_size
 
 
-def main(argv):
-  del argv
-  if FLAGS.config is not None:
-    _use_config(FLAGS.config)
-  cv2.setNumThreads(1)  # Per-core numbers: one thread.
-  source = imagenet.open_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
+def sample_jpegs(source) -> tuple[list[bytes], float]:
+  """(JPEGs, records read per second): `--images` random records of `source`,
+  re-encoded first with `--reencode_hw`."""
   n = min(FLAGS.images, len(source))
   indices = np.random.default_rng(0).permutation(len(source))[:n].tolist()
   jpegs = [source[i]['image'] for i in indices]
@@ -186,11 +184,16 @@ def main(argv):
   if FLAGS.reencode_hw:
     hw = tuple(int(v) for v in FLAGS.reencode_hw)
     jpegs = [reencode(j, hw, FLAGS.reencode_quality) for j in jpegs]
+  return jpegs, read_rate
+
+
+def view_result(jpegs: list[bytes], read_rate: float) -> dict:
+  """The setting, the JPEGs' mean size and the per-core rate of `--view`."""
   sizes = np.array([imagenet_views.image_size(j) for j in jpegs])
-  result = {
+  return {
     'dataset': FLAGS.dataset,
     'split': FLAGS.split,
-    'images': n,
+    'images': len(jpegs),
     'reencode_hw': FLAGS.reencode_hw or None,
     'reencode_quality': FLAGS.reencode_quality if FLAGS.reencode_hw else None,
     'view': FLAGS.view,
@@ -203,39 +206,60 @@ def main(argv):
     'read_per_s': read_rate,
     'images_per_s_per_core': rate(view_fn(FLAGS.view), jpegs),
   }
+
+
+def _print_view(result: dict):
   print(
-    f'{FLAGS.dataset}:{FLAGS.split}, {n} images'
+    f'{FLAGS.dataset}:{FLAGS.split}, {result["images"]} images'
     + (f' re-encoded at {FLAGS.reencode_hw} q{FLAGS.reencode_quality}' if FLAGS.reencode_hw else '')
     + f': mean JPEG {result["mean_jpeg_bytes"]:,.0f} bytes, mean '
     f'{result["mean_hw"][0]:.0f}x{result["mean_hw"][1]:.0f} px'
   )
-  print(f'records read (1 thread, page cache warm): {read_rate:,.0f} /s')
+  print(f'records read (1 thread, page cache warm): {result["read_per_s"]:,.0f} /s')
   print(
     f'{FLAGS.view} view, decoder {imagenet_views.DECODER}: '
     f'{result["images_per_s_per_core"]:,.0f} images/s per core'
   )
+
+
+def _print_decoders(rows: list[dict]):
+  print(
+    f'{"decoder":<12}{"decode full":>13}{"decode 1/2":>13}{"train view":>13}   (images/s per core)'
+  )
+  for row in rows:
+    print(
+      f'{row["decoder"]:<12}{row["decode_full"]:>13,.0f}'
+      f'{row["decode_half"]:>13,.0f}{row["train_view"]:>13,.0f}'
+    )
+
+
+def _time_pipeline(source, result: dict):
+  """Adds the whole pipeline's rate with `--num_workers` to `result`, and prints it."""
+  if FLAGS.reencode_hw:
+    print('pipeline timing reads the stored JPEGs (not re-encoded ones)')
+  result['num_workers'] = FLAGS.num_workers
+  result['pipeline_images_per_s'], result['main_cpu_s_per_1000'] = pipeline_rate(source)
+  print(
+    f'pipeline, {FLAGS.num_workers} workers, batch {FLAGS.batch_size}: '
+    f'{result["pipeline_images_per_s"]:,.0f} images/s; main process CPU '
+    f'{result["main_cpu_s_per_1000"]:.3f} s per 1000 images'
+  )
+
+
+def main(argv):
+  del argv
+  if FLAGS.config is not None:
+    _use_config(FLAGS.config)
+  cv2.setNumThreads(1)  # Per-core numbers: one thread.
+  source = imagenet.open_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
+  jpegs, read_rate = sample_jpegs(source)
+  result = view_result(jpegs, read_rate)
+  _print_view(result)
   if FLAGS.decoders:
-    rows = decoder_table(jpegs)
-    result['decoders'] = rows
-    print(
-      f'{"decoder":<12}{"decode full":>13}{"decode 1/2":>13}'
-      f'{"train view":>13}   (images/s per core)'
-    )
-    for row in rows:
-      print(
-        f'{row["decoder"]:<12}{row["decode_full"]:>13,.0f}'
-        f'{row["decode_half"]:>13,.0f}{row["train_view"]:>13,.0f}'
-      )
+    result['decoders'] = decoder_table(jpegs)
+    _print_decoders(result['decoders'])
   if FLAGS.num_workers > 0:
-    if FLAGS.reencode_hw:
-      print('pipeline timing reads the stored JPEGs (not re-encoded ones)')
-    result['num_workers'] = FLAGS.num_workers
-    result['pipeline_images_per_s'], result['main_cpu_s_per_1000'] = pipeline_rate(source)
-    print(
-      f'pipeline, {FLAGS.num_workers} workers, batch {FLAGS.batch_size}: '
-      f'{result["pipeline_images_per_s"]:,.0f} images/s; main process CPU '
-      f'{result["main_cpu_s_per_1000"]:.3f} s per 1000 images'
-    )
+    _time_pipeline(source, result)
   if FLAGS.json:
     with open(FLAGS.json, 'a') as f:
       f.write(json.dumps(result) + '\n')

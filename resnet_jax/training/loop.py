@@ -4,7 +4,8 @@ The dataset (`data.create(config)`) decides everything per-dataset: host
 augmentation, the device-side preprocessing inside the step, normalisation
 constants (kept in the state, so they travel in every checkpoint) and the
 evaluation views. The step is `training.step`'s; checkpoints are
-`checkpointing`'s; test protocols are `evaluation`'s. With K steps per call
+`checkpointing`'s, the workdir's `config.json` is `workdir_files`'; test
+protocols are `evaluation`'s. With K steps per call
 (`config.steps_per_dispatch`), logging, evaluation and checkpoints happen at
 multiples of K (`config_lib.validate` checks).
 
@@ -31,6 +32,8 @@ from resnet_jax import (
   errors,
   evaluation,
   experiment,
+  paths,
+  workdir_files,
   workdir_lock,
 )
 from resnet_jax import data as data_lib
@@ -91,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
   dataset = data_lib.create(config, preloaded=data)
   dataset.check_splits()
   init_from.check(config)
-  checkpointing.prepare_workdir(workdir)
+  workdir_files.prepare_workdir(workdir)
   with (
     workdir_lock.held(
       workdir, 'training', is_holder=jax.process_index() == 0, agree=distributed.all_true
@@ -203,8 +206,8 @@ class _Run:
     self.writer = None
     try:
       self.writer = metric_writers.MetricWriter(self.workdir, self.total)
-      with errors.writing(checkpointing.workdir_path(self.workdir) / 'config.json'):
-        checkpointing.record_config(self.workdir, self.config, self.start)
+      with errors.writing(paths.workdir_path(self.workdir) / workdir_files.CONFIG_FILE):
+        workdir_files.record_config(self.workdir, self.config, self.start)
       self._train_steps(compiled, resident)
     except errors.WriteError as e:
       raise self._write_failed(e) from e

@@ -19,7 +19,7 @@ import time
 import jax
 from etils import epath
 
-from resnet_jax import errors
+from resnet_jax import errors, paths
 
 TENSORBOARD_DIR = 'tensorboard'
 
@@ -72,7 +72,7 @@ class MetricWriter:
       with errors.writing(self._tb_path):
         self._tb = _EventFile(self._tb_path)
       with errors.writing(self._jsonl_path):
-        if '://' in str(workdir):
+        if paths.is_remote(workdir):
           exists = self._jsonl_path.exists()
           self._remote_lines = self._jsonl_path.read_text().splitlines() if exists else []
         else:

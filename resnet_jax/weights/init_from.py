@@ -17,7 +17,15 @@ import flax.traverse_util
 import jax
 import numpy as np
 
-from resnet_jax import checkpointing, errors, experiment, models
+from resnet_jax import (
+  checkpointing,
+  errors,
+  experiment,
+  models,
+  paths,
+  trained_workdir,
+  workdir_files,
+)
 from resnet_jax.weights import torchvision
 
 _HEAD = 'fc'  # The classifier, re-initialised when its number of classes differs.
@@ -45,13 +53,13 @@ _ACCEPTED = 'give a training workdir of this project or a torchvision .pth/.pt/.
 
 def _check_workdir(config, source):
   """The source workdir holds a checkpoint of the config's architecture."""
-  path = checkpointing.workdir_path(source)
+  path = paths.workdir_path(source)
   if not path.is_dir():
     what = 'not a directory' if path.exists() else 'no such file or directory'
     raise errors.MissingError(f'--config.init_from={source}: {what}; {_ACCEPTED}')
   try:
     step = checkpointing.latest_step(source)
-    saved = checkpointing.read_config(source) if step is not None else None
+    saved = workdir_files.read_config(source) if step is not None else None
   except errors.UserError as e:
     raise _about_source(source, e) from e
   if step is None:
@@ -131,7 +139,7 @@ def source_variables(source: str) -> tuple[dict, str]:
   if is_weights_file(source):
     _, variables = torchvision.from_torchvision(_torchvision_file(source))
     return variables, f'torchvision weights {source}'
-  loaded = checkpointing.load_workdir(source)
+  loaded = trained_workdir.load_workdir(source)
   return jax.device_get(loaded.variables), f'{source} (step {loaded.step})'
 
 

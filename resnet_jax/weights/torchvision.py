@@ -44,11 +44,41 @@ import sys
 import flax.traverse_util
 import jax
 import numpy as np
+from absl import app, flags, logging
 
-from resnet_jax import checkpointing, config_lib, errors, experiment, models
+from resnet_jax import cli, config_lib, errors, experiment, models, trained_workdir, workdir_files
 from resnet_jax.data import imagenet
 
 TORCHVISION_MODELS = ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+
+FLAGS = flags.FLAGS
+# Defined only when this module runs as the command line: imported as a
+# library (by the training loop's init_from, by notebooks), it leaves the flags
+# to the program that imports it, which may have its own --workdir.
+if __name__ == '__main__':
+  flags.DEFINE_string(
+    'model',
+    None,
+    f'One of {", ".join(TORCHVISION_MODELS)}; unset: '
+    'inferred from the state dict (import) or the workdir (export).',
+  )
+  flags.DEFINE_string(
+    'torch_file',
+    None,
+    'The state dict file, .pth/.pt (needs torch) '
+    'or .safetensors: read on import, written with --export.',
+  )
+  flags.DEFINE_string(
+    'workdir',
+    None,
+    'The workdir: written on import (must be fresh), its latest checkpoint read with --export.',
+  )
+  flags.DEFINE_bool(
+    'export',
+    False,
+    'Export the workdir to --torch_file instead of importing --torch_file into the workdir.',
+  )
+  flags.mark_flags_as_required(['torch_file', 'workdir'])
 TORCHVISION_BN_EPSILON = 1e-5  # nn.BatchNorm2d's default, used by torchvision.
 _TORCH_SUFFIXES = ('.pth', '.pt')
 _SAFETENSORS_SUFFIX = '.safetensors'
@@ -221,6 +251,25 @@ def from_torchvision(state_dict, name: str | None = None):
     WeightsError (a ValueError), one line naming the first unexpected,
     missing or misshaped key.
   """
+  name, hint = _architecture(state_dict, name)
+  fc = state_dict.get('fc.weight')
+  num_classes = int(np.shape(fc)[0]) if fc is not None and np.ndim(fc) == 2 else 1000
+  model = torchvision_model(name, num_classes)
+  shapes = _abstract(model)
+  keys = key_map(name)
+  if {path for path, _, _ in keys.values()} != set(shapes):  # A bug here, not bad input.
+    raise AssertionError(f'key_map({name!r}) does not cover the Flax variables')
+  flat = _flax_leaves(state_dict, name, keys, shapes, hint)
+  missing = [key for key in keys if key not in state_dict]
+  if missing:
+    more = f' and {len(missing) - 1} more' if len(missing) > 1 else ''
+    raise WeightsError(f'missing key {missing[0]!r}{more} in a torchvision {name} state dict{hint}')
+  return model, flax.traverse_util.unflatten_dict(flat)
+
+
+def _architecture(state_dict, name: str | None) -> tuple[str, str]:
+  """(name, hint): the net `state_dict` is read as (`name`, or inferred from
+  its keys), and what its errors add when the keys are another net's."""
   guess = infer_name(state_dict)
   name = name or guess
   if name is None:
@@ -229,15 +278,12 @@ def from_torchvision(state_dict, name: str | None = None):
       f'({", ".join(TORCHVISION_MODELS)}); pass its name'
     )
   _check_name(name)
-  hint = f' (its keys are those of {guess})' if guess and guess != name else ''
-  fc = state_dict.get('fc.weight')
-  num_classes = int(np.shape(fc)[0]) if fc is not None and np.ndim(fc) == 2 else 1000
-  model = torchvision_model(name, num_classes)
-  shapes = _abstract(model)
-  keys = key_map(name)
-  if {path for path, _, _ in keys.values()} != set(shapes):  # A bug here, not bad input.
-    raise AssertionError(f'key_map({name!r}) does not cover the Flax variables')
+  return name, f' (its keys are those of {guess})' if guess and guess != name else ''
 
+
+def _flax_leaves(state_dict, name: str, keys: dict, shapes: dict, hint: str) -> dict:
+  """{Flax path: float32 array} of the values of `state_dict`, in Flax layouts
+  (stacked rows for scanned blocks); WeightsError on an unexpected key or shape."""
   flat = {path: np.zeros(s.shape, np.float32) for path, s in shapes.items()}
   bn_prefixes = {key[: -len('.running_mean')] for key in keys if key.endswith('.running_mean')}
   for key, value in state_dict.items():
@@ -261,11 +307,7 @@ def from_torchvision(state_dict, name: str | None = None):
       flat[path] = array
     else:
       flat[path][row] = array
-  missing = [key for key in keys if key not in state_dict]
-  if missing:
-    more = f' and {len(missing) - 1} more' if len(missing) > 1 else ''
-    raise WeightsError(f'missing key {missing[0]!r}{more} in a torchvision {name} state dict{hint}')
-  return model, flax.traverse_util.unflatten_dict(flat)
+  return flat
 
 
 def to_torchvision(variables, name: str) -> dict:
@@ -295,43 +337,6 @@ def to_torchvision(variables, name: str) -> dict:
     array = array if row is None else array[row]
     out[key] = np.ascontiguousarray(_to_torch(kind, array))
     if key.endswith('.running_var'):
-      out[key[: -len('running_var')] + 'num_batches_tracked'] = np.zeros((), np.int64)
-  return out
-
-
-def synthetic_state_dict(name: str, num_classes: int = 1000, seed: int = 0) -> dict:
-  """A torchvision `name` state dict of seeded random numpy arrays.
-
-  For tests, and for checking a weight pipeline without downloading weights:
-  exactly torchvision's keys, in its order, with its shapes and dtypes
-  (`num_batches_tracked` int64 0-d zeros), drawn from
-  `np.random.default_rng(seed)`. Convolutions are N(0, 2 / fan_out) and fc
-  U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torchvision initialises them; BN gets
-  weight U(0.5, 1.5), bias N(0, 0.2), running mean N(0, 0.2) and running var
-  U(0.5, 2.0), so that no BN is the identity (torchvision's init would leave
-  a BN bug unseen).
-  """
-  model = torchvision_model(name, num_classes)
-  shapes = _abstract(model)
-  fc_fan_in = shapes[('params', 'fc', 'kernel')].shape[0]
-  rng = np.random.default_rng(seed)
-  out = {}
-  for key, (path, row, kind) in key_map(name).items():
-    shape = _torch_shape(kind, shapes[path].shape if row is None else shapes[path].shape[1:])
-    field = key.rpartition('.')[2]
-    if kind == 'conv':  # kaiming_normal_(mode='fan_out', nonlinearity='relu').
-      array = rng.normal(0.0, np.sqrt(2.0 / (shape[0] * shape[2] * shape[3])), shape)
-    elif key.startswith('fc.'):  # nn.Linear's default init, weight and bias alike.
-      bound = 1.0 / np.sqrt(fc_fan_in)
-      array = rng.uniform(-bound, bound, shape)
-    elif field == 'weight':
-      array = rng.uniform(0.5, 1.5, shape)
-    elif field == 'running_var':
-      array = rng.uniform(0.5, 2.0, shape)
-    else:  # BN bias and running_mean.
-      array = rng.normal(0.0, 0.2, shape)
-    out[key] = array.astype(np.float32)
-    if field == 'running_var':
       out[key[: -len('running_var')] + 'num_batches_tracked'] = np.zeros((), np.int64)
   return out
 
@@ -442,7 +447,7 @@ def write_workdir(model_name: str, variables, workdir):
 
   It gets `config.json` (`imagenet_config`) and an Orbax checkpoint with the
   `state` items that evaluation reads (params, batch_stats, norm = MEAN_RGB /
-  STDDEV_RGB, step) and `meta`; so `checkpointing.load_workdir(workdir)`
+  STDDEV_RGB, step) and `meta`; so `trained_workdir.load_workdir(workdir)`
   and `main --mode=evaluate` work. It holds no optimizer state or data
   position: it is for evaluation, not for resuming training.
 
@@ -468,7 +473,7 @@ def write_workdir(model_name: str, variables, workdir):
     },
     'step': np.zeros((), np.int32),
   }
-  checkpointing.save_for_inference(workdir, config, state)
+  trained_workdir.save_for_inference(workdir, config, state)
   return config
 
 
@@ -484,7 +489,7 @@ def export_workdir(workdir, path, name: str | None = None) -> tuple[str, int]:
     (model name, step).
   """
   path = _check_suffix(path)
-  config = checkpointing.read_config(workdir)
+  config = workdir_files.read_config(workdir)
   if name is not None and name != config.model:
     raise WeightsError(f'{workdir} holds a {config.model}, not a {name}')
   name = config.model
@@ -504,7 +509,7 @@ def export_workdir(workdir, path, name: str | None = None) -> tuple[str, int]:
       "paper's ResNet v1); torchvision's strides the 3x3 (v1.5), so "
       'the weights would compute something else there'
     )
-  _, variables, norm, step, _, _ = checkpointing.load_workdir(workdir, config)
+  _, variables, norm, step, _, _ = trained_workdir.load_workdir(workdir, config)
   mean, std = (np.asarray(jax.device_get(norm[k])) for k in ('mean', 'std'))
   if not (
     mean.shape == std.shape == (3,)
@@ -521,39 +526,7 @@ def export_workdir(workdir, path, name: str | None = None) -> tuple[str, int]:
   return name, step
 
 
-def _define_flags():
-  # Defined only when run as a program: other CLIs (main.py) define --workdir too.
-  from absl import flags
-
-  flags.DEFINE_string(
-    'model',
-    None,
-    f'One of {", ".join(TORCHVISION_MODELS)}; unset: '
-    'inferred from the state dict (import) or the workdir (export).',
-  )
-  flags.DEFINE_string(
-    'torch_file',
-    None,
-    'The state dict file, .pth/.pt (needs torch) '
-    'or .safetensors: read on import, written with --export.',
-  )
-  flags.DEFINE_string(
-    'workdir',
-    None,
-    'The workdir: written on import (must be fresh), its latest checkpoint read with --export.',
-  )
-  flags.DEFINE_bool(
-    'export',
-    False,
-    'Export the workdir to --torch_file instead of importing --torch_file into the workdir.',
-  )
-  flags.mark_flags_as_required(['torch_file', 'workdir'])
-
-
-def _main(argv):
-  from absl import app, flags, logging
-
-  FLAGS = flags.FLAGS
+def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO.
@@ -578,7 +551,4 @@ def _main(argv):
 
 
 if __name__ == '__main__':
-  from resnet_jax import cli
-
-  _define_flags()
-  cli.run(_main)
+  cli.run(main)
