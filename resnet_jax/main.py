@@ -18,7 +18,7 @@ model's table of stages and blocks and its parameter count. A run prints its
 environment first (JAX, devices, versions, git revision) and records it in
 WORKDIR/env.json, and copies what it prints into WORKDIR/log.txt.
 All logic lives in `resnet_jax.training.loop`, `resnet_jax.evaluation` and
-`resnet_jax.run_info`.
+`resnet_jax.run_record`.
 """
 
 import os
@@ -27,7 +27,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import cli, distributed, run_info
+from resnet_jax import cli, distributed, run_record
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
@@ -70,11 +70,11 @@ flags.DEFINE_bool(
   'count, and exit without training.',
 )
 # Without --config, evaluate reads the workdir's own config through this config file.
-SAVED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'saved_config.py')
+SAVED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config_from_workdir.py')
 
 
 def argv_with_saved_config(argv: list[str]) -> list[str]:
-  """`argv`, with `--config=<saved_config.py>:WORKDIR` added when it asks to
+  """`argv`, with `--config=<config_from_workdir.py>:WORKDIR` added when it asks to
   evaluate a workdir and names no config file."""
   if cli.flag_values(argv, 'config') or 'evaluate' not in cli.flag_values(argv, 'mode'):
     return argv
@@ -113,7 +113,7 @@ def main(argv):
 
   # The workdir's env.json and log.txt come at the run's first printed line:
   # bad input, reported before it, leaves the workdir as it was.
-  with run_info.logged_run(FLAGS.workdir):
+  with run_record.logged_run(FLAGS.workdir):
     if FLAGS.mode == 'train':
       loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:

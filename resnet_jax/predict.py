@@ -1,4 +1,5 @@
-r"""Classifies image files with a trained workdir's latest checkpoint.
+r"""The prediction command line: classifies image files with a trained workdir's
+latest checkpoint (the library is `resnet_jax.prediction`).
 
     python -m resnet_jax.predict --workdir=DIR FILE_OR_FOLDER... [--top_k=5] \
         [--output=preds.json|preds.csv] [--batch_size=64]

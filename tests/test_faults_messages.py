@@ -239,7 +239,7 @@ def test_evaluate_names_the_workdirs_config_json_that_is_not_json(cli_results):
   line = cli_error(cli_results, 'garbled config.json')
   workdir = cli_results['garbled config.json'][1]
   assert f'{workdir / "config.json"} is not valid JSON' in line
-  assert 'saved_config.py' not in line
+  assert 'config_from_workdir.py' not in line
 
 
 def test_init_from_an_untrained_workdir_fails_before_the_new_workdir(cli_results):

@@ -29,13 +29,13 @@ LAYERS = (
     'resnet_jax.config_lib',
     'resnet_jax.distributed',
     'resnet_jax.experiment',
-    'resnet_jax.run_info',
+    'resnet_jax.run_record',
   ),
   ('resnet_jax.checkpointing', 'resnet_jax.workdir_files', 'resnet_jax.trained_workdir'),
   ('resnet_jax.evaluation', 'resnet_jax.prediction', 'resnet_jax.weights'),
   ('resnet_jax.training',),
   ('resnet_jax.research',),
-  ('resnet_jax.tools', 'resnet_jax.main', 'resnet_jax.predict', 'resnet_jax.saved_config'),
+  ('resnet_jax.tools', 'resnet_jax.main', 'resnet_jax.predict', 'resnet_jax.config_from_workdir'),
 )
 
 

@@ -1,4 +1,4 @@
-"""A workdir's saved config as a config file: `--config=resnet_jax/saved_config.py:WORKDIR`.
+"""A workdir's saved config as a config file: `--config=resnet_jax/config_from_workdir.py:WORKDIR`.
 
 `python -m resnet_jax.main --mode=evaluate --workdir=DIR` without `--config`
 loads DIR's config through this file, so `--config.*` overrides apply to it
