@@ -415,5 +415,17 @@ def test_resume_with_another_data_order_is_refused(tmp_path):
 )
 def test_progress_starts_at_the_first_steps(per_dispatch, every, logged):
   steps = range(per_dispatch, 201, per_dispatch)
-  got = [s for s in steps if loop._is_log_step(s, per_dispatch, every)]
+  early = [s for s in steps if loop._is_early_progress_step(s, per_dispatch, every)]
+  got = sorted(early + [s for s in steps if s % every == 0])
   assert got[: len(logged)] == logged
+
+
+def test_early_progress_lines_are_printed_not_logged(tmp_path, capsys):
+  config = tiny_config(total_steps=12, boundaries=(6, 9))
+  config.log_every_steps = 12
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  lines = capsys.readouterr().out.splitlines()
+  speed_lines = [line.split('/')[0] for line in lines if 'img/s' in line and 'ETA' in line]
+  assert speed_lines == ['step 1', 'step 10', 'step 12']
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if 'train_loss' in r] == [12]

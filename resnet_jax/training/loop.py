@@ -128,16 +128,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
 
 # Progress lines come at these steps too (the first dispatches that reach
 # them), before the first `log_every_steps`: a user sees within seconds that
-# the run trains, at what speed, and how long it will take.
-EARLY_LOG_STEPS = (1, 10)
+# the run trains, at what speed, and how long it will take. They are printed
+# only: metrics.jsonl keeps one mean per logging interval, the same rows for
+# any number of steps per dispatch.
+EARLY_PROGRESS_STEPS = (1, 10)
 
 
-def _is_log_step(step: int, per_dispatch: int, every: int) -> bool:
-  """Whether the dispatch ending at `step` logs: every `every` steps, and the
-  first dispatches to reach each of `EARLY_LOG_STEPS` below it."""
-  if step % every == 0:
-    return True
-  return step < every and any(step - per_dispatch < early <= step for early in EARLY_LOG_STEPS)
+def _is_early_progress_step(step: int, per_dispatch: int, every: int) -> bool:
+  """Whether the dispatch ending at `step` is the first to reach one of
+  `EARLY_PROGRESS_STEPS` before the first logging step `every`."""
+  return step < every and any(step - per_dispatch < early <= step for early in EARLY_PROGRESS_STEPS)
 
 
 def _log(message: str):
@@ -288,13 +288,16 @@ class _Run:
     """
     config, step = self.config, self.step
     is_last = step == self.stop_at
-    log_now = _is_log_step(step, self.per_dispatch, config.log_every_steps) or is_last
+    log_now = step % config.log_every_steps == 0 or is_last
+    early = not log_now and _is_early_progress_step(step, self.per_dispatch, config.log_every_steps)
     eval_now = step % config.eval_every_steps == 0 or step == self.total
     ckpt_now = step % config.checkpoint_every_steps == 0 or is_last or stopped or eval_now
-    if log_now or eval_now or ckpt_now:
+    if log_now or early or eval_now or ckpt_now:
       self._finish(keep=0)  # Nothing is logged or saved before its loss is checked.
     if log_now:
       self._log_window()
+    elif early:
+      self.writer.progress(step, *self._window_so_far())
     steering = self._evaluate_steering() if eval_now else {}
     if ckpt_now:
       self._save()
@@ -303,12 +306,17 @@ class _Run:
     if eval_now or ckpt_now:  # Keep eval and checkpoint time out of the step timing.
       self.tick, self.tick_step = time.time(), step
 
-  def _log_window(self):
+  def _window_so_far(self) -> tuple[dict, float]:
+    """(the interval's means and speed so far, seconds per step)."""
     seconds_per_step = (time.time() - self.tick) / (self.step - self.tick_step)
     scalars = _summarize(self.window)
     scalars['warmup_active'] = float(jax.device_get(self.state.warmup_active))
     scalars['step_time_ms'] = 1000 * seconds_per_step
     scalars['images_per_sec'] = self.config.input.batch_size / seconds_per_step
+    return scalars, seconds_per_step
+
+  def _log_window(self):
+    scalars, seconds_per_step = self._window_so_far()
     self.writer.write(self.step, scalars)
     self.writer.progress(self.step, scalars, seconds_per_step)
     self.window, self.tick, self.tick_step = [], time.time(), self.step
