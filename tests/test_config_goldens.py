@@ -20,7 +20,17 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), 'goldens')
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
 # Fields added after the goldens, each with the value that keeps a recipe as it was.
-NEW_FIELDS = {}
+NEW_FIELDS = {
+  'optimizer.kind': 'sgd',
+  'optimizer.lars_trust_coefficient': 0.001,
+  'optimizer.adam_b1': 0.9,
+  'optimizer.adam_b2': 0.999,
+  'optimizer.adam_eps': 1e-8,
+  'label_smoothing': 0.0,
+  'schedule.end_lr_fraction': 0.0,
+  'schedule.polynomial_power': 2.0,
+  'schedule.warmup_steps': 0,
+}
 
 
 def _name(path):
