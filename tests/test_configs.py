@@ -277,7 +277,7 @@ def test_validate_accepts_the_default():
     (_set('eval_every_steps', 0), 1, ['eval_every_steps']),
     (_set('schedule.warmup_lr', -0.01), 1, ['warmup_lr']),
     (_set('schedule.kind', 'plateau'), 1, ['plateau', 'holdout_validation=True']),
-    (_set('schedule.kind', 'cosine'), 1, ['schedule.kind', 'piecewise']),
+    (_set('schedule.kind', 'exponential'), 1, ['schedule.kind', 'piecewise']),
     (_set('eval.protocol', 'ten_crop'), 1, ['single original view', 'ten_crop']),
     (_set('eval.protocol', 'five_crop'), 1, ['five_crop', '--config.eval.protocol']),
     (_set('eval.protocol', 'ensemble'), 1, ['ensemble_workdirs']),
