@@ -20,7 +20,8 @@ from resnet_jax import data, errors, models
 PROTOCOLS = ('center', 'ten_crop', 'multi_scale', 'ensemble')
 # Compute dtypes ('auto': bfloat16 on GPU/TPU, float32 on CPU); params stay float32.
 DTYPES = ('auto', None, 'float32', 'bfloat16', 'float16')
-SCHEDULES = ('piecewise', 'plateau')
+SCHEDULES = ('piecewise', 'plateau', 'cosine', 'polynomial')
+OPTIMIZERS = ('sgd', 'nesterov', 'lars', 'adamw')
 NORMALIZATIONS = ('channel_mean_std', 'pixel_mean')
 
 
@@ -84,11 +85,25 @@ def _common(model: str) -> ml_collections.ConfigDict:
   config.freeze_batch_stats = False
 
   config.optimizer = ml_collections.ConfigDict()
+  # 'sgd': the paper's SGD with momentum. 'nesterov': the same with Nesterov
+  # momentum. 'lars': layer-wise trust ratios for large batches (You et al.
+  # 2017). 'adamw': Adam with decoupled weight decay (training.optimizers).
+  config.optimizer.kind = 'sgd'
   config.optimizer.momentum = 0.9
   # L2 penalty added to the gradient before momentum, as in the paper (Caffe).
   config.optimizer.weight_decay = 1e-4
   # False: decay every parameter (the paper). True: skip BN params and biases.
   config.optimizer.exclude_bn_and_bias = False
+  # kind='lars': a parameter's step is this fraction of its norm (over the
+  # decayed gradient's norm), times the lr.
+  config.optimizer.lars_trust_coefficient = 0.001
+  # kind='adamw': Adam's moment decays and epsilon (momentum is not used).
+  config.optimizer.adam_b1 = 0.9
+  config.optimizer.adam_b2 = 0.999
+  config.optimizer.adam_eps = 1e-8
+  # Targets (1 - label_smoothing) on the label and the rest spread evenly over
+  # all classes, in the training loss only. 0: the paper's one-hot targets.
+  config.label_smoothing = 0.0
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.base_lr = 0.1
@@ -100,7 +115,15 @@ def _common(model: str) -> ml_collections.ConfigDict:
   # 'plateau': divide it when `holdout_error` has not improved (relative
   # `plateau_rtol`) for `plateau_patience` evaluations, at most
   # `plateau_max_decays` times (optax.contrib.reduce_on_plateau).
+  # 'cosine', 'polynomial': decay from base_lr to base_lr * end_lr_fraction
+  # at total_steps, as a half cosine or as (1 - t)**polynomial_power.
   config.schedule.kind = 'piecewise'
+  config.schedule.end_lr_fraction = 0.0
+  config.schedule.polynomial_power = 2.0
+  # Linear warm-up from 0 to base_lr over the first `warmup_steps` steps,
+  # before any kind of schedule (piecewise boundaries still count from step 0).
+  # Not with the paper's error-driven warm-up `warmup_lr`. 0 turns it off.
+  config.schedule.warmup_steps = 0
   config.schedule.plateau_patience = 3
   config.schedule.plateau_rtol = 0.01
   config.schedule.plateau_cooldown = 0
@@ -449,7 +472,7 @@ def _validate_schedule(config, fail):
         f'schedule.boundaries={bounds} reach past the end of training '
         f'(total_steps={s.total_steps}); lower them or raise total_steps'
       )
-  elif not config.input.holdout_validation:
+  elif s.kind == 'plateau' and not config.input.holdout_validation:
     fail(
       "schedule.kind='plateau' watches the held-out error; set "
       '--config.input.holdout_validation=True or use '
@@ -463,6 +486,24 @@ def _validate_schedule(config, fail):
     fail(f'schedule.base_lr={s.base_lr} must be a positive finite number (e.g. 0.1)')
   if not _finite(s.warmup_lr) or s.warmup_lr < 0 or not 0 < s.warmup_until_error <= 1:
     fail('schedule.warmup_lr must be finite and >= 0, and warmup_until_error in (0, 1]')
+  _validate_warmup_and_decay(s, fail)
+
+
+def _validate_warmup_and_decay(s, fail):
+  steps = s.get('warmup_steps', 0)
+  if not isinstance(steps, int) or not 0 <= steps < s.total_steps:
+    fail(f'schedule.warmup_steps={steps!r} must be an integer in [0, total_steps={s.total_steps})')
+  if steps and s.warmup_lr:
+    fail(
+      f'schedule.warmup_steps={steps} and warmup_lr={s.warmup_lr} are two warm-ups; '
+      'set one of them to 0'
+    )
+  fraction = s.get('end_lr_fraction', 0.0)
+  if not _finite(fraction) or not 0 <= fraction <= 1:
+    fail(f'schedule.end_lr_fraction={fraction} must be in [0, 1]')
+  power = s.get('polynomial_power', 2.0)
+  if not _finite(power) or power <= 0:
+    fail(f'schedule.polynomial_power={power} must be a positive number (e.g. 2)')
 
 
 def _validate_optimizer(config, fail):
@@ -471,6 +512,19 @@ def _validate_optimizer(config, fail):
     fail(f'optimizer.weight_decay={o.weight_decay} must be a finite number >= 0 (e.g. 1e-4)')
   if not _finite(o.momentum) or not 0 <= o.momentum < 1:
     fail(f'optimizer.momentum={o.momentum} must be in [0, 1) (e.g. 0.9)')
+  kind = o.get('kind', 'sgd')
+  if kind not in OPTIMIZERS:
+    fail(f'optimizer.kind={kind!r}; set it to one of {OPTIMIZERS}')
+  if kind == 'lars' and (not _finite(o.lars_trust_coefficient) or o.lars_trust_coefficient <= 0):
+    fail(f'optimizer.lars_trust_coefficient={o.lars_trust_coefficient} must be positive')
+  if kind == 'adamw':
+    if not all(_finite(b) and 0 <= b < 1 for b in (o.adam_b1, o.adam_b2)):
+      fail(f'optimizer.adam_b1={o.adam_b1} and adam_b2={o.adam_b2} must be in [0, 1)')
+    if not _finite(o.adam_eps) or o.adam_eps <= 0:
+      fail(f'optimizer.adam_eps={o.adam_eps} must be positive (e.g. 1e-8)')
+  smoothing = config.get('label_smoothing', 0.0)
+  if not _finite(smoothing) or not 0 <= smoothing < 1:
+    fail(f'label_smoothing={smoothing} must be in [0, 1) (e.g. 0.1)')
 
 
 def _validate_finetuning(config, fail):

@@ -15,6 +15,7 @@ import pytest
 
 from resnet_jax import cli, config_lib, data, distributed, errors, experiment, models
 from resnet_jax.data import cifar
+from resnet_jax.training import optimizers, schedules
 from resnet_jax.training import step as step_lib
 
 from helpers import DATA_DIR, has_dataset
@@ -158,7 +159,7 @@ def test_lr_scales_linearly_with_the_batch():
   config = config_lib.imagenet('resnet50')
   config.input.batch_size = 1024
   assert config_lib.scaled_lr(config) == pytest.approx(0.4)
-  assert float(step_lib.learning_rate_schedule(config)(0)) == pytest.approx(0.4)
+  assert float(schedules.learning_rate_schedule(config)(0)) == pytest.approx(0.4)
   config.schedule.reference_batch_size = None  # Off: base_lr as given.
   assert config_lib.scaled_lr(config) == pytest.approx(0.1)
 
@@ -276,7 +277,7 @@ def test_validate_accepts_the_default():
     (_set('eval_every_steps', 0), 1, ['eval_every_steps']),
     (_set('schedule.warmup_lr', -0.01), 1, ['warmup_lr']),
     (_set('schedule.kind', 'plateau'), 1, ['plateau', 'holdout_validation=True']),
-    (_set('schedule.kind', 'cosine'), 1, ['schedule.kind', 'piecewise']),
+    (_set('schedule.kind', 'exponential'), 1, ['schedule.kind', 'piecewise']),
     (_set('eval.protocol', 'ten_crop'), 1, ['single original view', 'ten_crop']),
     (_set('eval.protocol', 'five_crop'), 1, ['five_crop', '--config.eval.protocol']),
     (_set('eval.protocol', 'ensemble'), 1, ['ensemble_workdirs']),
@@ -363,7 +364,7 @@ def test_validate_rejects_zero_bn_group_size():
 
 
 def test_learning_rate_schedule_steps_at_the_boundaries():
-  schedule = step_lib.learning_rate_schedule(config_lib.cifar10())
+  schedule = schedules.learning_rate_schedule(config_lib.cifar10())
   expected = {
     0: 0.1,
     1: 0.1,
@@ -394,7 +395,7 @@ def _named_leaves(tree):
 
 def test_weight_decay_mask_excluding_bn_and_bias_marks_only_kernels():
   params = _cifar20_params()
-  mask = step_lib.weight_decay_mask(params, exclude_bn_and_bias=True)
+  mask = optimizers.weight_decay_mask(params, exclude_bn_and_bias=True)
   assert jax.tree.structure(mask) == jax.tree.structure(params)
   leaves, marks = _named_leaves(params), _named_leaves(mask)
   assert all(name.endswith(("['kernel']", "['scale']", "['bias']")) for name in leaves)
@@ -409,7 +410,7 @@ def test_weight_decay_mask_excluding_bn_and_bias_marks_only_kernels():
 
 def test_weight_decay_mask_without_exclusion_marks_everything():
   params = _cifar20_params()
-  mask = step_lib.weight_decay_mask(params, exclude_bn_and_bias=False)
+  mask = optimizers.weight_decay_mask(params, exclude_bn_and_bias=False)
   assert jax.tree.structure(mask) == jax.tree.structure(params)
   assert all(mark is True for mark in jax.tree.leaves(mask))
 

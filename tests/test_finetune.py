@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from resnet_jax import errors, models, trained_workdir, workdir_files
-from resnet_jax.training import loop
-from resnet_jax.training import step as step_lib
+from resnet_jax.training import loop, optimizers
 from resnet_jax.weights import init_from
 from resnet_jax.weights import torchvision as tw
 
@@ -72,7 +71,7 @@ def test_freeze_matching_nothing_and_bad_regex_fail(tmp_path):
 
 def test_freeze_labels_by_name():
   params = models.abstract_variables(models.create_model('cifar_resnet20'))['params']
-  labels = _flat(step_lib.frozen_labels(params, r'^stage1_'))
+  labels = _flat(optimizers.frozen_labels(params, r'^stage1_'))
   assert labels['stage1_block1/conv1/kernel'] == 'frozen'
   assert labels['stage2_block1/conv1/kernel'] == 'trained' and labels['fc/bias'] == 'trained'
 

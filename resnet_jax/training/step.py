@@ -23,12 +23,10 @@ rounding.
 
 import dataclasses
 import functools
-import re
 from typing import Any
 
 import flax
 import flax.struct
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,7 +34,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import config_lib, data, distributed, errors, models
+from resnet_jax import data, distributed, models
+from resnet_jax.training.optimizers import create_optimizer
+from resnet_jax.training.schedules import learning_rate_schedule
 
 
 @flax.struct.dataclass
@@ -58,16 +58,6 @@ class TrainState:
   norm: dict
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """The lr by step before plateau decays: base lr (scaled to the batch if
-  asked) divided by 1/decay_factor at each boundary of a 'piecewise' schedule."""
-  s = config.schedule
-  base_lr = config_lib.scaled_lr(config)
-  if s.kind != 'piecewise':
-    return optax.constant_schedule(base_lr)
-  return optax.piecewise_constant_schedule(base_lr, {int(b): s.decay_factor for b in s.boundaries})
-
-
 def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
   """optax's reduce-on-plateau, stepped once per held-out evaluation.
 
@@ -81,59 +71,6 @@ def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformat
     rtol=s.plateau_rtol,
     cooldown=s.plateau_cooldown,
     min_scale=s.decay_factor**s.plateau_max_decays,
-  )
-
-
-def weight_decay_mask(params, exclude_bn_and_bias: bool):
-  """True for the parameters that get weight decay.
-
-  Names, not ranks, decide: scanned stages stack BN scales into 2-D arrays.
-  """
-  if not exclude_bn_and_bias:
-    return jax.tree.map(lambda _: True, params)
-  return jax.tree_util.tree_map_with_path(
-    lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params
-  )
-
-
-def frozen_labels(params, pattern: str):
-  """'frozen' for the parameters whose name ('stage1_block1/conv1/kernel')
-  matches `pattern` (re.search), 'trained' for the others."""
-  regex = re.compile(pattern)
-  return jax.tree_util.tree_map_with_path(
-    lambda path, _: 'frozen' if regex.search('/'.join(k.key for k in path)) else 'trained', params
-  )
-
-
-def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
-  """SGD with momentum and the paper's L2 weight decay.
-
-  The decay is added to the gradient *before* momentum (an L2 penalty, as in
-  Caffe/Torch), not decoupled. The learning rate is an injected hyperparameter
-  so that the train step can set it (the warm-up rule depends on the error).
-  Parameters matching `config.freeze` get no update at all (optax
-  `multi_transform` with `set_to_zero`: no decay, no momentum buffer).
-  """
-  mask = weight_decay_mask(params, config.optimizer.exclude_bn_and_bias)
-  labels = frozen_labels(params, config.freeze) if config.get('freeze') else None
-  if labels is not None:
-    names = list(flax.traverse_util.flatten_dict(params, sep='/'))
-    if (problem := config_lib.freeze_problem(config.freeze, names)) is not None:
-      raise errors.ConfigError(problem)
-
-  @optax.inject_hyperparams
-  def sgd_with_l2(learning_rate, momentum, weight_decay):
-    sgd = optax.chain(
-      optax.add_decayed_weights(weight_decay, mask), optax.sgd(learning_rate, momentum=momentum)
-    )
-    if labels is None:
-      return sgd
-    return optax.multi_transform({'trained': sgd, 'frozen': optax.set_to_zero()}, labels)
-
-  return sgd_with_l2(
-    learning_rate=config.schedule.base_lr,
-    momentum=config.optimizer.momentum,
-    weight_decay=config.optimizer.weight_decay,
   )
 
 
@@ -155,8 +92,13 @@ def initial_state(config, model, optimizer, image_shape, norm) -> TrainState:
   )
 
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy against the integer labels, or against
+  targets smoothed by `label_smoothing` (Szegedy et al. 2016) if it is set."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
 def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
@@ -165,14 +107,15 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   rng = jax.random.fold_in(state.rng, state.step)
   images = dataset.preprocess_train(rng, batch['image'], state.norm, config)
   labels = batch['label']
+  loss_of = lambda logits: cross_entropy(logits, labels, config.get('label_smoothing', 0.0)).mean()
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
     if config.get('freeze_batch_stats'):  # BN as in evaluation: running statistics, kept.
       logits = model.apply(variables, images, train=False)
-      return cross_entropy(logits, labels).mean(), (logits, state.batch_stats)
+      return loss_of(logits), (logits, state.batch_stats)
     logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
-    return cross_entropy(logits, labels).mean(), (logits, updates['batch_stats'])
+    return loss_of(logits), (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   error = jnp.mean(jnp.argmax(logits, -1) != labels)

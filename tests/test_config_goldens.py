@@ -1,0 +1,83 @@
+"""Every config file's values, pinned: a new field must leave them as they were.
+
+Each file under configs/ is loaded as `--config` loads it and compared with
+tests/goldens/config_<name>.json. `experiment.resolved` adds only the
+dataset's number of classes (which needs the dataset at hand), so the
+config file's own values are what is pinned. Fields newer than a golden must
+hold their 'off' value, so that every paper recipe trains as before.
+Deliberate changes: `python tests/test_config_goldens.py` rewrites the goldens.
+"""
+
+import glob
+import json
+import os
+
+import pytest
+
+from resnet_jax import cli
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
+GOLDEN_DIR = os.path.join(os.path.dirname(__file__), 'goldens')
+CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
+# Fields added after the goldens, each with the value that keeps a recipe as it was.
+NEW_FIELDS = {
+  'optimizer.kind': 'sgd',
+  'optimizer.lars_trust_coefficient': 0.001,
+  'optimizer.adam_b1': 0.9,
+  'optimizer.adam_b2': 0.999,
+  'optimizer.adam_eps': 1e-8,
+  'label_smoothing': 0.0,
+  'schedule.end_lr_fraction': 0.0,
+  'schedule.polynomial_power': 2.0,
+  'schedule.warmup_steps': 0,
+}
+
+
+def _name(path):
+  return os.path.splitext(os.path.basename(path))[0]
+
+
+def _golden_path(path):
+  return os.path.join(GOLDEN_DIR, f'config_{_name(path)}.json')
+
+
+def _as_json(path):
+  return json.loads(cli.load_config(path).to_json_best_effort())
+
+
+def _flatten(tree, prefix=''):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def test_every_config_file_has_a_golden():
+  assert CONFIG_FILES
+  names = {f'config_{_name(p)}.json' for p in CONFIG_FILES}
+  assert names == {os.path.basename(p) for p in glob.glob(os.path.join(GOLDEN_DIR, 'config_*'))}
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
+def test_config_file_resolves_as_its_golden(path):
+  with open(_golden_path(path)) as f:
+    golden = _flatten(json.load(f))
+  current = _flatten(_as_json(path))
+  assert {key: current.get(key, '<missing>') for key in golden} == golden
+  new = {key: value for key, value in current.items() if key not in golden}
+  assert new == {key: NEW_FIELDS.get(key, '<unknown field>') for key in new}
+
+
+def write_goldens():
+  os.makedirs(GOLDEN_DIR, exist_ok=True)
+  for path in CONFIG_FILES:
+    with open(_golden_path(path), 'w') as f:
+      json.dump(_as_json(path), f, indent=2, sort_keys=True)
+      f.write('\n')
+
+
+if __name__ == '__main__':
+  write_goldens()
