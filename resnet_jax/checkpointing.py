@@ -64,7 +64,14 @@ def structure(config: ml_collections.ConfigDict) -> dict:
     and v is not None
   }
   opts['num_classes'] = experiment.model_from_config(config).num_classes
-  return {'model': config.model, 'model_options': opts, 'dataset': config.input.dataset}
+  out = {'model': config.model, 'model_options': opts, 'dataset': config.input.dataset}
+  # The optimizer's state has another structure per kind: resuming under
+  # another would fail to restore (and be taken for an unreadable checkpoint).
+  # Named only when not the paper's SGD, so older checkpoints still match.
+  kind = config.optimizer.get('kind', 'sgd')
+  if kind != 'sgd':
+    out['optimizer'] = kind
+  return out
 
 
 def data_order(config, process_count: int, num_workers: int | None) -> dict:

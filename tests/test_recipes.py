@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from resnet_jax import config_lib, errors, evaluation
-from resnet_jax.training import optimizers, schedules
+from resnet_jax.training import loop, optimizers, schedules
 from resnet_jax.training import step as step_lib
 
-from helpers import fixed_batch, make_trainer, run_steps, tiny_config
+from helpers import fixed_batch, make_trainer, run_steps, saved_steps, tiny_config, tiny_splits
 
 LR = 0.5
 
@@ -205,3 +205,13 @@ def test_a_modern_recipe_trains_with_its_schedule():
   _, metrics = trainer.train_fn(state, fixed_batch(trainer), {})
   expected = float(schedules.learning_rate_schedule(config)(3))
   assert float(metrics['learning_rate']) == pytest.approx(expected, rel=1e-5)
+
+
+def test_resuming_under_another_optimizer_is_refused_before_compiling(tmp_path):
+  config = tiny_config()
+  config.stop_after_steps = 3
+  loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  config.optimizer.kind = 'adamw'
+  with pytest.raises(errors.ConfigError, match="'optimizer': 'adamw'"):
+    loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
+  assert saved_steps(tmp_path, config) == [3]  # Nothing set aside.
