@@ -4,10 +4,12 @@ Imported by test modules (pytest puts this directory on the path); the test
 modules never import one another.
 """
 
+import io
 import os
 
 import jax
 import numpy as np
+import PIL.Image
 
 from resnet_jax import checkpointing, config_lib, data, distributed, experiment, models
 from resnet_jax.data import cifar
@@ -25,6 +27,20 @@ DATA_DIR = os.environ.get(
 
 def has_dataset(name: str) -> bool:
   return os.path.isdir(os.path.join(DATA_DIR, name))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+  """`image` (uint8 HWC, or 2-D) encoded as a PNG file's bytes."""
+  out = io.BytesIO()
+  PIL.Image.fromarray(image).save(out, 'PNG')
+  return out.getvalue()
+
+
+def write_bytes(path, data: bytes):
+  """Writes `data` to `path`, creating its folders."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'wb') as f:
+    f.write(data)
 
 
 IMAGE = (8, 8, 3)  # CIFAR nets run on any size >= 4 px; tiny keeps compiles short.

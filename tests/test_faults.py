@@ -129,32 +129,6 @@ def test_kill_during_a_save_or_the_final_eval_then_rerun_is_bit_identical(
   assert_same_outcome(tmp_path, reference)
 
 
-@pytest.mark.slow
-def test_second_ctrl_c_exits_130_in_one_line(tmp_path):
-  process = subprocess.Popen(
-    [sys.executable, WORKER, 'train', str(tmp_path), '--step_seconds=0.5', '--total_steps=600'],
-    cwd=ROOT,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-  )
-  try:
-    for line in process.stdout:  # Steps run from the first log line on.
-      if line.startswith('step '):
-        break
-    process.send_signal(signal.SIGINT)
-    first = process.stderr.readline()
-    assert first.startswith('Ctrl-C: saving a checkpoint'), first
-    process.send_signal(signal.SIGINT)  # Within the current 0.5 s step.
-    _, rest = process.communicate(timeout=120)
-  finally:
-    process.kill()
-  assert process.returncode == 130, rest[-3000:]
-  lines = nonempty_lines(rest)
-  assert len(lines) == 1 and lines[0].startswith('error: interrupted by Ctrl-C'), rest[-3000:]
-
-
 def start_worker(*args) -> subprocess.Popen:
   return subprocess.Popen(
     [sys.executable, WORKER, *map(str, args)],
@@ -171,6 +145,23 @@ def wait_for_line(process, prefix: str):
     if line.startswith(prefix):
       return
   raise AssertionError(f'no line starting {prefix!r}: {process.stderr.read()[-3000:]}')
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_exits_130_in_one_line(tmp_path):
+  process = start_worker('train', tmp_path, '--step_seconds=0.5', '--total_steps=600')
+  try:
+    wait_for_line(process, 'step ')  # Steps run from the first log line on.
+    process.send_signal(signal.SIGINT)
+    first = process.stderr.readline()
+    assert first.startswith('Ctrl-C: saving a checkpoint'), first
+    process.send_signal(signal.SIGINT)  # Within the current 0.5 s step.
+    _, rest = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 130, rest[-3000:]
+  lines = nonempty_lines(rest)
+  assert len(lines) == 1 and lines[0].startswith('error: interrupted by Ctrl-C'), rest[-3000:]
 
 
 def test_failed_evaluation_loses_no_training(tmp_path, reference):

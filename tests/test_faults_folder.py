@@ -6,7 +6,6 @@ Folders are built in tmp_path from tiny Pillow-made PNGs; the predictor is a
 stand-in net (its views need no weights).
 """
 
-import io
 import os
 import subprocess
 import sys
@@ -19,21 +18,9 @@ import pytest
 from resnet_jax import config_lib, data, errors, predict, prediction
 from resnet_jax.data import folder, imagenet_views
 
-from helpers import ROOT
+from helpers import ROOT, png_bytes, write_bytes
 
 MID_GREY_16 = 128 * 257  # 16-bit mid-grey: 128 in 8 bits.
-
-
-def _png(array: np.ndarray) -> bytes:
-  out = io.BytesIO()
-  PIL.Image.fromarray(array).save(out, 'PNG')
-  return out.getvalue()
-
-
-def _write(path, content: bytes):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'wb') as f:
-    f.write(content)
 
 
 def _folder(root, classes=('c0', 'c1'), per_class=6, splits=('train',)) -> str:
@@ -41,7 +28,9 @@ def _folder(root, classes=('c0', 'c1'), per_class=6, splits=('train',)) -> str:
   for split in splits:
     for c in classes:
       for i in range(per_class):
-        _write(os.path.join(root, split, c, f'{i}.png'), _png(np.full((8, 8, 3), i, np.uint8)))
+        write_bytes(
+          os.path.join(root, split, c, f'{i}.png'), png_bytes(np.full((8, 8, 3), i, np.uint8))
+        )
   return str(root)
 
 
@@ -82,15 +71,15 @@ def test_16_bit_greyscale_is_scaled_to_8_bits(monkeypatch, decoder):
   wide = np.array([[0, 257, MID_GREY_16, 65535]], np.uint16)
   image = PIL.Image.fromarray(wide)
   assert image.mode.startswith('I')
-  decoded = imagenet_views.decode(_png(wide))
+  decoded = imagenet_views.decode(png_bytes(wide))
   assert decoded.shape == (1, 4, 3) and decoded.dtype == np.uint8
   np.testing.assert_array_equal(decoded[..., 0], [[0, 1, 128, 255]])
   np.testing.assert_array_equal(decoded[..., 0], decoded[..., 2])
 
 
 def test_16_bit_greyscale_predicts_as_its_8_bit_twin(predictor):
-  wide = _png(np.full((20, 20), MID_GREY_16, np.uint16))
-  narrow = _png(np.full((20, 20), 128, np.uint8))
+  wide = png_bytes(np.full((20, 20), MID_GREY_16, np.uint16))
+  narrow = png_bytes(np.full((20, 20), 128, np.uint8))
   np.testing.assert_array_equal(predictor.view(wide), predictor.view(narrow))
   assert (predictor.view(wide) == 128).all()
 
@@ -112,7 +101,7 @@ def test_file_names_that_are_not_utf8_are_indexed_and_read(tmp_path):
   root = _folder(tmp_path / 'images')
   raw = os.path.join(os.fsencode(root), b'train', b'c1', b'caf\xe9.png')
   with open(raw, 'wb') as f:
-    f.write(_png(np.zeros((8, 8, 3), np.uint8)))
+    f.write(png_bytes(np.zeros((8, 8, 3), np.uint8)))
   index = folder.index(root)
   name = os.path.join('train', 'c1', os.fsdecode(b'caf\xe9.png'))
   assert name in index.files['train'] and index.num_examples('train') == 13
@@ -125,7 +114,7 @@ def test_file_names_that_are_not_utf8_are_indexed_and_read(tmp_path):
 def test_images_over_pillows_pixel_limit_are_named_as_such(tmp_path, monkeypatch, predictor):
   root = _folder(tmp_path / 'images')
   big = os.path.join(root, 'train', 'c0', 'big.png')
-  _write(big, _png(np.zeros((20, 20, 3), np.uint8)))
+  write_bytes(big, png_bytes(np.zeros((20, 20, 3), np.uint8)))
   monkeypatch.setattr(PIL.Image, 'MAX_IMAGE_PIXELS', 100)  # Refused over 200 pixels.
 
   def check(message):
@@ -177,7 +166,7 @@ def test_an_empty_val_folder_says_to_remove_it(tmp_path):
 def test_predict_folders_take_the_datasets_files(tmp_path):
   top = tmp_path / 'photos'
   for name in ('a.JPG', 'sub/b.png', '._a.JPG', '.hidden/c.png', 'sub/._b.png', 'notes.txt'):
-    _write(os.path.join(top, name), b'')
+    write_bytes(os.path.join(top, name), b'')
   assert predict.image_files([str(top)]) == [str(top / 'a.JPG'), str(top / 'sub' / 'b.png')]
 
 
@@ -191,7 +180,7 @@ def test_predict_names_an_unreadable_image_by_its_path(tmp_path, predictor):
 
 def test_predict_checks_the_output_folder_before_any_work(tmp_path):
   image = tmp_path / 'a.png'
-  image.write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
+  image.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
   output = tmp_path / 'missing' / 'p.json'
   result = subprocess.run(
     [

@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from resnet_jax import config_lib, data, errors
 from resnet_jax.data import cifar, folder, imagenet
 
-from helpers import DATA_DIR, ROOT, has_dataset
+from helpers import DATA_DIR, ROOT, has_dataset, png_bytes, write_bytes
 
 TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 2
 
@@ -42,32 +42,20 @@ def jpegs():
   return {w: by_class[w][: TRAIN_PER_CLASS + VAL_PER_CLASS] for w in full[:3]}
 
 
-def _png(image: np.ndarray) -> bytes:
-  out = io.BytesIO()
-  PIL.Image.fromarray(image).save(out, 'PNG')
-  return out.getvalue()
-
-
-def _write(path, data: bytes):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'wb') as f:
-    f.write(data)
-
-
 def _make_folder(root, jpegs, eval_dir='val'):
   """ROOT/train/<wnid>/ (4 JPEGs each, a PNG in the first class) and
   ROOT/<eval_dir>/<wnid>/ (2 each), plus files to ignore."""
   for wnid, images in jpegs.items():
     for i, content in enumerate(images[:TRAIN_PER_CLASS]):
-      _write(os.path.join(root, 'train', wnid, f'{wnid}_{i}.JPEG'), content)
+      write_bytes(os.path.join(root, 'train', wnid, f'{wnid}_{i}.JPEG'), content)
     for i, content in enumerate(images[TRAIN_PER_CLASS:]):
-      _write(os.path.join(root, eval_dir, wnid, f'val_{wnid}_{i}.JPEG'), content)
+      write_bytes(os.path.join(root, eval_dir, wnid, f'val_{wnid}_{i}.JPEG'), content)
   first = sorted(jpegs)[0]
-  png = _png(np.asarray(PIL.Image.open(io.BytesIO(jpegs[first][0])).convert('RGB')))
-  _write(os.path.join(root, 'train', first, 'extra.png'), png)
-  _write(os.path.join(root, 'train', first, 'notes.txt'), b'not an image')
-  _write(os.path.join(root, 'train', first, '.hidden.jpg'), b'')
-  _write(os.path.join(root, 'train', '.ipynb_checkpoints', 'x.jpg'), b'')
+  png = png_bytes(np.asarray(PIL.Image.open(io.BytesIO(jpegs[first][0])).convert('RGB')))
+  write_bytes(os.path.join(root, 'train', first, 'extra.png'), png)
+  write_bytes(os.path.join(root, 'train', first, 'notes.txt'), b'not an image')
+  write_bytes(os.path.join(root, 'train', first, '.hidden.jpg'), b'')
+  write_bytes(os.path.join(root, 'train', '.ipynb_checkpoints', 'x.jpg'), b'')
   return str(root)
 
 
@@ -189,10 +177,10 @@ def _bad_files(root, jpegs):
   bad = {
     f'train/{wnid}/cut.jpg': jpeg[: len(jpeg) // 2],
     f'train/{wnid}/empty.jpg': b'',
-    f'train/{wnid}/cut.png': _png(np.zeros((8, 8, 3), np.uint8))[:-12],
+    f'train/{wnid}/cut.png': png_bytes(np.zeros((8, 8, 3), np.uint8))[:-12],
   }
   for name, content in bad.items():
-    _write(os.path.join(root, name), content)
+    write_bytes(os.path.join(root, name), content)
   return sorted(bad)
 
 
@@ -207,7 +195,7 @@ def _odd_but_whole(root, jpegs):
     f'train/{wnid}/padded.jpg': jpeg + bytes(5000) + b'\n',
   }
   for name, content in odd.items():
-    _write(os.path.join(root, name), content)
+    write_bytes(os.path.join(root, name), content)
   return sorted(odd)
 
 
@@ -232,7 +220,7 @@ def test_unreadable_files_fail_naming_the_file(root, jpegs):
 def test_skip_bad_leaves_unreadable_files_out(root, jpegs):
   bad = _bad_files(root, jpegs)
   odd = _odd_but_whole(root, jpegs)
-  _write(os.path.join(root, 'val', sorted(jpegs)[0], 'garbage.jpeg'), b'GIF89a, not really')
+  write_bytes(os.path.join(root, 'val', sorted(jpegs)[0], 'garbage.jpeg'), b'GIF89a, not really')
   index = folder.index(root, skip_bad=True)
   assert index.skipped == tuple(sorted(bad + [f'val/{sorted(jpegs)[0]}/garbage.jpeg']))
   assert set(odd) <= set(index.files['train'])
@@ -246,7 +234,7 @@ def test_a_class_whose_files_are_all_bad_keeps_its_label(root, jpegs):
   first = sorted(jpegs)[0]
   for name in os.listdir(os.path.join(root, 'train', first)):
     if name.lower().endswith(folder.IMAGE_SUFFIXES):
-      _write(os.path.join(root, 'train', first, name), b'')
+      write_bytes(os.path.join(root, 'train', first, name), b'')
   index = folder.index(root, skip_bad=True)
   assert index.class_names == tuple(sorted(jpegs))  # The other labels do not move.
   assert 0 not in index.labels['train'] and set(index.labels['train'].tolist()) == {1, 2}
@@ -255,7 +243,7 @@ def test_a_class_whose_files_are_all_bad_keeps_its_label(root, jpegs):
 
 def test_an_empty_class_folder_is_an_error(root):
   os.makedirs(os.path.join(root, 'train', 'n00000000', 'sub'))
-  _write(os.path.join(root, 'train', 'n00000000', 'readme.txt'), b'')
+  write_bytes(os.path.join(root, 'train', 'n00000000', 'readme.txt'), b'')
   for skip_bad in (False, True):
     with pytest.raises(errors.DataError, match=r'n00000000 holds no image files'):
       folder.index(root, skip_bad)
@@ -267,7 +255,7 @@ def test_an_empty_class_folder_is_an_error(root):
 
 def test_nested_class_folders_are_read(root, jpegs):
   first = sorted(jpegs)[0]
-  _write(os.path.join(root, 'train', first, 'more', 'deep.jpg'), jpegs[first][0])
+  write_bytes(os.path.join(root, 'train', first, 'more', 'deep.jpg'), jpegs[first][0])
   index = folder.index(root)
   label = index.labels['train'][index.files['train'].index(f'train/{first}/more/deep.jpg')]
   assert label == 0
@@ -284,11 +272,11 @@ def test_layout_errors_name_the_path_and_the_layout(tmp_path, root, jpegs):
   with pytest.raises(errors.ConfigError, match='data_dir=ROOT'):
     folder.index(None)
   stranger = os.path.join(root, 'val', 'n99999999')
-  _write(os.path.join(stranger, 'x.jpg'), jpegs[sorted(jpegs)[0]][0])
+  write_bytes(os.path.join(stranger, 'x.jpg'), jpegs[sorted(jpegs)[0]][0])
   with pytest.raises(errors.DataError, match=f'folder {stranger} is not a class of {root}/train'):
     folder.index(root)
   shutil.rmtree(stranger)
-  _write(os.path.join(root, 'val', 'ILSVRC2012_val_00000001.JPEG'), b'')
+  write_bytes(os.path.join(root, 'val', 'ILSVRC2012_val_00000001.JPEG'), b'')
   with pytest.raises(errors.DataError, match=r'holds image files directly.*sort_imagenet_val'):
     folder.index(root)
 
@@ -381,12 +369,12 @@ def _tiny_folder(root, sizes):
     cls = 'cat' if i % 2 else 'dog'
     image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
     if i % 3:
-      name, data, pixels = f'train/{cls}/{i}.png', _png(image), image
+      name, data, pixels = f'train/{cls}/{i}.png', png_bytes(image), image
     else:
       out = io.BytesIO()
       PIL.Image.fromarray(image).save(out, 'JPEG', quality=95)
       name, data, pixels = f'train/{cls}/{i}.jpg', out.getvalue(), None
-    _write(os.path.join(root, name), data)
+    write_bytes(os.path.join(root, name), data)
     written[name] = pixels
   return written
 
