@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax import (
   checkpointing,
-  config_lib,
+  config_validation,
   distributed,
   errors,
   experiment,
@@ -358,7 +358,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=No
   Returns:
     {'step', 'protocol', 'split', 'top1_error', 'top5_error', 'loss', 'count'}.
   """
-  config_lib.validate_for_evaluation(config, jax.device_count())
+  config_validation.validate_for_evaluation(config, jax.device_count())
   protocol = config.eval.protocol
   if protocol == 'ensemble':
     score = _ensemble_scoring(config, data)

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import config_lib, models
+from resnet_jax import config_lib, config_validation, models
 
 # --- GroupBatchNorm = BatchNorm on each group ------------------------------
 
@@ -226,7 +226,7 @@ def test_validate_accepts_groups_within_or_over_whole_devices(group_size):
   """Batch 128 on 8 devices: 16 per device; 32, 64, 128 span 2, 4, 8 devices."""
   config = config_lib.cifar10('cifar_resnet20')
   config.model_options.bn_group_size = group_size
-  config_lib.validate(config, num_devices=8)
+  config_validation.validate(config, num_devices=8)
 
 
 @pytest.mark.parametrize('group_size', [3, 24, 48, 96, 256])
@@ -235,7 +235,7 @@ def test_validate_rejects_groups_that_do_not_fit(group_size):
   config = config_lib.cifar10('cifar_resnet20')
   config.model_options.bn_group_size = group_size
   with pytest.raises(ValueError) as error:
-    config_lib.validate(config, num_devices=8)
+    config_validation.validate(config, num_devices=8)
   message = str(error.value)
   assert f'model_options.bn_group_size={group_size}' in message
   assert 'per-device batch 16' in message
@@ -246,12 +246,12 @@ def test_validate_rejects_groups_that_do_not_fit(group_size):
 def test_validate_spanning_groups_on_more_processes():
   config = config_lib.cifar10('cifar_resnet20')
   config.model_options.bn_group_size = 64
-  config_lib.validate(config, num_devices=8, num_processes=2)  # Spans 4 of 8.
+  config_validation.validate(config, num_devices=8, num_processes=2)  # Spans 4 of 8.
   config.input.batch_size = 96  # 12 per device: 6 within, 24 spans 2, 8 straddles.
   for group_size in (6, 24):
     config.model_options.bn_group_size = group_size
-    config_lib.validate(config, num_devices=8)
+    config_validation.validate(config, num_devices=8)
   config.model_options.bn_group_size = 8
   fits = '1, 2, 3, 4, 6, 12, 24, 48, 96'
   with pytest.raises(ValueError, match=f'bn_group_size=8 .*set it to one of {fits}$'):
-    config_lib.validate(config, num_devices=8)
+    config_validation.validate(config, num_devices=8)

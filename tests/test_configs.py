@@ -13,7 +13,16 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from resnet_jax import cli, config_lib, data, distributed, errors, experiment, models
+from resnet_jax import (
+  cli,
+  config_lib,
+  config_validation,
+  data,
+  distributed,
+  errors,
+  experiment,
+  models,
+)
 from resnet_jax.data import cifar
 from resnet_jax.training import optimizers, schedules
 from resnet_jax.training import step as step_lib
@@ -74,7 +83,7 @@ def test_config_files_exist_for_every_paper_model():
 def test_config_file_encodes_the_paper_recipe(path):
   config = cli.load_config(path)
   for num_devices in (1, 8):
-    config_lib.validate(config, num_devices=num_devices)
+    config_validation.validate(config, num_devices=num_devices)
   model = experiment.model_from_config(config)
   assert isinstance(model, models.ResNet) and model.num_classes == 10
   assert config.model == _model_name(path)
@@ -94,7 +103,7 @@ def test_config_file_encodes_the_paper_recipe(path):
 def test_imagenet_config_encodes_section_3_4(path):
   config = cli.load_config(path)
   for num_devices in (1, 8, 256):
-    config_lib.validate(config, num_devices=num_devices, num_processes=min(num_devices, 32))
+    config_validation.validate(config, num_devices=num_devices, num_processes=min(num_devices, 32))
   name, shortcut = IMAGENET_EXPERIMENTS[_stem(path)]
   assert config.model == name
   model = experiment.model_from_config(config)
@@ -116,7 +125,7 @@ def test_imagenet_config_encodes_section_3_4(path):
   assert set(config.eval.final_protocols) == {'center', 'ten_crop', 'multi_scale'}
   # The alternative to the plateau rule validates too.
   config.schedule.kind = 'piecewise'
-  config_lib.validate(config, num_devices=8)
+  config_validation.validate(config, num_devices=8)
 
 
 @pytest.mark.parametrize('path', IMAGENETTE_FILES, ids=os.path.basename)
@@ -124,7 +133,7 @@ def test_imagenet_config_encodes_section_3_4(path):
 def test_imagenette_config_is_the_imagenet_recipe_on_the_local_proxy(path):
   config = cli.load_config(path)
   config.input.data_dir = DATA_DIR  # Its classes and splits come from its metadata.
-  config_lib.validate(config, num_devices=1)
+  config_validation.validate(config, num_devices=1)
   assert config.input.dataset == 'imagenette224'
   assert experiment.model_from_config(config).num_classes == 10
   reference = config_lib.imagenet(config.model)
@@ -145,7 +154,7 @@ def test_walkthrough_configs_are_the_imagenet_recipe_scaled_down(path, tmp_path)
     config.input.data_dir = str(tmp_path)
   else:
     config.input.data_dir = DATA_DIR
-  config_lib.validate(config, num_devices=8)
+  config_validation.validate(config, num_devices=8)
   reference = config_lib.imagenet(config.model)
   assert config.optimizer.to_dict() == reference.optimizer.to_dict()
   assert config.input.lighting_std == reference.input.lighting_std
@@ -226,8 +235,8 @@ def _set(field, value):
 
 
 def test_validate_accepts_the_default():
-  config_lib.validate(config_lib.cifar10(), num_devices=1)
-  config_lib.validate(config_lib.cifar10(), num_devices=8, num_processes=2)
+  config_validation.validate(config_lib.cifar10(), num_devices=1)
+  config_validation.validate(config_lib.cifar10(), num_devices=8, num_processes=2)
 
 
 @pytest.mark.parametrize(
@@ -310,7 +319,7 @@ def test_validate_rejects_bad_configs(mutate, num_devices, words):
   config = config_lib.cifar10()
   mutate(config)
   with pytest.raises(ValueError) as error:
-    config_lib.validate(config, num_devices=num_devices)
+    config_validation.validate(config, num_devices=num_devices)
   for word in words:
     assert word in str(error.value)
 
@@ -318,20 +327,20 @@ def test_validate_rejects_bad_configs(mutate, num_devices, words):
 def test_validate_accepts_a_dividing_bn_group_size():
   config = config_lib.cifar10()
   config.model_options.bn_group_size = 64
-  config_lib.validate(config, num_devices=2)
+  config_validation.validate(config, num_devices=2)
 
 
 def test_any_tfds_image_classification_dataset_by_name():
   # Classes and sizes from TFDS's own metadata; none of these is prepared here.
   config = config_lib.cifar10()
   config.input.dataset = 'cifar100'
-  config_lib.validate(config, num_devices=1)
+  config_validation.validate(config, num_devices=1)
   info = data.dataset_info(config.input)
   assert (info.family, info.num_classes, info.eval_split) == ('cifar', 100, 'test')
   assert experiment.model_from_config(config).num_classes == 100
   config = config_lib.imagenet('resnet50')
   config.input.dataset = 'food101'
-  config_lib.validate(config, num_devices=1)
+  config_validation.validate(config, num_devices=1)
   info = data.dataset_info(config.input)
   assert (info.family, info.num_classes, info.eval_split) == ('imagenet', 101, 'validation')
   assert info.class_names[:2] == ('apple_pie', 'baby_back_ribs')
@@ -353,14 +362,14 @@ def test_validate_rejects_repeated_boundaries():
   config = config_lib.cifar10()
   config.schedule.boundaries = (32_000, 32_000)
   with pytest.raises(ValueError, match='schedule.boundaries'):
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
 
 
 def test_validate_rejects_zero_bn_group_size():
   config = config_lib.cifar10()
   config.model_options.bn_group_size = 0
   with pytest.raises(ValueError, match='bn_group_size'):
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
 
 
 def test_learning_rate_schedule_steps_at_the_boundaries():
@@ -418,12 +427,12 @@ def test_weight_decay_mask_without_exclusion_marks_everything():
 def test_an_imagenet_recipe_serves_small_images_through_its_views():
   config = config_lib.imagenet('resnet50')
   config.input.dataset = 'cifar10'  # Fine-tuning an ImageNet net on upsampled CIFAR images.
-  config_lib.validate(config, num_devices=8)
+  config_validation.validate(config, num_devices=8)
   assert data.dataset_info(config.input).family == 'imagenet'
   config = config_lib.cifar10()
   config.model = 'resnet18'
   with pytest.raises(errors.ConfigError, match="'resnet18' is not meant for"):
-    config_lib.validate(config, num_devices=8)
+    config_validation.validate(config, num_devices=8)
 
 
 def test_validate_rejects_bad_imagenet_input():
@@ -437,7 +446,7 @@ def test_validate_rejects_bad_imagenet_input():
     config = config_lib.imagenet('resnet50')
     _set(field, value)(config)
     with pytest.raises(ValueError) as error:
-      config_lib.validate(config, num_devices=8)
+      config_validation.validate(config, num_devices=8)
     for word in words:
       assert word in str(error.value), (field, str(error.value))
 
@@ -450,7 +459,7 @@ def test_plateau_rule_divides_the_lr_after_patience_evaluations():
   config.schedule.kind = 'plateau'
   config.schedule.plateau_patience = 2
   config.schedule.plateau_max_decays = 2
-  config_lib.validate(config, num_devices=8)
+  config_validation.validate(config, num_devices=8)
   images = np.zeros((16, 8, 8, 3), np.uint8)
   split = cifar.ArraySplit(images, np.zeros(16, np.int32))
   dataset = data.create(config, preloaded=(split, {'holdout': split}))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from resnet_jax import config_lib, errors, evaluation, models, trained_workdir
+from resnet_jax import config_lib, config_validation, errors, evaluation, models, trained_workdir
 from resnet_jax.training import loop
 
 from helpers import (
@@ -329,10 +329,10 @@ def test_cifar_ensemble_defaults_to_the_cifar_view():
   config = config_lib.cifar10()
   config.eval.protocol = 'ensemble'
   config.eval.ensemble_workdirs = 'a,b'
-  config_lib.validate(config, 8)
+  config_validation.validate(config, 8)
   config.eval.ensemble_protocol = 'ten_crop'
   with pytest.raises(errors.ConfigError, match='ensemble_protocol=center'):
-    config_lib.validate(config, 8)
+    config_validation.validate(config, 8)
 
 
 def test_evaluate_into_an_unwritable_workdir_fails_before_scoring(

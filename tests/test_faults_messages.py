@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 import resnet_jax
-from resnet_jax import checkpointing, config_lib, errors, evaluation, models, trained_workdir
+from resnet_jax import (
+  checkpointing,
+  config_lib,
+  config_validation,
+  errors,
+  evaluation,
+  models,
+  trained_workdir,
+)
 from resnet_jax.training import loop
 from resnet_jax.weights import init_from
 from resnet_jax.weights import torchvision as tw
@@ -174,7 +182,7 @@ def test_freeze_matching_every_parameter_is_refused_before_the_workdir(tmp_path,
   config = tiny_config()
   config.freeze = pattern
   with pytest.raises(errors.ConfigError) as e:
-    config_lib.validate(config, jax.device_count())
+    config_validation.validate(config, jax.device_count())
   message = one_line(e)
   assert f'--config.freeze={config.freeze!r} matches every parameter' in message
   with pytest.raises(errors.ConfigError, match='matches every parameter'):

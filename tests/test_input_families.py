@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from resnet_jax import config_lib, data, errors, experiment, models
+from resnet_jax import config_lib, config_validation, data, errors, experiment, models
 from resnet_jax.data import catalog, imagenet, imagenet_views
 from resnet_jax.tools import benchmark
 
@@ -71,7 +71,7 @@ def test_config_validation_runs_the_models_option_checks(option, value):
   config = config_lib.cifar10()
   config.model_options[option] = value
   with pytest.raises(errors.ConfigError) as from_config:
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
   assert str(from_config.value) == f'bad config: model_options.{from_models.value}'
 
 

@@ -27,6 +27,7 @@ LAYERS = (
   ('resnet_jax.data',),
   (
     'resnet_jax.config_lib',
+    'resnet_jax.config_validation',
     'resnet_jax.distributed',
     'resnet_jax.experiment',
     'resnet_jax.run_record',

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import config_lib, errors, evaluation
+from resnet_jax import config_lib, config_validation, errors, evaluation
 from resnet_jax.training import loop, optimizers, schedules
 from resnet_jax.training import step as step_lib
 
@@ -53,15 +53,15 @@ def test_unknown_optimizer_kind_is_one_line_naming_the_field_and_choices():
   config = config_lib.cifar10()
   config.optimizer.kind = 'adam'
   with pytest.raises(errors.ConfigError) as e:
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
   message = str(e.value)
   assert '\n' not in message and 'optimizer.kind' in message
-  assert all(kind in message for kind in config_lib.OPTIMIZERS)
+  assert all(kind in message for kind in config_validation.OPTIMIZERS)
 
 
-@pytest.mark.parametrize('kind', config_lib.OPTIMIZERS)
+@pytest.mark.parametrize('kind', config_validation.OPTIMIZERS)
 def test_every_optimizer_kind_validates(kind):
-  config_lib.validate(_config(kind), num_devices=1)
+  config_validation.validate(_config(kind), num_devices=1)
 
 
 def test_sgd_adds_the_l2_term_before_momentum():
@@ -109,7 +109,7 @@ def test_adamw_decays_decoupled_and_masked():
   np.testing.assert_allclose(updates['fc']['bias'], [-LR], rtol=1e-5)
 
 
-@pytest.mark.parametrize('kind', config_lib.OPTIMIZERS)
+@pytest.mark.parametrize('kind', config_validation.OPTIMIZERS)
 def test_frozen_parameters_get_no_update_with_every_kind(kind):
   config = _config(kind)
   config.freeze = '^stem/'
@@ -124,7 +124,7 @@ def _schedule(kind, **fields):
   config.schedule.total_steps = 1000
   config.schedule.boundaries = (600, 800)
   config.schedule.update(fields)
-  config_lib.validate(config, num_devices=1)
+  config_validation.validate(config, num_devices=1)
   schedule = schedules.learning_rate_schedule(config)
   return lambda step: float(schedule(jnp.asarray(step, jnp.int32)))
 
@@ -165,7 +165,7 @@ def test_linear_warmup_and_the_papers_warmup_are_not_combined():
   config = config_lib.with_warmup(config_lib.cifar10())
   config.schedule.warmup_steps = 100
   with pytest.raises(errors.ConfigError, match='warmup_steps'):
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
 
 
 def test_label_smoothing_loss_is_its_closed_form():
@@ -190,7 +190,7 @@ def test_label_smoothing_out_of_range_fails():
   config = config_lib.cifar10()
   config.label_smoothing = 1.0
   with pytest.raises(errors.ConfigError, match='label_smoothing'):
-    config_lib.validate(config, num_devices=1)
+    config_validation.validate(config, num_devices=1)
 
 
 def test_a_modern_recipe_trains_with_its_schedule():
@@ -198,7 +198,7 @@ def test_a_modern_recipe_trains_with_its_schedule():
   config.optimizer.kind = 'lars'
   config.optimizer.exclude_bn_and_bias = True
   config.label_smoothing = 0.1
-  config_lib.validate(config, num_devices=8)
+  config_validation.validate(config, num_devices=8)
   trainer = make_trainer(config)
   state, losses = run_steps(trainer, 3, fixed_batch(trainer))
   assert all(np.isfinite(losses)) and int(state.step) == 3

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from resnet_jax import config_lib, errors
+from resnet_jax import config_validation, errors
 from resnet_jax.training import loop
 
 from helpers import (
@@ -197,11 +197,11 @@ def test_intervals_that_k_does_not_divide_are_refused():
     r'log_every_steps=4, eval_every_steps=4, checkpoint_every_steps=4, '
     r'schedule.total_steps=8',
   ):
-    config_lib.validate(config, 8)
+    config_validation.validate(config, 8)
   config = dispatch_config(0)
   with pytest.raises(errors.ConfigError, match='positive integer'):
-    config_lib.validate(config, 8)
-  config_lib.validate(dispatch_config(4), 8)
+    config_validation.validate(config, 8)
+  config_validation.validate(dispatch_config(4), 8)
 
 
 @pytest.mark.slow

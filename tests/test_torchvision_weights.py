@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax import checkpointing, config_lib, trained_workdir
+from resnet_jax import checkpointing, config_validation, trained_workdir
 from resnet_jax.data import imagenet
 from resnet_jax.weights import torchvision as tw
 
@@ -411,4 +411,4 @@ def test_config_is_imagenet_with_channel_mean_std():
   assert config.input.normalization == 'channel_mean_std'
   assert config.model_options.downsample_on_3x3 is True
   assert tw.imagenet_config('resnet34').model_options.downsample_on_3x3 is None
-  config_lib.validate(config, num_devices=1)
+  config_validation.validate(config, num_devices=1)

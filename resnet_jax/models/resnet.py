@@ -62,7 +62,7 @@ class GroupBatchNorm(nn.Module):
   (G divides the per-device batch) or span whole consecutive devices (the
   per-device batch divides G): either way XLA exchanges only per-channel
   statistics. A group that straddles part of a device is still computed
-  correctly but makes XLA gather activations (`config_lib.validate` refuses
+  correctly but makes XLA gather activations (`config_validation.validate` refuses
   it). In eval mode the running statistics are used, as in `nn.BatchNorm`.
 
   Variables are named as in `nn.BatchNorm` (params scale/bias, batch_stats

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from resnet_jax import config_lib, data, distributed, experiment
+from resnet_jax import config_validation, data, distributed, experiment
 from resnet_jax.training import step as step_lib
 
 
@@ -50,7 +50,7 @@ class SyntheticStep(NamedTuple):
 
 def prepare(config) -> SyntheticStep:
   """The compiled train step of `config`, a fresh state and synthetic input."""
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  config_validation.validate(config, jax.device_count(), jax.process_count())
   model = experiment.model_from_config(config)
   dataset = data.create(config)
   trainer = step_lib.Trainer(config, model, distributed.make_mesh(), dataset)

@@ -7,7 +7,7 @@ evaluation views. The step is `training.step`'s; checkpoints are
 `checkpointing`'s, the workdir's `config.json` is `workdir_files`'; test
 protocols are `evaluation`'s. With K steps per call
 (`config.steps_per_dispatch`), logging, evaluation and checkpoints happen at
-multiples of K (`config_lib.validate` checks).
+multiples of K (`config_validation.validate` checks).
 
 Many hosts: every process runs this same loop on its own share of the data
 (`distributed.to_global` builds the global batch), saves every checkpoint
@@ -27,7 +27,7 @@ import numpy as np
 
 from resnet_jax import (
   checkpointing,
-  config_lib,
+  config_validation,
   distributed,
   errors,
   evaluation,
@@ -87,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
     The last evaluation's metrics, e.g. {'test_error': ..., 'test_loss': ...}
     ({} if the workdir's run had already finished).
   """
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  config_validation.validate(config, jax.device_count(), jax.process_count())
   config = experiment.resolved(config)
   if data is None:
     data_lib.check_dataset(config.input)

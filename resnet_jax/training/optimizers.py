@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import optax
 
-from resnet_jax import config_lib, errors
+from resnet_jax import config_validation, errors
 
 
 def weight_decay_mask(params, exclude_bn_and_bias: bool):
@@ -60,7 +60,9 @@ def _update_rule(o, mask, learning_rate, momentum, weight_decay) -> optax.Gradie
   if kind == 'adamw':  # Decoupled decay, scaled by the lr (optax's convention).
     adam = {'b1': o.adam_b1, 'b2': o.adam_b2, 'eps': o.adam_eps}
     return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask, **adam)
-  raise errors.ConfigError(f'optimizer.kind={kind!r}; set it to one of {config_lib.OPTIMIZERS}')
+  raise errors.ConfigError(
+    f'optimizer.kind={kind!r}; set it to one of {config_validation.OPTIMIZERS}'
+  )
 
 
 def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
@@ -76,7 +78,7 @@ def create_optimizer(config: ml_collections.ConfigDict, params) -> optax.Gradien
   labels = frozen_labels(params, config.freeze) if config.get('freeze') else None
   if labels is not None:
     names = list(flax.traverse_util.flatten_dict(params, sep='/'))
-    if (problem := config_lib.freeze_problem(config.freeze, names)) is not None:
+    if (problem := config_validation.freeze_problem(config.freeze, names)) is not None:
       raise errors.ConfigError(problem)
 
   @optax.inject_hyperparams
