@@ -61,6 +61,15 @@ def _common(model: str) -> ml_collections.ConfigDict:
   # Hold out the last `num_holdout` training examples: train on the rest and
   # report error on them as `holdout_error` (the plateau rule watches it).
   config.input.holdout_validation = False
+  # TrivialAugment (Mueller & Hutter 2021; torchvision's 'wide' operations,
+  # 31 magnitudes): one random operation of a random strength on each uint8
+  # training image, on the host (data.trivial_augment). Not with CIFAR's
+  # device_resident images.
+  config.input.trivial_augment = False
+  # Random erasing (Zhong et al. 2020, as torchvision): with this probability
+  # a random box of each training image is set to 0 after normalisation (the
+  # mean pixel), on the device inside the train step. 0: off.
+  config.input.random_erasing = 0.0
 
   # Fine-tuning. A fresh run starts from these weights: a training workdir
   # (its latest checkpoint) or a torchvision .pth/.safetensors file; a
@@ -94,6 +103,34 @@ def _common(model: str) -> ml_collections.ConfigDict:
   # all classes, in the training loss only. 0: the paper's one-hot targets.
   config.label_smoothing = 0.0
 
+  # Mixing pairs of training images and their labels, on the device inside
+  # the train step (training.mixing). Each batch is mixed with itself in
+  # reverse order. 0 turns a kind off; both off: the paper's unmixed images.
+  config.mixing = ml_collections.ConfigDict()
+  # mixup (Zhang et al. 2018): a blend, with a weight ~ Beta(alpha, alpha).
+  config.mixing.mixup_alpha = 0.0
+  # CutMix (Yun et al. 2019): a box of the partner pasted in, its area
+  # fraction ~ Beta(alpha, alpha); the labels weighted by the areas.
+  config.mixing.cutmix_alpha = 0.0
+  # Both on: the chance that a batch gets CutMix rather than mixup (timm's
+  # and torchvision's 0.5).
+  config.mixing.cutmix_probability = 0.5
+
+  # An exponential moving average of the weights and BN statistics (its own
+  # variables in the checkpoint), evaluated beside the raw weights. Every
+  # `every_steps` steps: ema = decay * ema + (1 - decay) * weights. Until
+  # `warmup_steps` the average is the weights themselves. decay 0 turns it off.
+  config.ema = ml_collections.ConfigDict()
+  config.ema.decay = 0.0
+  config.ema.every_steps = 1
+  config.ema.warmup_steps = 0
+
+  # Each step's batch (input.batch_size) in this many micro-batches, one at a
+  # time, their gradients averaged before one update: a large batch in the
+  # memory of a small one. BatchNorm normalises each micro-batch by its own
+  # statistics (as it does each device's group with bn_group_size).
+  config.gradient_accumulation_steps = 1
+
   config.schedule = ml_collections.ConfigDict()
   config.schedule.base_lr = 0.1
   # If set, the lr is base_lr * batch_size / reference_batch_size (the linear
@@ -109,10 +146,13 @@ def _common(model: str) -> ml_collections.ConfigDict:
   config.schedule.kind = 'piecewise'
   config.schedule.end_lr_fraction = 0.0
   config.schedule.polynomial_power = 2.0
-  # Linear warm-up from 0 to base_lr over the first `warmup_steps` steps,
-  # before any kind of schedule (piecewise boundaries still count from step 0).
-  # Not with the paper's error-driven warm-up `warmup_lr`. 0 turns it off.
+  # Linear warm-up from `warmup_init_lr` to base_lr over the first
+  # `warmup_steps` steps, before any kind of schedule (piecewise boundaries
+  # still count from step 0). Not with the paper's error-driven warm-up
+  # `warmup_lr`. 0 turns it off. Config files give epochs as
+  # `steps_for_epochs(epochs, num_images, batch_size)`.
   config.schedule.warmup_steps = 0
+  config.schedule.warmup_init_lr = 0.0
   config.schedule.plateau_patience = 3
   config.schedule.plateau_rtol = 0.01
   config.schedule.plateau_cooldown = 0
@@ -197,6 +237,14 @@ def imagenet(model: str = 'resnet50') -> ml_collections.ConfigDict:
   config.input.image_size = 224  # The training crop.
   config.input.scale_range = (256, 480)  # Shorter side before cropping.
   config.input.lighting_std = 0.1  # AlexNet PCA lighting; 0 turns it off.
+  # The training crop: 'scale' (the paper's: shorter side S ~ U[scale_range],
+  # a random image_size square) or 'random_resized' (Inception's, used by
+  # the large-batch and newer recipes: a random part of the image of
+  # `crop_area_range` of its area and `crop_aspect_range` aspect ratio (w/h),
+  # resized to image_size).
+  config.input.train_crop = 'scale'
+  config.input.crop_area_range = (0.08, 1.0)
+  config.input.crop_aspect_range = (3 / 4, 4 / 3)
   # The paper subtracts a per-pixel mean. Under scale augmentation a pixel's
   # mean over random crops of random scales is the same everywhere, so the
   # per-pixel mean is the per-channel mean; the Torch reproductions also divide
@@ -303,6 +351,11 @@ def _fill(node: ml_collections.ConfigDict, saved: dict):
     else:  # A field of another version of the recipe: kept as saved.
       with node.unlocked():
         node[key] = value
+
+
+def steps_for_epochs(epochs: float, num_images: int, batch_size: int) -> int:
+  """Steps of `batch_size` that see `num_images` `epochs` times (rounded)."""
+  return round(epochs * num_images / batch_size)
 
 
 def with_warmup(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

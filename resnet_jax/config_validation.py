@@ -20,6 +20,7 @@ DTYPES = ('auto', None, 'float32', 'bfloat16', 'float16')
 SCHEDULES = ('piecewise', 'plateau', 'cosine', 'polynomial')
 OPTIMIZERS = ('sgd', 'nesterov', 'lars', 'adamw')
 NORMALIZATIONS = ('channel_mean_std', 'pixel_mean')
+TRAIN_CROPS = ('scale', 'random_resized')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1):
@@ -32,6 +33,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes:
   _validate_batch(config, num_devices, num_processes, fail)
   _validate_schedule(config, fail)
   _validate_optimizer(config, fail)
+  _validate_regularizers(config, fail)
   _validate_finetuning(config, fail)
   for key in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if config[key] <= 0:
@@ -127,6 +129,17 @@ def _validate_batch(config, num_devices: int, num_processes: int, fail):
       f'input.eval_batch_size={config.input.eval_batch_size} must be positive; '
       'set --config.input.eval_batch_size'
     )
+  accumulation = config.get('gradient_accumulation_steps', 1)
+  if not isinstance(accumulation, int) or accumulation < 1:
+    fail(f'gradient_accumulation_steps={accumulation!r} must be a positive integer')
+  if size % (num_devices * accumulation):
+    fail(
+      f'input.batch_size={size} does not split into {accumulation} micro-batches (gradient_'
+      f'accumulation_steps) spread over {num_devices} devices; make it a multiple of '
+      f'{num_devices * accumulation}'
+    )
+  # BN sees one micro-batch at a time: its groups must fit that.
+  size //= accumulation
   group = config.model_options.get('bn_group_size')  # Positive, if set (models.check_options).
   per_device = size // num_devices
   # Groups inside one device, or over whole devices, cost XLA only all-reduces
@@ -140,7 +153,7 @@ def _validate_batch(config, num_devices: int, num_processes: int, fail):
       | {per_device * k for k in range(1, num_devices + 1) if num_devices % k == 0}
     )
     fail(
-      f'model_options.bn_group_size={group} does not fit input.batch_size={size} '
+      f'model_options.bn_group_size={group} does not fit the batch of {size} that BN sees '
       f'on {num_devices} devices (per-device batch {per_device}): a BN group must '
       f'lie within one device or span whole devices; set it to one of '
       f'{", ".join(map(str, fits))}'
@@ -196,6 +209,32 @@ def _validate_warmup_and_decay(s, fail):
   power = s.get('polynomial_power', 2.0)
   if not _finite(power) or power <= 0:
     fail(f'schedule.polynomial_power={power} must be a positive number (e.g. 2)')
+  init = s.get('warmup_init_lr', 0.0)
+  if not _finite(init) or init < 0:
+    fail(f'schedule.warmup_init_lr={init} must be a finite number >= 0')
+
+
+def _validate_regularizers(config, fail):
+  """The options beyond the paper's recipe: mixing, EMA, erasing, TrivialAugment."""
+  m, e = config.mixing, config.ema
+  for key in ('mixup_alpha', 'cutmix_alpha'):
+    if not _finite(m[key]) or m[key] < 0:
+      fail(f'mixing.{key}={m[key]} must be a finite number >= 0 (0 turns it off; e.g. 0.2)')
+  if not _finite(m.cutmix_probability) or not 0 <= m.cutmix_probability <= 1:
+    fail(f'mixing.cutmix_probability={m.cutmix_probability} must be in [0, 1]')
+  if not _finite(e.decay) or not 0 <= e.decay < 1:
+    fail(f'ema.decay={e.decay} must be in [0, 1) (0 turns it off; e.g. 0.9999)')
+  for key, low in (('every_steps', 1), ('warmup_steps', 0)):
+    if not isinstance(e[key], int) or e[key] < low:
+      fail(f'ema.{key}={e[key]!r} must be an integer >= {low}')
+  inp = config.input
+  if not _finite(inp.random_erasing) or not 0 <= inp.random_erasing <= 1:
+    fail(f'input.random_erasing={inp.random_erasing} must be a probability in [0, 1] (e.g. 0.1)')
+  if inp.trivial_augment and inp.get('device_resident'):
+    fail(
+      'input.trivial_augment runs on the host, but input.device_resident keeps the '
+      'training images on the devices; turn one of them off'
+    )
 
 
 def _validate_optimizer(config, fail):
@@ -313,7 +352,7 @@ def _validate_eval(config, info, fail):
 def _validate_imagenet_input(config, fail):
   inp = config.input
   low, high = inp.scale_range
-  if not inp.image_size <= low <= high:
+  if inp.get('train_crop', 'scale') == 'scale' and not inp.image_size <= low <= high:
     fail(
       f'input.scale_range={tuple(inp.scale_range)} must satisfy image_size '
       f'({inp.image_size}) <= min <= max'
@@ -324,3 +363,12 @@ def _validate_imagenet_input(config, fail):
     fail(f'input.lighting_std={inp.lighting_std} must be >= 0')
   if inp.num_workers is not None and inp.num_workers < 0:
     fail(f'input.num_workers={inp.num_workers} must be >= 0 (or None for one per core)')
+  crop = inp.get('train_crop', 'scale')
+  if crop not in TRAIN_CROPS:
+    fail(f'input.train_crop={crop!r}; set it to one of {TRAIN_CROPS}')
+  area = tuple(inp.get('crop_area_range', (0.08, 1.0)))
+  if len(area) != 2 or not all(map(_finite, area)) or not 0 < area[0] <= area[1] <= 1:
+    fail(f'input.crop_area_range={area} must be (min, max) with 0 < min <= max <= 1')
+  aspect = tuple(inp.get('crop_aspect_range', (3 / 4, 4 / 3)))
+  if len(aspect) != 2 or not all(map(_finite, aspect)) or not 0 < aspect[0] <= aspect[1]:
+    fail(f'input.crop_aspect_range={aspect} must be (min, max) with 0 < min <= max')

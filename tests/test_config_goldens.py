@@ -30,6 +30,20 @@ NEW_FIELDS = {
   'schedule.end_lr_fraction': 0.0,
   'schedule.polynomial_power': 2.0,
   'schedule.warmup_steps': 0,
+  'schedule.warmup_init_lr': 0.0,
+  'mixing.mixup_alpha': 0.0,
+  'mixing.cutmix_alpha': 0.0,
+  'mixing.cutmix_probability': 0.5,
+  'ema.decay': 0.0,
+  'ema.every_steps': 1,
+  'ema.warmup_steps': 0,
+  'gradient_accumulation_steps': 1,
+  'input.trivial_augment': False,
+  'input.random_erasing': 0.0,
+  # ImageNet family only:
+  'input.train_crop': 'scale',
+  'input.crop_area_range': [0.08, 1.0],
+  'input.crop_aspect_range': [3 / 4, 4 / 3],
 }
 
 

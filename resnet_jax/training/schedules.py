@@ -35,8 +35,9 @@ def _decay(config: ml_collections.ConfigDict, base_lr: float, warmup: int) -> op
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   """The lr by step before plateau decays.
 
-  The base lr (scaled to the batch if asked), reached linearly from 0 over
-  `schedule.warmup_steps` if set, then: divided by 1/decay_factor at each
+  The base lr (scaled to the batch if asked), reached linearly from
+  `schedule.warmup_init_lr` (0 by default) over `schedule.warmup_steps` if
+  set, then: divided by 1/decay_factor at each
   boundary ('piecewise'), cosine or polynomial decay to
   base lr x end_lr_fraction at total_steps ('cosine', 'polynomial'), or kept
   ('plateau').
@@ -46,5 +47,5 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   decay = _decay(config, base_lr, warmup)
   if not warmup:
     return decay
-  ramp = optax.linear_schedule(0.0, base_lr, warmup)
+  ramp = optax.linear_schedule(config.schedule.get('warmup_init_lr', 0.0), base_lr, warmup)
   return optax.join_schedules([ramp, decay], [warmup])
