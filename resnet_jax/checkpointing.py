@@ -71,6 +71,8 @@ def structure(config: ml_collections.ConfigDict) -> dict:
   kind = config.optimizer.get('kind', 'sgd')
   if kind != 'sgd':
     out['optimizer'] = kind
+  if config.get('ema', {}).get('decay'):  # The average's variables are in the state too.
+    out['ema'] = True
   return out
 
 

@@ -179,6 +179,9 @@ def _common(model: str) -> ml_collections.ConfigDict:
   # (each with its own saved config), each evaluated with `ensemble_protocol`.
   config.eval.ensemble_workdirs = ''
   config.eval.ensemble_protocol = 'ten_crop'
+  # `--mode=evaluate` of a run trained with `ema`: score the weights' moving
+  # average instead of the raw weights (written as '<protocol>_ema').
+  config.eval.ema = False
 
   # Train steps per compiled call (`lax.scan` over K batches): on a GPU,
   # small nets are bound by the per-step launch and host round-trip. Logging,

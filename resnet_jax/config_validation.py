@@ -339,6 +339,8 @@ def _validate_eval(config, info, fail):
       )
   if e.ensemble_protocol not in PROTOCOLS[:3]:
     fail(f'eval.ensemble_protocol={e.ensemble_protocol!r} must be one of {PROTOCOLS[:3]}')
+  if e.protocol == 'ensemble' and e.get('ema'):
+    fail('eval.ema scores one workdir; an ensemble scores each member as trained')
   if e.protocol == 'ensemble' and not e.ensemble_workdirs:
     fail("eval.protocol='ensemble' needs --config.eval.ensemble_workdirs=DIR1,DIR2,...")
   if not 0 < e.crop_size <= e.resize_size:

@@ -297,6 +297,11 @@ def evaluate_ensemble(
   return {'split': split, 'members': workdirs, **metrics(total / len(workdirs), labels)}
 
 
+def ema_key(protocol: str) -> str:
+  """The `eval.json` entry of a protocol's result with the weights' average."""
+  return f'{protocol}_ema'
+
+
 def table_row(config, protocol: str, result: dict) -> str:
   """One row in the paper's table format (errors in %)."""
   if protocol == 'ensemble':
@@ -305,6 +310,7 @@ def table_row(config, protocol: str, result: dict) -> str:
   else:
     shortcut = config.model_options.get('shortcut')
     model = config.model + (f' ({shortcut})' if shortcut else '')
+    model += ', weights averaged (EMA)' if result.get('weights') == 'ema' else ''
     detail = f'scales {",".join(map(str, config.eval.scales))}' if protocol == 'multi_scale' else ''
   name = PROTOCOL_NAMES[protocol] + (f' ({detail})' if detail else '')
   return (
@@ -340,7 +346,10 @@ def has_final_results(workdir, config, step: int) -> bool:
   path = paths.workdir_path(workdir) / 'eval.json'
   results = json.loads(path.read_text()) if path.exists() else {}
   done = results.get('protocols', {}) if results.get('step') == step else {}
-  return set(config.eval.final_protocols) <= set(done)
+  wanted = set(config.eval.final_protocols)
+  if config.ema.decay:
+    wanted |= {ema_key(protocol) for protocol in wanted}
+  return wanted <= set(done)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, *, data=None) -> dict:
@@ -409,8 +418,11 @@ def _checkpoint_scoring(config, workdir, data):
       workdir,
       _as_trained(config, trained) if other_dataset else config,
       sharding=NamedSharding(mesh, P()),
+      ema=config.eval.ema,
     )
     scored, key = dataset, config.eval.protocol
+    if config.eval.ema:
+      key = ema_key(key)
     if other_dataset:
       scored = _relabeled(dataset, loaded, trained.input.dataset)
       key = f'{key}:{config.input.dataset}'
@@ -423,6 +435,8 @@ def _checkpoint_scoring(config, workdir, data):
       dataset.info.eval_split,
       config,
     )
+    if config.eval.ema:
+      result['weights'] = 'ema'
     return loaded.step, key, result
 
   return score

@@ -31,7 +31,7 @@ class LoadedWorkdir(typing.NamedTuple):
 
 
 def load_workdir(
-  workdir, config: ml_collections.ConfigDict | None = None, *, sharding=None
+  workdir, config: ml_collections.ConfigDict | None = None, *, sharding=None, ema: bool = False
 ) -> LoadedWorkdir:
   """A trained net from a workdir alone: for evaluation, prediction, research.
 
@@ -39,6 +39,8 @@ def load_workdir(
     workdir: a training workdir (with `checkpoints/`), local or `gs://`.
     config: the experiment config; None reads the workdir's (`workdir_files.read_config`).
     sharding: where to put the arrays (default: replicated on the first device).
+    ema: the weights' moving average (of a run trained with `config.ema`)
+      instead of the raw weights.
 
   Returns:
     The latest checkpoint's `LoadedWorkdir`: model, variables, norm, step,
@@ -58,15 +60,27 @@ def load_workdir(
     checkpointing.check_meta(mngr, step, meta, config)
     names = meta.get('class_names')
     abstract = models.abstract_variables(model)
+    if ema:
+      _require_average(config, workdir)
+      abstract = {'ema': abstract}
     abstract['norm'] = _saved_norm_shapes(mngr, step)
     abstract = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
     )
     restored = restore_inference(mngr, step, abstract)
-  variables = {'params': restored['params'], 'batch_stats': restored['batch_stats']}
+  weights = restored['ema'] if ema else restored
+  variables = {'params': weights['params'], 'batch_stats': weights['batch_stats']}
   return LoadedWorkdir(
     model, variables, restored['norm'], step, config, _class_names(names, config, model)
   )
+
+
+def _require_average(config, workdir):
+  if not config.ema.decay:
+    raise errors.ConfigError(
+      f'{workdir} was trained without a moving average of its weights (ema.decay=0): '
+      'score its raw weights (leave --config.eval.ema unset)'
+    )
 
 
 def save_for_inference(workdir, config, state: dict, class_names=None):

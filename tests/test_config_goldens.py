@@ -38,6 +38,7 @@ NEW_FIELDS = {
   'ema.every_steps': 1,
   'ema.warmup_steps': 0,
   'gradient_accumulation_steps': 1,
+  'eval.ema': False,
   'input.trivial_augment': False,
   'input.random_erasing': 0.0,
   # ImageNet family only:

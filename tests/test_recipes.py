@@ -215,3 +215,15 @@ def test_resuming_under_another_optimizer_is_refused_before_compiling(tmp_path):
   with pytest.raises(errors.ConfigError, match="'optimizer': 'adamw'"):
     loop.train_and_evaluate(config, str(tmp_path), data=tiny_splits())
   assert saved_steps(tmp_path, config) == [3]  # Nothing set aside.
+
+
+def test_warmup_starts_from_warmup_init_lr():
+  # Goyal et al. 2017: from 0.1 up to 0.1 x batch / 256 over the warm-up.
+  lr = _schedule('cosine', warmup_steps=100, warmup_init_lr=0.02)
+  assert lr(0) == pytest.approx(0.02) and lr(50) == pytest.approx(0.06)
+  assert lr(100) == pytest.approx(0.1)
+
+
+def test_steps_for_epochs_rounds_to_whole_steps():
+  assert config_lib.steps_for_epochs(5, 1_281_167, 8192) == 782
+  assert config_lib.steps_for_epochs(0, 50_000, 128) == 0

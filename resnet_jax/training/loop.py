@@ -37,7 +37,7 @@ from resnet_jax import (
   workdir_lock,
 )
 from resnet_jax import data as data_lib
-from resnet_jax.training import metric_writers
+from resnet_jax.training import metric_writers, weight_average
 from resnet_jax.training import step as step_lib
 from resnet_jax.weights import init_from
 
@@ -132,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, data=
 # only: metrics.jsonl keeps one mean per logging interval, the same rows for
 # any number of steps per dispatch.
 EARLY_PROGRESS_STEPS = (1, 10)
+# Metrics of the weights' moving average (`config.ema`) carry this prefix.
+EMA_PREFIX = 'ema_'
 
 
 def _is_early_progress_step(step: int, per_dispatch: int, every: int) -> bool:
@@ -166,6 +168,10 @@ class _Run:
       self.state = trainer.init_fn(norm)
       if config.get('init_from'):
         self.state = init_from.initialize(self.state, config, trainer.replicated)
+        if self.state.ema is not None:  # The average starts from the loaded weights.
+          self.state = self.state.replace(
+            ema=weight_average.initial(self.state.params, self.state.batch_stats)
+          )
     self.step = self.start
     # The newest save issued, and the one before it: a save runs in the
     # background, one at a time, so the older is committed while it runs.
@@ -342,9 +348,15 @@ class _Run:
     )
 
   def _evaluate(self, steering: dict):
-    """Every evaluation split but those in `steering` (already scored); logs all."""
+    """Every evaluation split but those in `steering` (already scored), and
+    every split with the weights' average (as `ema_<split>_error`); logs all."""
     rest = [s for s in self.dataset.eval_splits() if f'{s}_error' not in steering]
     results = {**steering, **self._evaluate_splits(rest)}
+    if self.state.ema is not None:
+      averaged = evaluation.evaluate_splits(
+        self.scorer, self.state.ema, self.state.norm, self.dataset, self.config
+      )
+      results.update({f'{EMA_PREFIX}{k}': v for k, v in averaged.items()})
     self.writer.write(self.step, results)
     self.writer.progress(self.step, results, None)
     self.last_eval = results
@@ -368,3 +380,15 @@ class _Run:
     )
     for protocol, result in results.items():
       evaluation.record(self.workdir, self.config, protocol, result, self.step)
+    if self.state.ema is None:
+      return
+    averaged_eval = {
+      k[len(EMA_PREFIX) :]: v for k, v in self.last_eval.items() if k.startswith(EMA_PREFIX)
+    }
+    results = evaluation.final_protocols(
+      self.scorer, self.state.ema, self.state.norm, self.dataset, self.config, averaged_eval
+    )
+    for protocol, result in results.items():
+      result['weights'] = 'ema'
+      key = evaluation.ema_key(protocol)
+      evaluation.record(self.workdir, self.config, protocol, result, self.step, key)

@@ -35,8 +35,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import data, distributed, models
+from resnet_jax.training import mixing, weight_average
 from resnet_jax.training.optimizers import create_optimizer
 from resnet_jax.training.schedules import learning_rate_schedule
+
+# Folded into a step's key for the mixing draws, apart from the augmentation's.
+MIXING_STREAM = 1
 
 
 @flax.struct.dataclass
@@ -56,6 +60,9 @@ class TrainState:
   plateau: optax.contrib.ReduceLROnPlateauState
   # Input normalisation {'mean', 'std'}: evaluation needs no training data.
   norm: dict
+  # The weights' moving average {'params', 'batch_stats'} (`config.ema`);
+  # None, and absent from checkpoints, when it is off.
+  ema: Any = None
 
 
 def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
@@ -89,16 +96,61 @@ def initial_state(config, model, optimizer, image_shape, norm) -> TrainState:
     train_error_ema=jnp.asarray(1.0 - 1.0 / model.num_classes, jnp.float32),
     plateau=plateau_rule(config).init(params),
     norm=jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), norm),
+    ema=weight_average.initial(params, batch_stats) if weight_average.is_on(config.ema) else None,
   )
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0):
-  """Per-example softmax cross-entropy against the integer labels, or against
-  targets smoothed by `label_smoothing` (Szegedy et al. 2016) if it is set."""
-  if not label_smoothing:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+def cross_entropy(logits, targets, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy against integer labels (B,) or soft
+  targets (B, classes), smoothed by `label_smoothing` (Szegedy et al. 2016)
+  if it is set."""
+  if targets.ndim == 1 and not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if targets.ndim == 1:
+    targets = jax.nn.one_hot(targets, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
+
+
+def _micro_batches(x, k: int):
+  """(B, ...) -> (k, B/k, ...), micro-batch i holding examples i, i+k, ...:
+  each device's block of the batch holds its share of every micro-batch."""
+  return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+
+def _gradients(params, batch_stats, images, targets, *, model, config):
+  """(loss, logits, new batch_stats), gradients of one batch; with
+  `gradient_accumulation_steps` k > 1, of k micro-batches in turn (BN
+  statistics per micro-batch, running statistics updated after each), the
+  losses and gradients averaged: the update of one batch k times larger."""
+  smoothing = config.get('label_smoothing', 0.0)
+
+  def loss_fn(params, batch_stats, images, targets):
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if config.get('freeze_batch_stats'):  # BN as in evaluation: running statistics, kept.
+      logits = model.apply(variables, images, train=False)
+      return cross_entropy(logits, targets, smoothing).mean(), (logits, batch_stats)
+    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+    return cross_entropy(logits, targets, smoothing).mean(), (logits, updates['batch_stats'])
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  k = config.get('gradient_accumulation_steps', 1)
+  if k == 1:
+    (loss, (logits, batch_stats)), grads = grad_fn(params, batch_stats, images, targets)
+    return loss, logits, batch_stats, grads
+  model = model.clone(in_step_loop=True)  # Keeps XLA:CPU's convolution gradients fast in a loop.
+
+  def micro_step(carry, batch):
+    grad_sum, batch_stats = carry
+    (loss, (logits, batch_stats)), grads = grad_fn(params, batch_stats, *batch)
+    return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (loss, logits)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  micro = (_micro_batches(images, k), _micro_batches(targets, k))
+  (grad_sum, batch_stats), (losses, logits) = jax.lax.scan(micro_step, (zeros, batch_stats), micro)
+  logits = jnp.swapaxes(logits, 0, 1).reshape(-1, logits.shape[-1])  # Back in batch order.
+  return losses.mean(), logits, batch_stats, jax.tree.map(lambda g: g / k, grad_sum)
 
 
 def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
@@ -106,18 +158,15 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   s = config.schedule
   rng = jax.random.fold_in(state.rng, state.step)
   images = dataset.preprocess_train(rng, batch['image'], state.norm, config)
-  labels = batch['label']
-  loss_of = lambda logits: cross_entropy(logits, labels, config.get('label_smoothing', 0.0)).mean()
-
-  def loss_fn(params):
-    variables = {'params': params, 'batch_stats': state.batch_stats}
-    if config.get('freeze_batch_stats'):  # BN as in evaluation: running statistics, kept.
-      logits = model.apply(variables, images, train=False)
-      return loss_of(logits), (logits, state.batch_stats)
-    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
-    return loss_of(logits), (logits, updates['batch_stats'])
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  labels = targets = batch['label']
+  if mixing.is_on(config.mixing):
+    images, targets = mixing.mix(
+      jax.random.fold_in(rng, MIXING_STREAM), images, labels, model.num_classes, config.mixing
+    )
+  loss, logits, batch_stats, grads = _gradients(
+    state.params, state.batch_stats, images, targets, model=model, config=config
+  )
+  # Against the unmixed labels: with mixing, an image's larger share.
   error = jnp.mean(jnp.argmax(logits, -1) != labels)
 
   schedule_lr = learning_rate_schedule(config)(state.step) * state.plateau.scale
@@ -128,17 +177,25 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   updates, opt_state = optimizer.update(grads, opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
-  ema = s.warmup_error_smoothing * state.train_error_ema + (1 - s.warmup_error_smoothing) * error
-  warmup_active = (
-    state.warmup_active & (ema >= s.warmup_until_error) & (state.step + 1 < s.warmup_max_steps)
+  error_ema = (
+    s.warmup_error_smoothing * state.train_error_ema + (1 - s.warmup_error_smoothing) * error
   )
+  warmup_active = (
+    state.warmup_active
+    & (error_ema >= s.warmup_until_error)
+    & (state.step + 1 < s.warmup_max_steps)
+  )
+  average = state.ema
+  if average is not None:
+    average = weight_average.update(average, params, batch_stats, state.step + 1, config.ema)
   new_state = state.replace(
     step=state.step + 1,
     params=params,
     batch_stats=batch_stats,
     opt_state=opt_state,
     warmup_active=warmup_active,
-    train_error_ema=ema,
+    train_error_ema=error_ema,
+    ema=average,
   )
   metrics = {
     'train_loss': loss,
