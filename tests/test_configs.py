@@ -32,7 +32,13 @@ from helpers import DATA_DIR, has_dataset
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
 CIFAR_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('cifar10_')]
-IMAGENET_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenet_')]
+# Recipes beyond the paper's (large batches, torchvision's): tests/test_recipe_configs.py.
+RECIPE_FILES = [
+  os.path.join(CONFIG_DIR, f'imagenet_r50_{name}.py') for name in ('goyal', 'lars', 'tv2')
+]
+IMAGENET_FILES = [
+  p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenet_') and p not in RECIPE_FILES
+]
 IMAGENETTE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('imagenette_')]
 # Short runs of the own-data walkthrough (docs/own_data.md), and fine-tuning.
 QUICK_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('quick_')]
@@ -69,7 +75,7 @@ def _model_name(path):
 
 def test_every_config_file_is_of_a_known_family():
   assert set(CONFIG_FILES) == set(
-    CIFAR_FILES + IMAGENET_FILES + IMAGENETTE_FILES + QUICK_FILES + FINETUNE_FILES
+    CIFAR_FILES + IMAGENET_FILES + RECIPE_FILES + IMAGENETTE_FILES + QUICK_FILES + FINETUNE_FILES
   )
 
 
