@@ -19,6 +19,11 @@ batches stacked on a leading axis) and `config.input.device_resident=True`
 keeps CIFAR's training images on the devices, so the host sends only K x B
 example indices per call. Results agree with K single steps to float32
 rounding.
+
+Beyond the paper's recipe, all off by default: mixup/CutMix of the batch
+(`training.mixing`), gradient accumulation over micro-batches
+(`gradient_accumulation_steps`), and a moving average of the weights carried
+in the state (`training.weight_average`).
 """
 
 import dataclasses
@@ -166,7 +171,7 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   loss, logits, batch_stats, grads = _gradients(
     state.params, state.batch_stats, images, targets, model=model, config=config
   )
-  # Against the unmixed labels: with mixing, an image's larger share.
+  # Against each image's own label, mixed or not.
   error = jnp.mean(jnp.argmax(logits, -1) != labels)
 
   schedule_lr = learning_rate_schedule(config)(state.step) * state.plateau.scale
