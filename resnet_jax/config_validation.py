@@ -20,7 +20,7 @@ DTYPES = ('auto', None, 'float32', 'bfloat16', 'float16')
 SCHEDULES = ('piecewise', 'plateau', 'cosine', 'polynomial')
 OPTIMIZERS = ('sgd', 'nesterov', 'lars', 'adamw')
 NORMALIZATIONS = ('channel_mean_std', 'pixel_mean')
-TRAIN_CROPS = ('scale', 'random_resized')
+TRAIN_CROPS = data.imagenet.TRAIN_CROPS
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1):

@@ -6,13 +6,15 @@ iterator (per-epoch shuffles, deterministic given the seed, sharded per
 process); the paper's augmentation (4-pixel zero padding, random 32x32 crop,
 random horizontal flip) and the per-pixel mean subtraction run on the device
 inside the compiled train step (`augment`, and `core.normalize`), so the host
-only gathers indices. `CifarData` is the family's `core.Dataset`.
+only gathers images (and, if asked, runs TrivialAugment on them; random
+erasing runs on the device). `CifarData` is the family's `core.Dataset`.
 
 Works the same for TFDS `cifar10` and for `cifar10_jpeg` (same feature keys).
 """
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 
@@ -23,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import errors
-from resnet_jax.data import core, folder, imagenet_views
+from resnet_jax.data import core, folder, imagenet_views, random_erasing
+from resnet_jax.data import trivial_augment as trivial_augment_lib
 
 PAD = 4  # Section 4.2: 4 pixels padded on each side.
 IMAGE_SIZE = 32  # CIFAR's side: the training size where neither data nor mean gives one.
@@ -134,6 +137,7 @@ def train_dataset(
   process_index: int = 0,
   process_count: int = 1,
   indices_only: bool = False,
+  trivial_augment: bool = False,
 ) -> grain.IterDataset:
   """Endless, per-epoch-shuffled batches of this process's share of `split`.
 
@@ -142,20 +146,41 @@ def train_dataset(
   data and the global batch is the same for any process count. Batches run on
   across epoch boundaries, as an iteration-counted schedule expects.
 
+  With `trivial_augment`, each image gets TrivialAugment (`data.trivial_augment`)
+  from a generator seeded by (seed, its position in the global stream), so its
+  draw too is the same for any process count and after a resume.
+
   Returns:
     A Grain `IterDataset` of {'image': uint8 (B,H,W,3), 'label': int32 (B,)},
     or with `indices_only` of {'index': int32 (B,)} positions in `split` (for
     a split held on the devices); its iterator's `get_state`/`set_state` make
     the data order checkpointable.
   """
+  if indices_only and trivial_augment:
+    raise ValueError('trivial_augment changes the images on the host; indices_only sends none')
   ds = grain.MapDataset.range(len(split)).seed(seed).shuffle().repeat(None)
+  if trivial_augment:  # Before sharding: the generator index is the global position.
+    ds = ds.random_map(functools.partial(_trivially_augmented, split=split))
   ds = core.ProcessBlocks(ds, local_batch_size, process_index, process_count)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   if indices_only:
     ds = ds.map(lambda idx: {'index': np.asarray(idx, np.int32)})
-  else:
+  elif not trivial_augment:  # Augmented examples are already batched as such.
     ds = ds.map(lambda idx: {'image': split.images[idx], 'label': split.labels[idx]})
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=8))
+
+
+def _trivially_augmented(index: int, rng: np.random.Generator, split: ArraySplit) -> dict:
+  """Example `index` of `split` after TrivialAugment.
+
+  On the host, so before the pad, crop and flip of section 4.2 that run on
+  the device (`augment`), where torchvision's recipes apply it after them.
+  The order matters little: each operation's sign is drawn with probability
+  1/2, so a flip before or after gives views of nearly the same
+  distribution, and the crop only shifts the image by up to 4 pixels.
+  """
+  image = trivial_augment_lib.trivial_augment(split.images[index], rng)
+  return {'image': image, 'label': split.labels[index]}
 
 
 def eval_batches(
@@ -292,6 +317,7 @@ class CifarData(core.Dataset):
       process_index,
       process_count,
       indices_only=self._device_resident,
+      trivial_augment=bool(self.config.input.get('trivial_augment', False)),
     )
 
   @property
@@ -340,5 +366,8 @@ class CifarData(core.Dataset):
 
   @staticmethod
   def preprocess_train(rng, images, norm, config):
-    del config
-    return augment(rng, core.normalize(images, norm))
+    images = augment(rng, core.normalize(images, norm))
+    if probability := config.input.get('random_erasing', 0.0):
+      erasing_rng = jax.random.fold_in(rng, core.KEY_STREAMS['random_erasing'])
+      images = random_erasing.random_erasing(erasing_rng, images, probability)
+    return images

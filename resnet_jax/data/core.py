@@ -22,6 +22,11 @@ from resnet_jax import errors
 from resnet_jax.data import catalog
 
 HOLDOUT = 'holdout'  # Name of the held-out slice of the training split.
+# What each random draw of a train step beyond the paper's folds into the
+# step's key, one number per use, so that the draws stay apart and the
+# paper's (crop, flip, lighting: the step's key itself) are the same whether
+# an option is on or off.
+KEY_STREAMS = {'mixing': 1, 'random_erasing': 2}
 
 
 def check_dataset(inp: ml_collections.ConfigDict):

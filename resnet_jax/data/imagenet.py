@@ -2,11 +2,12 @@
 
 Examples are read one at a time from a TFDS data source (ArrayRecord, no
 TensorFlow) in Grain worker processes, decoded and cut into the paper's views
-there (`imagenet_views`). Batches leave the host as uint8; on the device they
-become float, get `lighting` (AlexNet's PCA noise) and are normalised with
-MEAN_RGB / STDDEV_RGB (or the per-pixel mean). Serves TFDS `imagenet2012`
-and `imagenette224` alike (same feature keys); `ImagenetData` is the family's
-`core.Dataset`.
+there (`imagenet_views`; optionally Inception's crop and TrivialAugment).
+Batches leave the host as uint8; on the device they become float, get
+`lighting` (AlexNet's PCA noise), are normalised with MEAN_RGB / STDDEV_RGB
+(or the per-pixel mean) and optionally randomly erased. Serves TFDS
+`imagenet2012` and `imagenette224` alike (same feature keys); `ImagenetData`
+is the family's `core.Dataset`.
 """
 
 import concurrent.futures
@@ -24,8 +25,11 @@ from absl import flags
 from etils import epath
 
 from resnet_jax import errors, progress
-from resnet_jax.data import core, folder
+from resnet_jax.data import core, folder, random_erasing
+from resnet_jax.data import trivial_augment as trivial_augment_lib
 from resnet_jax.data.imagenet_views import (
+  CROP_AREA_RANGE,
+  CROP_ASPECT_RANGE,
   CROP_SIZE,
   EVAL_RESIZE,
   TRAIN_SCALE_RANGE,
@@ -37,6 +41,7 @@ from resnet_jax.data.imagenet_views import (
   decode_resized,
   image_size,
   multi_scale_views,
+  resized_crop_example,
   resized_shape,
   ten_crops,
   train_example,
@@ -174,11 +179,33 @@ def _prefetch(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
   return ds
 
 
-def _train_element(example, rng, crop_size, scale_range):
-  return {
-    'image': train_example(example['image'], rng, crop_size, scale_range),
-    'label': np.int32(example['label']),
-  }
+TRAIN_CROPS = ('scale', 'random_resized')
+
+
+def train_view_fn(
+  train_crop: str,
+  crop_size: int,
+  scale_range: tuple[int, int] = TRAIN_SCALE_RANGE,
+  area_range: tuple[float, float] = CROP_AREA_RANGE,
+  aspect_range: tuple[float, float] = CROP_ASPECT_RANGE,
+):
+  """The training view as a picklable `view(jpeg, rng) -> uint8 crop` (Grain's
+  worker processes receive it): 'scale', the paper's (`train_example`), or
+  'random_resized', Inception's (`resized_crop_example`)."""
+  if train_crop == 'scale':
+    return functools.partial(train_example, crop_size=crop_size, scale_range=scale_range)
+  if train_crop == 'random_resized':
+    return functools.partial(
+      resized_crop_example, size=crop_size, area_range=area_range, aspect_range=aspect_range
+    )
+  raise ValueError(f'unknown train_crop {train_crop!r}; valid: {TRAIN_CROPS}')
+
+
+def _train_element(example, rng, view, trivial_augment):
+  image = view(example['image'], rng)
+  if trivial_augment:  # Drawn after the crop, whose draws stay those of the default.
+    image = trivial_augment_lib.trivial_augment(image, rng)
+  return {'image': image, 'label': np.int32(example['label'])}
 
 
 def train_dataset(
@@ -191,6 +218,10 @@ def train_dataset(
   crop_size: int = CROP_SIZE,
   scale_range: tuple[int, int] = TRAIN_SCALE_RANGE,
   num_workers: int = 0,
+  train_crop: str = 'scale',
+  area_range: tuple[float, float] = CROP_AREA_RANGE,
+  aspect_range: tuple[float, float] = CROP_ASPECT_RANGE,
+  trivial_augment: bool = False,
 ) -> grain.IterDataset:
   """Endless, per-epoch-shuffled training batches of this process's share.
 
@@ -205,18 +236,22 @@ def train_dataset(
     local_batch_size: examples per batch on this process.
     seed: shuffle and augmentation seed.
     process_index, process_count: this process's share.
-    crop_size, scale_range: the training view (224, [256, 480]).
+    crop_size: the training crop's side (224).
+    scale_range: train_crop 'scale': the range of the shorter side ([256, 480]).
     num_workers: Grain worker processes decoding; 0 decodes in-process.
+    train_crop: 'scale' (the paper's) or 'random_resized' (Inception's).
+    area_range, aspect_range: train_crop 'random_resized': the crop's
+      fraction of the image's area and its aspect ratio (width / height).
+    trivial_augment: TrivialAugment on each crop (`data.trivial_augment`).
 
   Returns:
     IterDataset of {'image': uint8 (B, crop, crop, 3), 'label': int32 (B,)};
     its iterator's get_state/set_state make the position checkpointable.
   """
+  view = train_view_fn(train_crop, crop_size, scale_range, area_range, aspect_range)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   # Augment before sharding: the generator index is the global position.
-  ds = ds.random_map(
-    functools.partial(_train_element, crop_size=crop_size, scale_range=scale_range)
-  )
+  ds = ds.random_map(functools.partial(_train_element, view=view, trivial_augment=trivial_augment))
   ds = core.ProcessBlocks(ds, local_batch_size, process_index, process_count)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   return _prefetch(ds, num_workers)
@@ -446,6 +481,10 @@ class ImagenetData(core.Dataset):
       crop_size=inp.image_size,
       scale_range=tuple(inp.scale_range),
       num_workers=self.num_workers,
+      train_crop=inp.get('train_crop', 'scale'),
+      area_range=tuple(inp.get('crop_area_range', CROP_AREA_RANGE)),
+      aspect_range=tuple(inp.get('crop_aspect_range', CROP_ASPECT_RANGE)),
+      trivial_augment=bool(inp.get('trivial_augment', False)),
     )
 
   def eval_batches(self, split, view, local_batch_size, process_index, process_count):
@@ -497,7 +536,11 @@ class ImagenetData(core.Dataset):
     images = images.astype(jnp.float32)
     if config.input.lighting_std:
       images = lighting(rng, images, config.input.lighting_std)
-    return core.normalize(images, norm)
+    images = core.normalize(images, norm)
+    if probability := config.input.get('random_erasing', 0.0):
+      erasing_rng = jax.random.fold_in(rng, core.KEY_STREAMS['random_erasing'])
+      images = random_erasing.random_erasing(erasing_rng, images, probability)
+    return images
 
 
 class _Prefix:

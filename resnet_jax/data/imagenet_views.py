@@ -3,8 +3,10 @@
 Decoding uses simplejpeg at a reduced DCT scale where a view needs fewer
 pixels (Pillow for what it cannot read); resizing and cropping use OpenCV.
 The views: the training view of section 3.4 (scale augmentation, 224 crop,
-flip), the center and 10-crop test views, and the whole-image views of the
-multi-scale test on canvas buckets. Knows nothing of Grain or the devices.
+flip) and the Inception-style one of later recipes (torchvision's
+RandomResizedCrop and a flip), the center and 10-crop test views, and the
+whole-image views of the multi-scale test on canvas buckets. Knows nothing of
+Grain or the devices.
 """
 
 import dataclasses
@@ -352,6 +354,158 @@ def train_example(
   h, w = image_size(jpeg)
   crop = sample_train_crop(h, w, rng, crop_size, scale_range)
   return render_train_crop(decode(jpeg, min_shorter_side=crop.scale), crop)
+
+
+# torchvision's RandomResizedCrop defaults (Inception's crop, Szegedy et al. 2015).
+CROP_AREA_RANGE = (0.08, 1.0)  # Fraction of the image's area.
+CROP_ASPECT_RANGE = (3 / 4, 4 / 3)  # Width / height.
+RESIZED_CROP_TRIES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizedCrop:
+  """One draw of the Inception-style training view, in the original image's pixels."""
+
+  image_hw: tuple[int, int]  # The original image's size.
+  top: int
+  left: int
+  height: int  # The box, resized to size x size.
+  width: int
+  size: int
+  flip: bool
+
+
+def sample_resized_crop(
+  h: int,
+  w: int,
+  rng: np.random.Generator,
+  size: int = CROP_SIZE,
+  area_range: tuple[float, float] = CROP_AREA_RANGE,
+  aspect_range: tuple[float, float] = CROP_ASPECT_RANGE,
+) -> ResizedCrop:
+  """Draws torchvision's `RandomResizedCrop` box of an h x w image, then a flip.
+
+  `RandomResizedCrop.get_params`: up to 10 tries of an area fraction
+  U(area_range) and an aspect ratio (width / height) log-uniform in
+  aspect_range, sides rounded; the first box that fits is placed uniformly.
+  If none fits: the centred box of the whole image, its aspect ratio clamped
+  to aspect_range. Then a horizontal flip with probability 1/2.
+
+  Args:
+    h, w: the original image size.
+    rng: the example's generator.
+    size: output side.
+    area_range: (min, max) fraction of the image's area.
+    aspect_range: (min, max) width / height.
+
+  Returns:
+    The drawn `ResizedCrop`.
+  """
+  top, left, height, width = _resized_crop_box(h, w, rng, area_range, aspect_range)
+  flip = bool(rng.integers(0, 2))
+  return ResizedCrop((h, w), top, left, height, width, size, flip)
+
+
+def _resized_crop_box(h, w, rng, area_range, aspect_range) -> tuple[int, int, int, int]:
+  log_low, log_high = math.log(aspect_range[0]), math.log(aspect_range[1])
+  for _ in range(RESIZED_CROP_TRIES):
+    area = h * w * rng.uniform(area_range[0], area_range[1])
+    aspect = math.exp(rng.uniform(log_low, log_high))
+    # round() halves to even, as torchvision's (Python's) does.
+    width, height = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+    if 0 < width <= w and 0 < height <= h:
+      top = int(rng.integers(0, h - height, endpoint=True))
+      left = int(rng.integers(0, w - width, endpoint=True))
+      return top, left, height, width
+  return _center_box(h, w, aspect_range)
+
+
+def _center_box(h: int, w: int, aspect_range) -> tuple[int, int, int, int]:
+  """torchvision's fallback: the whole image, cut to the nearest allowed aspect."""
+  low, high = min(aspect_range), max(aspect_range)
+  width, height = w, h
+  if w / h < low:
+    height = round(w / low)
+  elif w / h > high:
+    width = round(h * high)
+  return (h - height) // 2, (w - width) // 2, height, width
+
+
+def render_resized_crop(image: np.ndarray, crop: ResizedCrop) -> np.ndarray:
+  """Cuts a `ResizedCrop` out of an image and resizes it to size x size.
+
+  Args:
+    image: uint8 (H, W, 3): the original image, or the same image decoded at
+      reduced DCT scale (the box is rescaled to its size and rounded to its
+      pixels, as `render_train_crop` does: a sub-pixel shift).
+    crop: the view, drawn for the original image's size.
+
+  Returns:
+    uint8 (size, size, 3), bilinear (area average when shrinking 2x or more).
+  """
+  ih, iw = image.shape[:2]
+  sy, sx = ih / crop.image_hw[0], iw / crop.image_hw[1]
+  y0, x0 = round(crop.top * sy), round(crop.left * sx)
+  y1 = min(ih, max(y0 + 1, round((crop.top + crop.height) * sy)))
+  x1 = min(iw, max(x0 + 1, round((crop.left + crop.width) * sx)))
+  n = crop.size
+  shrink = max(y1 - y0, x1 - x0) / n
+  out = cv2.resize(image[y0:y1, x0:x1], (n, n), interpolation=_interpolation(shrink))
+  return cv2.flip(out, 1) if crop.flip else out
+
+
+def resized_crop_view(
+  image: np.ndarray,
+  rng: np.random.Generator,
+  size: int = CROP_SIZE,
+  area_range: tuple[float, float] = CROP_AREA_RANGE,
+  aspect_range: tuple[float, float] = CROP_ASPECT_RANGE,
+) -> np.ndarray:
+  """The Inception-style training view of a decoded image: torchvision's
+  `RandomResizedCrop(size, area_range, aspect_range)` and a random flip.
+
+  Args:
+    image: uint8 (H, W, 3).
+    rng: the example's generator.
+    size: output side.
+    area_range, aspect_range: see `sample_resized_crop`.
+
+  Returns:
+    uint8 (size, size, 3).
+  """
+  crop = sample_resized_crop(*image.shape[:2], rng, size, area_range, aspect_range)
+  return render_resized_crop(image, crop)
+
+
+def resized_crop_example(
+  jpeg: bytes,
+  rng: np.random.Generator,
+  size: int = CROP_SIZE,
+  area_range: tuple[float, float] = CROP_AREA_RANGE,
+  aspect_range: tuple[float, float] = CROP_ASPECT_RANGE,
+) -> np.ndarray:
+  """`resized_crop_view` straight from the JPEG, decoding at reduced size if allowed.
+
+  The box is drawn from the header's size first; the JPEG is then decoded at
+  the smallest 1/2^k scale at which both of the box's sides still span at
+  least `size` pixels, so that the resize never enlarges what decoding
+  shrank. Draws the same view as `resized_crop_view(decode(jpeg), rng, ...)`.
+
+  Args:
+    jpeg: encoded image.
+    rng: the example's generator.
+    size: output side.
+    area_range, aspect_range: see `sample_resized_crop`.
+
+  Returns:
+    uint8 (size, size, 3).
+  """
+  h, w = image_size(jpeg)
+  crop = sample_resized_crop(h, w, rng, size, area_range, aspect_range)
+  shorter_box = min(crop.height, crop.width)
+  f = next((f for f in DCT_FACTORS if shorter_box // f >= size), 1)
+  # The decoded shorter side ceil(min(h, w) / f) selects exactly the 1/f scale.
+  return render_resized_crop(decode(jpeg, min_shorter_side=-(-min(h, w) // f)), crop)
 
 
 def center_crop(resized: np.ndarray, crop_size: int) -> np.ndarray:

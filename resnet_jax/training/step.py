@@ -44,9 +44,6 @@ from resnet_jax.training import mixing, weight_average
 from resnet_jax.training.optimizers import create_optimizer
 from resnet_jax.training.schedules import learning_rate_schedule
 
-# Folded into a step's key for the mixing draws, apart from the augmentation's.
-MIXING_STREAM = 1
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -165,9 +162,8 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
   images = dataset.preprocess_train(rng, batch['image'], state.norm, config)
   labels = targets = batch['label']
   if mixing.is_on(config.mixing):
-    images, targets = mixing.mix(
-      jax.random.fold_in(rng, MIXING_STREAM), images, labels, model.num_classes, config.mixing
-    )
+    mixing_rng = jax.random.fold_in(rng, data.core.KEY_STREAMS['mixing'])
+    images, targets = mixing.mix(mixing_rng, images, labels, model.num_classes, config.mixing)
   loss, logits, batch_stats, grads = _gradients(
     state.params, state.batch_stats, images, targets, model=model, config=config
   )
