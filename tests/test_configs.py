@@ -43,6 +43,8 @@ IMAGENETTE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('i
 # Short runs of the own-data walkthrough (docs/own_data.md), and fine-tuning.
 QUICK_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('quick_')]
 FINETUNE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('finetune_')]
+# Bases of studies beyond the paper (resnet_jax.tools.recipe_study): the recipe scaled down.
+STUDY_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('study_')]
 # Section 4.2 / Table 6 / Fig. 6: the CIFAR-10 nets the paper trains.
 PAPER_MODELS = [f'cifar_resnet{d}' for d in (20, 32, 44, 56, 110, 1202)] + [
   f'cifar_plain{d}' for d in (20, 32, 44, 56, 110)
@@ -75,7 +77,13 @@ def _model_name(path):
 
 def test_every_config_file_is_of_a_known_family():
   assert set(CONFIG_FILES) == set(
-    CIFAR_FILES + IMAGENET_FILES + RECIPE_FILES + IMAGENETTE_FILES + QUICK_FILES + FINETUNE_FILES
+    CIFAR_FILES
+    + IMAGENET_FILES
+    + RECIPE_FILES
+    + IMAGENETTE_FILES
+    + QUICK_FILES
+    + FINETUNE_FILES
+    + STUDY_FILES
   )
 
 
@@ -150,7 +158,7 @@ def test_imagenette_config_is_the_imagenet_recipe_on_the_local_proxy(path):
 
 
 @pytest.mark.skipif(not has_dataset('imagenette224'), reason='imagenette224 is not here')
-@pytest.mark.parametrize('path', QUICK_FILES + FINETUNE_FILES, ids=os.path.basename)
+@pytest.mark.parametrize('path', QUICK_FILES + FINETUNE_FILES + STUDY_FILES, ids=os.path.basename)
 def test_walkthrough_configs_are_the_imagenet_recipe_scaled_down(path, tmp_path):
   config = cli.load_config(path)
   if config.input.dataset == 'folder':  # Two classes of one image each are enough here.

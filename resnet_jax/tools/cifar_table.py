@@ -27,19 +27,16 @@ Extra flags after `--` go to every run, e.g. `-- --config.steps_per_dispatch=50
 """
 
 import dataclasses
-import fcntl
 import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 
 import numpy as np
 from absl import app, flags
 
 from resnet_jax import cli
 from resnet_jax.research import curves
+from resnet_jax.tools import run_launcher
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('root', 'runs/table6', "Parent of the runs' workdirs.")
@@ -85,43 +82,16 @@ PAPER_PARAMS = {
 
 
 @dataclasses.dataclass
-class Run:
-  """One net's training run: its command, workdir and process."""
+class Run(run_launcher.Run):
+  """One net's training run, for one seed."""
 
-  net: str
-  seed: int
-  root: str
-  command: list[str] = dataclasses.field(default_factory=list)
-  process: subprocess.Popen | None = None
-  returncode: int | str | None = None
+  net: str = ''
+  seed: int = 0
 
-  @property
-  def name(self):
-    """The net, with the seed if it is not 0 (also the workdir's name)."""
-    return self.net if self.seed == 0 else f'{self.net}_seed{self.seed}'
 
-  @property
-  def workdir(self):
-    return os.path.join(self.root, self.name)
-
-  @property
-  def outcome(self) -> str:
-    return self.returncode if isinstance(self.returncode, str) else f'exit {self.returncode}'
-
-  @property
-  def log_path(self):
-    return os.path.join(self.workdir, 'train.log')
-
-  def finished(self) -> bool:
-    """Trained to the end and scored (eval.json is written last)."""
-    return os.path.exists(os.path.join(self.workdir, 'eval.json'))
-
-  def records(self) -> list[dict]:
-    """Its metrics.jsonl records so far ([] before the first)."""
-    try:
-      return curves.read_metrics(self.workdir)
-    except (FileNotFoundError, ValueError):  # Not written yet, or a line half-written.
-      return []
+def run_name(net: str, seed: int) -> str:
+  """The net, with the seed if it is not 0 (also the workdir's name)."""
+  return net if seed == 0 else f'{net}_seed{seed}'
 
 
 def make_runs(nets, seeds, root, dataset, data_dir, extra_flags) -> list[Run]:
@@ -134,7 +104,8 @@ def make_runs(nets, seeds, root, dataset, data_dir, extra_flags) -> list[Run]:
       )
       raise app.UsageError(f'no config for net {net!r} ({config}); valid: {", ".join(choices)}')
     for seed in seeds:
-      run = Run(net, seed, root)
+      name = run_name(net, seed)
+      run = Run(name, os.path.join(root, name), net=net, seed=seed)
       run.command = [
         sys.executable,
         '-m',
@@ -151,122 +122,6 @@ def make_runs(nets, seeds, root, dataset, data_dir, extra_flags) -> list[Run]:
   return runs
 
 
-def _environment(concurrent: int) -> dict:
-  env = dict(os.environ)
-  if concurrent > 1:
-    # JAX takes 75% of a GPU's memory by default: give each run its share.
-    env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / concurrent:.3f}')
-  env.setdefault('PYTHONUNBUFFERED', '1')
-  return env
-
-
-def _last_records(records: list[dict]) -> tuple[dict, dict]:
-  """The latest train and eval records."""
-  train = [r for r in records if 'train_loss' in r]
-  evals = [r for r in records if 'test_error' in r]
-  return (train[-1] if train else {}), (evals[-1] if evals else {})
-
-
-def progress_lines(runs: list[Run]) -> list[str]:
-  lines = []
-  for run in runs:
-    train, test = _last_records(run.records())
-    if run.finished():
-      state = 'finished'
-    elif run.returncode is not None:
-      state = f'did not finish ({run.outcome}; see {run.log_path})'
-    else:
-      state = 'running' if run.process is not None else 'waiting'
-    parts = [f'{run.name:>16}: {state}']
-    if train:
-      parts.append(
-        f'step {train["step"]}, train error {100 * train["train_error"]:.2f}%, '
-        f'{train.get("step_time_ms", float("nan")):.1f} ms/step'
-      )
-    if test:
-      parts.append(f'test error {100 * test["test_error"]:.2f}% at {test["step"]}')
-    lines.append(', '.join(parts))
-  return lines
-
-
-def launch(runs: list[Run], concurrent: int, root: str, poll_s: float) -> list[Run]:
-  """Runs every unfinished run, `concurrent` at once; returns those that did
-  not finish (failed, or stopped early)."""
-  todo = [run for run in runs if not run.finished()]
-  concurrent = concurrent or len(todo) or 1
-  env = _environment(concurrent)
-  active, unfinished = [], []
-  while todo or active:
-    while todo and len(active) < concurrent:
-      run = todo.pop(0)
-      os.makedirs(run.workdir, exist_ok=True)
-      lock = _lock(run.workdir)
-      if lock is None:  # Two trainers in one workdir would corrupt it.
-        run.returncode = 'already running'
-        unfinished.append(run)
-        print(
-          f'{run.name} is already running (a process holds {run.workdir}/.lock: '
-          'another launcher, or a run it left behind); not started',
-          flush=True,
-        )
-        continue
-      with open(run.log_path, 'a') as log, lock:
-        log.write(f'\n$ {" ".join(run.command)}\n')
-        log.flush()
-        # The run inherits the locked file, so the lock lasts as long as it
-        # does, even if this launcher dies first.
-        run.process = subprocess.Popen(
-          run.command, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=(lock.fileno(),)
-        )
-      active.append(run)
-      print(f'started {run.name} (pid {run.process.pid}): {run.log_path}', flush=True)
-    if not active:
-      break
-    deadline = time.time() + poll_s
-    while time.time() < deadline and all(r.process.poll() is None for r in active):
-      time.sleep(min(1.0, poll_s))
-    for run in list(active):
-      if run.process.poll() is None:
-        continue
-      run.returncode = run.process.returncode
-      active.remove(run)
-      if run.finished():
-        print(f'{run.name} finished', flush=True)
-        continue
-      unfinished.append(run)
-      with open(run.log_path) as log:
-        tail = ''.join(log.readlines()[-5:])
-      print(
-        f'{run.name} did not finish ({run.outcome}); last lines of {run.log_path}:\n{tail}',
-        flush=True,
-      )
-    with open(os.path.join(root, 'progress.txt'), 'w') as f:
-      f.write(time.strftime('%Y-%m-%d %H:%M:%S') + '\n' + '\n'.join(progress_lines(runs)) + '\n')
-  return unfinished
-
-
-def _lock(workdir: str):
-  """The workdir's lock file, locked for this launcher; None if a process
-  (a run, or another launcher) holds it."""
-  lock = open(os.path.join(workdir, '.lock'), 'w')
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    lock.close()
-    return None
-  return lock
-
-
-def _wall_time(records: list[dict]) -> float | None:
-  """Seconds from the first to the last metrics record (resumes included,
-  the gaps between them not)."""
-  times = sorted(r['time'] for r in records if 'time' in r)
-  if len(times) < 2:
-    return None
-  # A gap of more than an hour between records is a pause between resumes.
-  return sum(min(b - a, 3600.0) for a, b in zip(times, times[1:]))
-
-
 def collect(runs: list[Run], results: str) -> list[dict]:
   """Copies each finished run's records to `results`; writes the table and figure."""
   os.makedirs(results, exist_ok=True)
@@ -274,16 +129,12 @@ def collect(runs: list[Run], results: str) -> list[dict]:
   for run in runs:
     if not run.finished():
       continue
-    out = os.path.join(results, run.name)
-    os.makedirs(out, exist_ok=True)
-    for name in ('metrics.jsonl', 'eval.json', 'config.json', 'train.log'):
-      if os.path.exists(os.path.join(run.workdir, name)):
-        shutil.copy(os.path.join(run.workdir, name), out)
+    run_launcher.copy_records(run, results)
     with open(os.path.join(run.workdir, 'eval.json')) as f:
       scored = json.load(f)
     center = scored['protocols']['center']
     records = run.records()
-    train, _ = _last_records(records)
+    train, _ = run_launcher.last_records(records)
     with open(os.path.join(run.workdir, 'config.json')) as f:
       dataset = json.load(f)['input']['dataset']
     rows.append(
@@ -298,7 +149,7 @@ def collect(runs: list[Run], results: str) -> list[dict]:
         'final_train_error': 100 * train['train_error'] if train else None,
         'paper_error': PAPER_ERROR.get(run.net),
         'params': PAPER_PARAMS.get(run.net),
-        'wall_s': _wall_time(records),
+        'wall_s': run_launcher.wall_time(records),
       }
     )
   if not rows:
@@ -402,14 +253,10 @@ def main(argv):
   unfinished = []
   if not FLAGS.collect_only:
     os.makedirs(FLAGS.root, exist_ok=True)
-    unfinished = launch(runs, FLAGS.concurrent, FLAGS.root, FLAGS.poll_s)
+    unfinished = run_launcher.launch(runs, FLAGS.concurrent, FLAGS.root, FLAGS.poll_s)
   collect(runs, results)
   if unfinished:
-    raise SystemExit(
-      'error: runs did not finish: '
-      + ', '.join(f'{r.name} ({r.outcome}, {r.log_path})' for r in unfinished)
-      + '; fix the cause and run the same command again to resume them.'
-    )
+    raise SystemExit(run_launcher.unfinished_error(unfinished))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,51 @@
+r"""ResNet-18 on imagenette224 at a CPU's budget: the base of the study of the
+options beyond the paper's recipe (resnet_jax.tools.recipe_study).
+
+The paper's ImageNet recipe (section 3.4, `config_lib.imagenette`) with
+option-B shortcuts, every size scaled by 64/224: 64x64 crops of the image
+with its shorter side in [73, 137] (the paper's 224 in [256, 480]), flips,
+PCA lighting, per-channel normalisation; testing on the center 64 crop of the
+image resized to 73 (the paper's 224 of 256), multi-scale at (64, 73, 110,
+137, 183). Batch 64 with the linear rule (lr 0.1 x 64 / 256 = 0.025), SGD
+with momentum 0.9, weight decay 1e-4; 1,280 iterations (8.7 epochs of the
+9,469 training images), lr /10 at 50% and 75% of them (fixed steps: a
+plateau cannot be seen in so few evaluations, so nothing is held out). The
+whole validation split (3,925 images) is the test set, center crop.
+
+The step count was chosen for the budget, one run in about 20 minutes of a
+2-core CPU: the 112-crop run of docs/reproducing.md took 2.5 s per step at
+batch 64 on such a CPU, and a 64 crop has (64/112)^2 = 1/3 of the
+arithmetic, so about 0.8-1.0 s per step here (host decoding does not shrink
+as much), 17-21 min for the steps plus about 3 for start-up and the 4
+evaluations. An estimate: the time is to be measured (the study's table
+gives each run's).
+
+    python -m resnet_jax.main --config=configs/study_imagenette_r18.py \
+        --workdir=runs/recipes/paper --config.input.data_dir=DIR
+
+Expect: not run yet. Far from converged by design (the study compares
+options at one equal budget, not at convergence).
+"""
+
+from resnet_jax import config_lib
+
+
+def get_config():
+  config = config_lib.imagenette('resnet18')
+  config.model_options.shortcut = 'B'
+  config.input.image_size = 64
+  config.input.scale_range = (73, 137)
+  config.eval.resize_size = 73
+  config.eval.crop_size = 64
+  config.eval.scales = (64, 73, 110, 137, 183)
+  config.input.batch_size = 64  # lr 0.025 by the linear rule (reference_batch_size 256).
+  config.input.holdout_validation = False
+  config.schedule.kind = 'piecewise'
+  config.schedule.total_steps = 1_280
+  config.schedule.boundaries = (640, 960)
+  config.eval.protocol = 'center'
+  config.eval.final_protocols = ('center',)
+  config.log_every_steps = 40
+  config.eval_every_steps = 320
+  config.checkpoint_every_steps = 160
+  return config
