@@ -30,8 +30,6 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,7 +43,7 @@ from resnet_jax.training.optimizers import create_optimizer
 from resnet_jax.training.schedules import learning_rate_schedule
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
   """Everything that training carries from step to step."""
 
@@ -63,8 +61,26 @@ class TrainState:
   # Input normalisation {'mean', 'std'}: evaluation needs no training data.
   norm: dict
   # The weights' moving average {'params', 'batch_stats'} (`config.ema`);
-  # None, and absent from checkpoints, when it is off.
+  # None, and absent from the pytree and so from checkpoints, when it is off.
   ema: Any = None
+
+  def replace(self, **changes) -> 'TrainState':
+    return dataclasses.replace(self, **changes)
+
+
+def _state_children(state: TrainState):
+  """The state's fields as keyed pytree children, `ema` only when it is on:
+  a run without an average writes the checkpoint tree of the versions before
+  it existed, and restores theirs."""
+  names = tuple(
+    f.name for f in dataclasses.fields(state) if f.name != 'ema' or state.ema is not None
+  )
+  return [(jax.tree_util.GetAttrKey(name), getattr(state, name)) for name in names], names
+
+
+jax.tree_util.register_pytree_with_keys(
+  TrainState, _state_children, lambda names, children: TrainState(**dict(zip(names, children)))
+)
 
 
 def plateau_rule(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
