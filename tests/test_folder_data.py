@@ -13,13 +13,14 @@ import subprocess
 import sys
 import types
 
+import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
 from resnet_jax import config_lib, data, errors
-from resnet_jax.data import cifar, folder, imagenet
+from resnet_jax.data import catalog, cifar, folder, imagenet
 
 from helpers import DATA_DIR, ROOT, has_dataset, png_bytes, write_bytes
 
@@ -228,6 +229,17 @@ def test_skip_bad_leaves_unreadable_files_out(root, jpegs):
   source = index.source('train')
   assert all(source[i]['image'] for i in range(len(source)))
   assert folder.index(root, skip_bad=False).num_examples('train') == index.num_examples('train') + 3
+
+
+def test_the_skipped_files_warning_goes_to_stderr_once(root, jpegs, capsys):
+  _bad_files(root, jpegs)
+  inp = ml_collections.ConfigDict(
+    {'dataset': 'folder', 'data_dir': root, 'family': None, 'skip_bad_images': True}
+  )
+  catalog.dataset_info(inp)
+  catalog.dataset_info(inp)
+  out, err = capsys.readouterr()
+  assert err.count('warning: skipped 3 unreadable image files') == 1 and not out
 
 
 def test_a_class_whose_files_are_all_bad_keeps_its_label(root, jpegs):

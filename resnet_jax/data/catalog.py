@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import os
 import re
+import sys
 
 from etils import epath
 
@@ -105,6 +106,7 @@ def _folder_info(root, family, eval_split, skip_bad) -> DatasetInfo:
     print(
       f'warning: skipped {len(index.skipped)} unreadable image files under {root} '
       f'(the first: {index.skipped[0]})',
+      file=sys.stderr,
       flush=True,
     )
   splits = {split: index.num_examples(split) for split in index.split_names()}
