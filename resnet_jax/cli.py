@@ -19,12 +19,14 @@ everywhere: by the `--config` flag of a command line, and by `load_config` and
 same one-line errors.
 """
 
+import contextlib
 import difflib
 import os
 import sys
 
 import ml_collections
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from resnet_jax import cpu_devices, cpu_memory, errors
@@ -225,8 +227,9 @@ def _read_config_file(spec: str) -> ml_collections.ConfigDict:
   values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', flag_values=values, lock_config=False, sys_argv=argv)
   try:
-    values(argv)
-    config = values['config'].value
+    with _absl_warnings_off():  # A None get_config() is ours to report, in one line.
+      values(argv)
+      config = values['config'].value
     if config is not None and not isinstance(config, ml_collections.ConfigDict):
       config.keys()  # Raises the error ml_collections deferred (an OSError in get_config).
   except SyntaxError as e:
@@ -243,6 +246,16 @@ def _read_config_file(spec: str) -> ml_collections.ConfigDict:
       f'--config={path}: get_config() returned {type(config).__name__}, not a ConfigDict'
     )
   return config
+
+
+@contextlib.contextmanager
+def _absl_warnings_off():
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 # What absl and ml_collections put around the exception a config file raised.
