@@ -66,3 +66,15 @@ def test_an_accumulation_that_does_not_split_the_batch_is_one_line(accumulation)
   with pytest.raises(errors.ConfigError, match='gradient_accumulation_steps') as e:
     config_validation.validate(config, num_devices=8)
   assert '\n' not in str(e.value)
+
+
+def test_micro_batches_and_mixing_move_no_whole_batch_between_devices():
+  # Strided micro-batches stay on their devices; mixing's roll by one image
+  # sends one image per device (a collective-permute), never the batch.
+  config = tiny_config()
+  config.gradient_accumulation_steps = 2
+  config.mixing.mixup_alpha = 0.2
+  config.mixing.cutmix_alpha = 1.0
+  hlo = make_trainer(config).compile_train(config.input.batch_size).as_text()
+  assert 'all-gather' not in hlo and 'all-to-all' not in hlo
+  assert 'collective-permute' in hlo
