@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from resnet_jax.data import imagenet, imagenet_views
+from resnet_jax.data import imagenet, imagenet_train_views, imagenet_views
 
 from helpers import DATA_DIR
 
@@ -58,7 +58,7 @@ def test_train_view_is_a_scaled_crop_within_the_image(h, w):
   rng = np.random.default_rng(0)
   scales, flips = [], []
   for _ in range(200):
-    view = imagenet_views.train_view(image, rng)
+    view = imagenet_train_views.train_view(image, rng)
     assert view.shape == (224, 224, 3) and view.dtype == np.uint8
     # Source pixels per output pixel, from the ramps; S = shorter / that.
     dx, x0 = _fit(view[:, :, 0].mean(0).astype(np.float64), w)
@@ -81,12 +81,12 @@ def test_train_view_is_a_scaled_crop_within_the_image(h, w):
 def test_train_flip_is_a_mirror_image():
   image = np.random.default_rng(1).integers(0, 256, (300, 400, 3), np.uint8)
   for seed in range(10):
-    crop = imagenet_views.sample_train_crop(300, 400, np.random.default_rng(seed))
-    plain = imagenet_views.render_train_crop(
-      image, imagenet_views.TrainCrop(**{**vars(crop), 'flip': False})
+    crop = imagenet_train_views.sample_train_crop(300, 400, np.random.default_rng(seed))
+    plain = imagenet_train_views.render_train_crop(
+      image, imagenet_train_views.TrainCrop(**{**vars(crop), 'flip': False})
     )
-    mirrored = imagenet_views.render_train_crop(
-      image, imagenet_views.TrainCrop(**{**vars(crop), 'flip': True})
+    mirrored = imagenet_train_views.render_train_crop(
+      image, imagenet_train_views.TrainCrop(**{**vars(crop), 'flip': True})
     )
     np.testing.assert_array_equal(mirrored, plain[:, ::-1])
 
@@ -94,10 +94,10 @@ def test_train_flip_is_a_mirror_image():
 def test_train_example_decodes_reduced_and_matches_train_view():
   jpeg = _jpeg(_ramp(1100, 1400))  # Shorter 1100: decoded at 1/2 or 1/4.
   for seed in range(5):
-    crop = imagenet_views.sample_train_crop(1100, 1400, np.random.default_rng(seed))
+    crop = imagenet_train_views.sample_train_crop(1100, 1400, np.random.default_rng(seed))
     assert imagenet_views.dct_factor(1100, 1400, crop.scale) in (2, 4)
-    reduced = imagenet_views.train_example(jpeg, np.random.default_rng(seed))
-    full = imagenet_views.train_view(imagenet_views.decode(jpeg), np.random.default_rng(seed))
+    reduced = imagenet_train_views.train_example(jpeg, np.random.default_rng(seed))
+    full = imagenet_train_views.train_view(imagenet_views.decode(jpeg), np.random.default_rng(seed))
     assert reduced.shape == (224, 224, 3)
     assert np.abs(reduced.astype(int) - full).mean() < 2
 
@@ -346,7 +346,7 @@ def test_imagenette_examples_decode_and_pass_through_views(imagenette):
     image = imagenet_views.decode(example['image'])
     assert image.dtype == np.uint8 and image.shape[2] == 3
     assert imagenet_views.image_size(example['image']) == image.shape[:2]
-    view = imagenet_views.train_example(example['image'], rng)
+    view = imagenet_train_views.train_example(example['image'], rng)
     assert view.shape == (224, 224, 3) and view.dtype == np.uint8
   batch = next(iter(imagenet.train_dataset(imagenette, local_batch_size=4, seed=0)))
   assert batch['image'].shape == (4, 224, 224, 3)

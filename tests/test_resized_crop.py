@@ -1,4 +1,4 @@
-"""Tests of the Inception-style training crop (`imagenet_views.sample_resized_crop`
+"""Tests of the Inception-style training crop (`imagenet_train_views.sample_resized_crop`
 and its rendering), as torchvision's `RandomResizedCrop` and a flip, and of
 its place in the ImageNet family's training pipeline.
 
@@ -15,7 +15,7 @@ import PIL.Image
 import pytest
 
 from resnet_jax import config_lib, data
-from resnet_jax.data import imagenet, imagenet_views
+from resnet_jax.data import imagenet, imagenet_train_views, imagenet_views
 
 from helpers import write_bytes
 
@@ -62,7 +62,7 @@ def test_boxes_lie_in_the_image_with_areas_and_aspects_in_range(area, aspect):
   fractions, aspects, flips = [], [], []
   for _ in range(3000):
     h, w = int(rng.integers(60, 600)), int(rng.integers(60, 600))
-    crop = imagenet_views.sample_resized_crop(h, w, rng, 224, area, aspect)
+    crop = imagenet_train_views.sample_resized_crop(h, w, rng, 224, area, aspect)
     assert crop.image_hw == (h, w) and crop.size == 224
     assert 0 <= crop.top and crop.top + crop.height <= h
     assert 0 <= crop.left and crop.left + crop.width <= w
@@ -93,7 +93,7 @@ def test_a_box_that_never_fits_falls_back_to_the_clamped_centre(aspect, expected
   # Nearly all of a square image at these aspects never fits in 10 tries:
   # torchvision then takes the centred box, its aspect clamped to the range.
   for seed in range(20):
-    crop = imagenet_views.sample_resized_crop(
+    crop = imagenet_train_views.sample_resized_crop(
       100, 100, np.random.default_rng(seed), 32, (0.9, 1.0), aspect
     )
     assert (crop.top, crop.left, crop.height, crop.width) == expected
@@ -101,16 +101,18 @@ def test_a_box_that_never_fits_falls_back_to_the_clamped_centre(aspect, expected
 
 def test_render_cuts_the_box_and_flips():
   image = _ramp(300, 400)
-  crop = imagenet_views.ResizedCrop((300, 400), 50, 120, 150, 200, 64, False)
-  out = imagenet_views.render_resized_crop(image, crop)
+  crop = imagenet_train_views.ResizedCrop((300, 400), 50, 120, 150, 200, 64, False)
+  out = imagenet_train_views.render_resized_crop(image, crop)
   assert out.shape == (64, 64, 3) and out.dtype == np.uint8
   # Red is x * 255 / 399: the crop's columns run from x = 120 to 320.
   x = out[:, :, 0].mean(0) * 399 / 255
   y = out[:, :, 1].mean(1) * 299 / 255
   assert abs(x[0] - 120) < 3 and abs(x[-1] - 319) < 3
   assert abs(y[0] - 50) < 3 and abs(y[-1] - 199) < 3
-  flipped = imagenet_views.ResizedCrop(**{**vars(crop), 'flip': True})
-  np.testing.assert_array_equal(imagenet_views.render_resized_crop(image, flipped), out[:, ::-1])
+  flipped = imagenet_train_views.ResizedCrop(**{**vars(crop), 'flip': True})
+  np.testing.assert_array_equal(
+    imagenet_train_views.render_resized_crop(image, flipped), out[:, ::-1]
+  )
 
 
 def test_reduced_size_decoding_renders_nearly_the_full_size_crop(monkeypatch):
@@ -128,11 +130,11 @@ def test_reduced_size_decoding_renders_nearly_the_full_size_crop(monkeypatch):
 
   factors = set()
   for seed in range(12):
-    crop = imagenet_views.sample_resized_crop(1100, 1400, np.random.default_rng(seed), 224)
-    monkeypatch.setattr(imagenet_views, 'decode', recording_decode)
-    reduced = imagenet_views.resized_crop_example(jpeg, np.random.default_rng(seed), 224)
-    monkeypatch.setattr(imagenet_views, 'decode', decode)
-    full = imagenet_views.resized_crop_view(decode(jpeg), np.random.default_rng(seed), 224)
+    crop = imagenet_train_views.sample_resized_crop(1100, 1400, np.random.default_rng(seed), 224)
+    monkeypatch.setattr(imagenet_train_views, 'decode', recording_decode)
+    reduced = imagenet_train_views.resized_crop_example(jpeg, np.random.default_rng(seed), 224)
+    monkeypatch.setattr(imagenet_train_views, 'decode', decode)
+    full = imagenet_train_views.resized_crop_view(decode(jpeg), np.random.default_rng(seed), 224)
     assert reduced.shape == (224, 224, 3) and reduced.dtype == np.uint8
     assert np.abs(reduced.astype(int) - full).mean() < 3.5, seed
     factor = round(1100 / decoded[-1][0])

@@ -20,7 +20,7 @@ import PIL.Image
 import pytest
 
 from resnet_jax import config_lib, data
-from resnet_jax.data import cifar, core, imagenet, imagenet_views
+from resnet_jax.data import cifar, core, imagenet, imagenet_train_views
 from resnet_jax.data import trivial_augment as ta
 
 from helpers import tiny_splits
@@ -373,7 +373,7 @@ def _imagenet_source(n=10, h=48, w=64):
 
 def _paper_element(example, rng, crop_size, scale_range):
   return {
-    'image': imagenet_views.train_example(example['image'], rng, crop_size, scale_range),
+    'image': imagenet_train_views.train_example(example['image'], rng, crop_size, scale_range),
     'label': np.int32(example['label']),
   }
 

@@ -27,12 +27,16 @@ from etils import epath
 from resnet_jax import errors, progress
 from resnet_jax.data import core, folder, random_erasing
 from resnet_jax.data import trivial_augment as trivial_augment_lib
-from resnet_jax.data.imagenet_views import (
+from resnet_jax.data.imagenet_train_views import (
   CROP_AREA_RANGE,
   CROP_ASPECT_RANGE,
+  TRAIN_SCALE_RANGE,
+  resized_crop_example,
+  train_example,
+)
+from resnet_jax.data.imagenet_views import (
   CROP_SIZE,
   EVAL_RESIZE,
-  TRAIN_SCALE_RANGE,
   VIEWS,
   canvas_shape,
   center_crop,
@@ -41,10 +45,8 @@ from resnet_jax.data.imagenet_views import (
   decode_resized,
   image_size,
   multi_scale_views,
-  resized_crop_example,
   resized_shape,
   ten_crops,
-  train_example,
 )
 
 # Pixel statistics on a 0..255 scale (fb.resnet.torch's, from ImageNet).

@@ -28,7 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from resnet_jax import cli, config_lib
-from resnet_jax.data import imagenet, imagenet_views
+from resnet_jax.data import imagenet, imagenet_train_views, imagenet_views
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -92,7 +92,7 @@ def view_fn(view: str):
   crop, scales = FLAGS.crop_size, (FLAGS.scale_min, FLAGS.scale_max)
   rng = np.random.default_rng(0)
   if view == 'train':
-    return lambda jpeg: imagenet_views.train_example(jpeg, rng, crop, scales)
+    return lambda jpeg: imagenet_train_views.train_example(jpeg, rng, crop, scales)
   size = FLAGS.resize_size
   views = {'center': imagenet_views.center_view, 'ten_crop': imagenet_views.ten_crop_views}[view]
   return lambda jpeg: views(imagenet_views.decode(jpeg, size), size, crop)
