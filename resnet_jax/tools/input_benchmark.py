@@ -13,7 +13,8 @@ Prints decoded-and-augmented images/s per core (one process, one thread,
 JPEG bytes already in memory) for a view, the mean JPEG size and decoded
 resolution of the measured images, and with --num_workers=N the whole Grain
 pipeline's images/s (reading, decoding in N worker processes, batching).
---decoders adds a table of the candidate decoders. --reencode_hw re-encodes
+--train_crop and --trivial_augment pick the training view (with --config,
+the config's). --decoders adds a table of the candidate decoders. --reencode_hw re-encodes
 the images at another size and quality first, to measure how throughput
 scales with JPEG size (ImageNet's average ~110 KB, ~10x imagenette224's).
 """
@@ -28,7 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from resnet_jax import cli, config_lib
-from resnet_jax.data import imagenet, imagenet_train_views, imagenet_views
+from resnet_jax.data import imagenet, imagenet_views, trivial_augment
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -43,6 +44,10 @@ flags.DEFINE_integer('crop_size', 224, 'Crop side.')
 flags.DEFINE_integer('scale_min', 256, 'Training view: smallest shorter side.')
 flags.DEFINE_integer('scale_max', 480, 'Training view: largest shorter side.')
 flags.DEFINE_integer('resize_size', 256, 'Test views: shorter side.')
+flags.DEFINE_enum(
+  'train_crop', 'scale', list(imagenet.TRAIN_CROPS), "Training view: the paper's or Inception's."
+)
+flags.DEFINE_bool('trivial_augment', False, 'Training view: TrivialAugment on each crop too.')
 flags.DEFINE_integer(
   'num_workers', 0, 'If > 0, also time the whole pipeline with this many Grain worker processes.'
 )
@@ -92,7 +97,10 @@ def view_fn(view: str):
   crop, scales = FLAGS.crop_size, (FLAGS.scale_min, FLAGS.scale_max)
   rng = np.random.default_rng(0)
   if view == 'train':
-    return lambda jpeg: imagenet_train_views.train_example(jpeg, rng, crop, scales)
+    crop_view = imagenet.train_view_fn(FLAGS.train_crop, crop, scales)
+    if not FLAGS.trivial_augment:
+      return lambda jpeg: crop_view(jpeg, rng)
+    return lambda jpeg: trivial_augment.trivial_augment(crop_view(jpeg, rng), rng)
   size = FLAGS.resize_size
   views = {'center': imagenet_views.center_view, 'ten_crop': imagenet_views.ten_crop_views}[view]
   return lambda jpeg: views(imagenet_views.decode(jpeg, size), size, crop)
@@ -137,6 +145,8 @@ def pipeline_rate(source) -> tuple[float, float]:
       crop_size=FLAGS.crop_size,
       scale_range=(FLAGS.scale_min, FLAGS.scale_max),
       num_workers=FLAGS.num_workers,
+      train_crop=FLAGS.train_crop,
+      trivial_augment=FLAGS.trivial_augment,
     )
   else:
     ds = imagenet.eval_dataset(
@@ -171,6 +181,7 @@ def _use_config(config):
     )
   FLAGS.crop_size = inp.image_size
   FLAGS.scale_min, FLAGS.scale_max = inp.scale_range
+  FLAGS.train_crop, FLAGS.trivial_augment = inp.train_crop, inp.trivial_augment
   FLAGS.resize_size = config.eval.resize_size
 
 
