@@ -36,7 +36,8 @@ COMMANDS = {
   ),
   'resnet_jax.tools.input_benchmark': (
     'batch_size batches config crop_size data_dir dataset decoders images json num_workers '
-    'reencode_hw reencode_quality resize_size scale_max scale_min split view'
+    'reencode_hw reencode_quality resize_size scale_max scale_min split train_crop '
+    'trivial_augment view'
   ),
   'resnet_jax.tools.peer_benchmark': (
     'config eval_batches json rounds steps threads torch_huge_pages worker'

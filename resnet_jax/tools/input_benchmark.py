@@ -14,9 +14,10 @@ JPEG bytes already in memory) for a view, the mean JPEG size and decoded
 resolution of the measured images, and with --num_workers=N the whole Grain
 pipeline's images/s (reading, decoding in N worker processes, batching).
 --train_crop and --trivial_augment pick the training view (with --config,
-the config's). --decoders adds a table of the candidate decoders. --reencode_hw re-encodes
-the images at another size and quality first, to measure how throughput
-scales with JPEG size (ImageNet's average ~110 KB, ~10x imagenette224's).
+the config's). --decoders adds a table of the candidate decoders.
+--reencode_hw re-encodes the images at another size and quality first, to
+measure how throughput scales with JPEG size (ImageNet's average ~110 KB,
+~10x imagenette224's).
 """
 
 import json
