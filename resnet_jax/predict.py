@@ -34,6 +34,9 @@ from resnet_jax import cli, errors
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The trained (or imported) workdir to predict with.')
 flags.DEFINE_integer('top_k', 5, 'Classes per image, most probable first.')
+flags.DEFINE_bool(
+  'ema', False, "The weights' moving average (of a run trained with config.ema), not the raw ones."
+)
 flags.DEFINE_string(
   'output', None, 'Also write the predictions to this .json or .csv file (by its suffix).'
 )
@@ -133,7 +136,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   from resnet_jax import prediction  # JAX only once the arguments are good.
 
-  predictor = prediction.Predictor.from_workdir(FLAGS.workdir, batch_size=FLAGS.batch_size)
+  predictor = prediction.Predictor.from_workdir(
+    FLAGS.workdir, batch_size=FLAGS.batch_size, ema=FLAGS.ema
+  )
   results = []
   # A batch at a time: lines appear as the images are scored.
   for start in range(0, len(files), predictor.batch_size):

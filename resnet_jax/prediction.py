@@ -125,20 +125,24 @@ class Predictor:
     self._forward = jax.jit(self._scores)
 
   @classmethod
-  def from_workdir(cls, workdir, *, batch_size: int = 64, mesh=None) -> 'Predictor':
+  def from_workdir(
+    cls, workdir, *, batch_size: int = 64, mesh=None, ema: bool = False
+  ) -> 'Predictor':
     """The latest checkpoint of a training (or imported) workdir, ready to predict.
 
     Args:
       workdir: a workdir with `checkpoints/`, local or `gs://`.
       batch_size: images per compiled call (see `Predictor`).
       mesh: the device mesh (default: all devices).
+      ema: the weights' moving average (of a run trained with `config.ema`)
+        instead of the raw weights.
 
     Returns:
       The `Predictor`; its variables are restored straight onto the mesh.
     """
     _check_batch_size(batch_size)  # Before the restore: bad input fails fast.
     mesh = mesh or distributed.make_mesh()
-    loaded = trained_workdir.load_workdir(workdir, sharding=NamedSharding(mesh, P()))
+    loaded = trained_workdir.load_workdir(workdir, sharding=NamedSharding(mesh, P()), ema=ema)
     return cls(loaded, batch_size=batch_size, mesh=mesh)
 
   @property

@@ -19,7 +19,7 @@ COMMANDS = {
     'config coordinator_address detect_cluster mode num_processes print_config print_summary '
     'process_id workdir'
   ),
-  'resnet_jax.predict': 'batch_size output top_k workdir',
+  'resnet_jax.predict': 'batch_size ema output top_k workdir',
   'resnet_jax.models.complexity': 'models',
   'resnet_jax.research.curves': 'eval_key labels out',
   'resnet_jax.research.fig7': 'batch_size data_dir dataset json label out split workdir',

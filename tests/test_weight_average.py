@@ -8,7 +8,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from resnet_jax import config_validation, errors, evaluation, trained_workdir, workdir_files
+from resnet_jax import (
+  config_validation,
+  errors,
+  evaluation,
+  prediction,
+  trained_workdir,
+  workdir_files,
+)
 from resnet_jax.training import loop, weight_average
 
 from helpers import fixed_batch, make_trainer, saved_steps, tiny_config, tiny_splits, zero_norm
@@ -77,6 +84,12 @@ def test_a_run_with_ema_evaluates_both_and_resumes_bit_exactly(tmp_path):
   assert not np.allclose(
     loaded.variables['params']['fc']['kernel'], raw.variables['params']['fc']['kernel']
   )
+  # Prediction with the average: the model applied to the average's variables.
+  images = tiny_splits()[1]['test'].images[:4]
+  logits = prediction.Predictor.from_workdir(str(tmp_path / 'whole'), ema=True).predict(images)
+  x = (images - loaded.norm['mean']) / loaded.norm['std']
+  expected = loaded.model.apply(loaded.variables, x, train=False)
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_ema_of_a_run_trained_without_it_is_one_line(tmp_path):
