@@ -25,6 +25,17 @@ DATA_DIR = os.environ.get(
 )
 
 
+def flat_fields(tree: dict, prefix: str = '') -> dict:
+  """A nested config dict as {'a.b.c': value}."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flat_fields(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
 def has_dataset(name: str) -> bool:
   return os.path.isdir(os.path.join(DATA_DIR, name))
 

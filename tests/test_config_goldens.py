@@ -16,6 +16,8 @@ import pytest
 
 from resnet_jax import cli
 
+from helpers import flat_fields
+
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), 'goldens')
 CONFIG_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
@@ -60,16 +62,6 @@ def _as_json(path):
   return json.loads(cli.load_config(path).to_json_best_effort())
 
 
-def _flatten(tree, prefix=''):
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def test_every_config_file_has_a_golden():
   assert CONFIG_FILES
   names = {f'config_{_name(p)}.json' for p in CONFIG_FILES}
@@ -79,8 +71,8 @@ def test_every_config_file_has_a_golden():
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=os.path.basename)
 def test_config_file_resolves_as_its_golden(path):
   with open(_golden_path(path)) as f:
-    golden = _flatten(json.load(f))
-  current = _flatten(_as_json(path))
+    golden = flat_fields(json.load(f))
+  current = flat_fields(_as_json(path))
   assert {key: current.get(key, '<missing>') for key in golden} == golden
   new = {key: value for key, value in current.items() if key not in golden}
   assert new == {key: NEW_FIELDS.get(key, '<unknown field>') for key in new}

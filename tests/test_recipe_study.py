@@ -15,7 +15,7 @@ from resnet_jax import cli, config_lib, config_validation, data, run_record
 from resnet_jax.tools import recipe_study, run_launcher
 from resnet_jax.training import schedules
 
-from helpers import DATA_DIR, ROOT, has_dataset
+from helpers import DATA_DIR, ROOT, flat_fields, has_dataset
 
 # imagenette224's metadata, so that configs validate without the dataset here
 # (test_the_stand_in_metadata_is_imagenette224s checks it where it is).
@@ -75,16 +75,6 @@ def _config(name):
   return cli.load_config(recipe_study.CONFIG, [f[len('--config.') :] for f in overrides])
 
 
-def _flat(tree, prefix=''):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def _lr(config):
   schedule = schedules.learning_rate_schedule(config)
   return lambda step: float(schedule(jnp.asarray(step, jnp.int32)))
@@ -98,7 +88,7 @@ def test_every_variant_is_listed_here():
 def test_variant_validates_and_changes_only_its_fields(name, stand_in_metadata):
   config = _config(name)
   config_validation.validate(config, num_devices=1)
-  paper, variant = _flat(_config('paper').to_dict()), _flat(config.to_dict())
+  paper, variant = flat_fields(_config('paper').to_dict()), flat_fields(config.to_dict())
   assert {key for key in variant if variant[key] != paper[key]} == CHANGED[name]
 
 

@@ -22,7 +22,6 @@ depend on the pixels.
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from resnet_jax import cli, cpu_devices, cpu_memory
+from resnet_jax.tools import run_launcher
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (a CIFAR net).')
@@ -193,7 +193,7 @@ def compare(config, argv, rounds, steps, eval_batches) -> dict:
     torch_setting=workers['torch'].setting,
     jax_glibc_tunables=os.environ.get('GLIBC_TUNABLES'),
     torch_glibc_tunables=torch_env.get('GLIBC_TUNABLES'),
-    cpu=_cpu_name(),
+    cpu=run_launcher.cpu_name(),
     vector_extensions=_vector_extensions(),
   )
   for what in ('train', 'eval'):
@@ -202,17 +202,6 @@ def compare(config, argv, rounds, steps, eval_batches) -> dict:
       result[f'{what}_images_per_sec'] = {'jax': ours, 'torch': theirs}
       result[f'{what}_ratio'] = round(ours['median'] / theirs['median'], 2)
   return result
-
-
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def _vector_extensions() -> str:
