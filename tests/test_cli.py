@@ -22,7 +22,7 @@ COMMANDS = {
   'resnet_jax.predict': 'batch_size ema output top_k workdir',
   'resnet_jax.models.complexity': 'models',
   'resnet_jax.research.curves': 'eval_key labels out',
-  'resnet_jax.research.fig7': 'batch_size data_dir dataset json label out split workdir',
+  'resnet_jax.research.fig7': 'batch_size beside data_dir dataset json label out split workdir',
   'resnet_jax.weights.torchvision': 'export model torch_file workdir',
   'resnet_jax.tools.benchmark': (
     'config dtypes json models profile_dir set steps table table_out warmup'

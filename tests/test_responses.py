@@ -342,7 +342,7 @@ def test_cli_end_to_end_on_two_trained_workdirs(tmp_path, capsys):
 def _parsed(**given):
   """fig7's flags as absl parses them (its command line defines them only
   when it runs): `given`, None for the others."""
-  names = ('workdir', 'out', 'json', 'data_dir', 'dataset', 'split', 'batch_size', 'label')
+  names = 'workdir out json data_dir dataset split batch_size label beside'.split()
   return types.SimpleNamespace(**{name: given.get(name) for name in names})
 
 
@@ -352,7 +352,7 @@ def test_flags():
   )
   assert kwargs['workdirs'] == ['a', 'b'] and kwargs['out'] == 'f.png'
   assert kwargs['json_path'] is None and kwargs['data_dir'] == '/data/tfds'
-  assert kwargs['dataset'] == 'cifar10_jpeg'
+  assert kwargs['dataset'] == 'cifar10_jpeg' and kwargs['beside'] is None
   with pytest.raises(errors.ConfigError, match='--out'):
     fig7.run_kwargs(_parsed(workdir=['a']))
   with pytest.raises(errors.ConfigError, match='one --label per --workdir'):
@@ -361,3 +361,28 @@ def test_flags():
   assert fig7.model_label('resnet152') == 'ResNet-152'
   config = fig7.override_input(responses_config(), data_dir='/d', dataset='cifar10_jpeg')
   assert config.input.data_dir == '/d' and config.input.dataset == 'cifar10_jpeg'
+
+
+def _result(label, step, workdir):
+  return {'label': label, 'step': step, 'workdir': workdir, 'std': [1.0, 0.5]}
+
+
+def test_earlier_results_drawn_beside_and_told_apart(tmp_path):
+  earlier = [_result('plain-20', 600, 'w/plain20'), _result('ResNet-20', 600, 'w/resnet20')]
+  path = tmp_path / 'earlier.json'
+  fig7.write_json(earlier, str(path))
+  results = [_result('ResNet-20', 64_000, 'runs/r20')] + fig7.read_json(str(path))
+  fig7._distinct_labels(results)
+  assert [r['label'] for r in results] == [
+    'ResNet-20 (64,000 its.)',
+    'plain-20 (600 its.)',
+    'ResNet-20 (600 its.)',
+  ]
+  same_length = [_result('ResNet-20', 600, 'w/a'), _result('ResNet-20', 600, 'w/b')]
+  fig7._distinct_labels(same_length)
+  assert [r['label'] for r in same_length] == ['ResNet-20 (a)', 'ResNet-20 (b)']
+  with pytest.raises(errors.MissingError, match='does not exist'):
+    fig7.read_json(str(tmp_path / 'nowhere.json'))
+  path.write_text('{"results": [{"label": "x"}]}')
+  with pytest.raises(errors.DataError, match='not a Fig. 7 JSON file'):
+    fig7.read_json(str(path))

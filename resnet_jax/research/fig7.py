@@ -1,7 +1,7 @@
 """Fig. 7 of the paper from trained workdirs: the figure, its numbers, the CLI.
 
     python -m resnet_jax.research.fig7 --workdir=runs/plain20 --workdir=runs/resnet20 \
-        --out=fig7.png [--json=fig7.json] [--data_dir=DIR]
+        --out=fig7.png [--json=fig7.json] [--data_dir=DIR] [--beside=earlier/fig7.json]
 
 Fig. 7 plots the std of each 3x3 layer's response on the CIFAR-10 test set,
 by layer index in network order (top) and sorted in descending order
@@ -42,6 +42,9 @@ if __name__ == '__main__':
   )
   flags.DEFINE_multi_string(
     'label', None, "Legend labels, one per --workdir (default: the model's name, e.g. ResNet-20)."
+  )
+  flags.DEFINE_multi_string(
+    'beside', None, 'An earlier run of this command: its JSON, whose nets are drawn beside.'
   )
 
 
@@ -187,6 +190,31 @@ def write_json(results: list[dict], path: str):
     json.dump({'definition': responses.STD_DEFINITION, 'results': results}, f, indent=1)
 
 
+def read_json(path: str) -> list[dict]:
+  """The results of an earlier run (`write_json`'s file)."""
+  try:
+    with open(path) as f:
+      results = json.load(f)['results']
+  except FileNotFoundError:
+    raise errors.MissingError(f'--beside {path} does not exist') from None
+  except (ValueError, KeyError, TypeError):
+    raise errors.DataError(f'--beside {path} is not a Fig. 7 JSON file of this command') from None
+  if not all(isinstance(r, dict) and {'label', 'std', 'step'} <= set(r) for r in results):
+    raise errors.DataError(f'--beside {path} is not a Fig. 7 JSON file of this command')
+  return results
+
+
+def _distinct_labels(results: list[dict]):
+  """Legend entries that tell the nets apart: the training length where
+  the steps differ, else the workdir's name where labels repeat."""
+  if len({r['step'] for r in results}) > 1:
+    for r in results:
+      r['label'] = f'{r["label"]} ({r["step"]:,} its.)'
+  repeated = [r for r in results if [s['label'] for s in results].count(r['label']) > 1]
+  for r in repeated:
+    r['label'] = f'{r["label"]} ({os.path.basename(os.path.normpath(r["workdir"]))})'
+
+
 def table(results: list[dict]) -> str:
   """A short table: model, number of layers, mean std over layers."""
   rows = ['| model | layers | mean std | mean std_all |', '| --- | --- | --- | --- |']
@@ -208,24 +236,29 @@ def run(
   split: str | None = None,
   batch_size: int | None = None,
   labels: list[str] | None = None,
+  beside: list[str] | None = None,
 ) -> list[dict]:
   """What the CLI does: responses of each workdir, the JSON, the plot, a table.
 
   `data`: preloaded CIFAR arrays for every workdir (tests, notebooks).
   `data_dir`, `dataset`: override each workdir config's `input` fields.
-  Returns the per-workdir results (see `workdir_responses`).
+  `beside`: JSON files of earlier runs, whose results are drawn and listed
+  after the workdirs' (read before any workdir is measured).
+  Returns the per-workdir results (see `workdir_responses`), then `beside`'s.
   """
   if not workdirs:
     raise errors.ConfigError('give at least one --workdir')
+  earlier = [r for path in beside or () for r in read_json(path)]
   results = []
   for workdir in workdirs:
     config = override_input(workdir_files.read_config(workdir), data_dir, dataset)
     results.append(workdir_responses(workdir, split, data, config, batch_size=batch_size))
-  for i, r in enumerate(results):  # Distinct legend entries.
-    if labels:
-      r['label'] = labels[i]
-    elif [s['label'] for s in results].count(r['label']) > 1:
-      r['label'] = f'{r["label"]} ({os.path.basename(os.path.normpath(r["workdir"]))})'
+  if labels:
+    for r, label in zip(results, labels):
+      r['label'] = label
+  results += earlier
+  if not labels:
+    _distinct_labels(results)
   if jax.process_index() == 0:
     json_path = json_path or os.path.splitext(out)[0] + '.json'
     for path in (out, json_path):
@@ -252,6 +285,7 @@ def run_kwargs(values) -> dict:
     split=values.split,
     batch_size=values.batch_size,
     labels=values.label,
+    beside=values.beside,
   )
 
 
