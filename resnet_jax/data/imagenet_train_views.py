@@ -85,15 +85,11 @@ def render_train_crop(image: np.ndarray, crop: TrainCrop) -> np.ndarray:
   Returns:
     uint8 (size, size, 3): the crop of the image resized to crop.resized_hw.
   """
-  ih, iw = image.shape[:2]
-  # Pixels of `image` per pixel of the resized image.
-  sy, sx = ih / crop.resized_hw[0], iw / crop.resized_hw[1]
-  n = crop.size
-  y0, x0 = round(crop.top * sy), round(crop.left * sx)
-  y1 = min(ih, max(y0 + 1, round((crop.top + n) * sy)))
-  x1 = min(iw, max(x0 + 1, round((crop.left + n) * sx)))
-  out = cv2.resize(image[y0:y1, x0:x1], (n, n), interpolation=interpolation(max(sy, sx)))
-  return cv2.flip(out, 1) if crop.flip else out
+  # The box is in the resized image's pixels; `image` has (ih / rh, iw / rw)
+  # pixels per pixel of it, which sets the interpolation.
+  (ih, iw), (rh, rw) = image.shape[:2], crop.resized_hw
+  box = (crop.top, crop.left, crop.size, crop.size)
+  return _cut_and_resize(image, box, crop.resized_hw, crop.size, crop.flip, max(ih / rh, iw / rw))
 
 
 def train_view(
@@ -235,15 +231,25 @@ def render_resized_crop(image: np.ndarray, crop: ResizedCrop) -> np.ndarray:
   Returns:
     uint8 (size, size, 3), bilinear (area average when shrinking 2x or more).
   """
+  box = (crop.top, crop.left, crop.height, crop.width)
+  return _cut_and_resize(image, box, crop.image_hw, crop.size, crop.flip, shrink=None)
+
+
+def _cut_and_resize(image, box, box_image_hw, size: int, flip: bool, shrink):
+  """The (top, left, height, width) `box`, drawn on an image of
+  `box_image_hw`, mapped to `image`'s pixels (rounded, at least one pixel),
+  resized to size x size and flipped if asked. `shrink`: image pixels per
+  output pixel for the interpolation (None: the cut window's)."""
   ih, iw = image.shape[:2]
-  sy, sx = ih / crop.image_hw[0], iw / crop.image_hw[1]
-  y0, x0 = round(crop.top * sy), round(crop.left * sx)
-  y1 = min(ih, max(y0 + 1, round((crop.top + crop.height) * sy)))
-  x1 = min(iw, max(x0 + 1, round((crop.left + crop.width) * sx)))
-  n = crop.size
-  shrink = max(y1 - y0, x1 - x0) / n
-  out = cv2.resize(image[y0:y1, x0:x1], (n, n), interpolation=interpolation(shrink))
-  return cv2.flip(out, 1) if crop.flip else out
+  sy, sx = ih / box_image_hw[0], iw / box_image_hw[1]
+  top, left, height, width = box
+  y0, x0 = round(top * sy), round(left * sx)
+  y1 = min(ih, max(y0 + 1, round((top + height) * sy)))
+  x1 = min(iw, max(x0 + 1, round((left + width) * sx)))
+  if shrink is None:
+    shrink = max(y1 - y0, x1 - x0) / size
+  out = cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=interpolation(shrink))
+  return cv2.flip(out, 1) if flip else out
 
 
 def resized_crop_view(
