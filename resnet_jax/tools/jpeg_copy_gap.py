@@ -24,12 +24,16 @@ from absl import flags, logging
 from resnet_jax import cli, errors
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'A trained CIFAR workdir (its latest checkpoint).')
-flags.DEFINE_string('test_batch', None, "The official CIFAR-10 Python release's test_batch file.")
-flags.DEFINE_string('dataset', 'cifar10_jpeg', 'The TFDS JPEG copy of CIFAR-10.')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory (None: TFDS default).')
-flags.DEFINE_string('out', None, 'Also write the figures to this JSON file.')
-flags.DEFINE_bool('ema', False, "Score the weights' moving average (runs trained with config.ema).")
+# Defined only when this module runs as the command line: imported as a
+# library (by tests), it leaves --workdir and the others to the program
+# that imports it.
+if __name__ == '__main__':
+  flags.DEFINE_string('workdir', None, 'A trained CIFAR workdir (its latest checkpoint).')
+  flags.DEFINE_string('test_batch', None, "The official CIFAR-10 Python release's test_batch file.")
+  flags.DEFINE_string('dataset', 'cifar10_jpeg', 'The TFDS JPEG copy of CIFAR-10.')
+  flags.DEFINE_string('data_dir', None, 'TFDS data directory (None: TFDS default).')
+  flags.DEFINE_string('out', None, 'Also write the figures to this JSON file.')
+  flags.DEFINE_bool('ema', False, "Score the weights' moving average (runs with config.ema).")
 
 IMAGE_BYTES = 32 * 32 * 3
 _FULL_SIZE = 10_000 * IMAGE_BYTES
