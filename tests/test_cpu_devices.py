@@ -190,6 +190,8 @@ def test_the_ops_of_a_compiled_program_are_grouped_by_what_they_do():
     'fusion', step + 'jvp(ResNet)/while/body/dynamic_update_slice', ['dynamic-update-slice']
   ) == ('scan: stacking per-block values')
   assert group('fusion', step + 'augment/jit(_randint)/add', ['add']) == 'augmentation'
+  product = 'transpose(jvp(ResNet))/stage4_rest/conv1/cond/conv_as_product/dot_general'
+  assert group('fusion', step + product, ['dot']) == 'convolution gradients'
   assert group('fusion', step + 'add', ['add', 'multiply']) == 'optimizer update and metrics'
 
 

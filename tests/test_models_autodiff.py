@@ -45,11 +45,14 @@ def _vdot(x, y):
   ],
 )
 @pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
-def test_cpu_gradient_conv_matches_lax(kernel, padding, strides):
+# (7, 6): outputs large enough for convolutions (but stride 2 VALID); (3, 2):
+# tiny outputs, computed as products of patches.
+@pytest.mark.parametrize('size', [(7, 6), (3, 2)])
+def test_cpu_gradient_conv_matches_lax(kernel, padding, strides, size):
   """Values, gradients and tangents of the CPU conv equal XLA's own; strided
   ones as traced inside a loop of train steps (stride 1, subsampled)."""
   kx, kk, kd, ktx, ktk = jax.random.split(jax.random.key(3), 5)
-  x = jax.random.normal(kx, (2, 7, 6, 3))
+  x = jax.random.normal(kx, (2, *size, 3))
   k = jax.random.normal(kk, kernel + (3, 5))
   dn = jax.lax.conv_dimension_numbers(x.shape, k.shape, NHWC)
 
@@ -98,6 +101,22 @@ def test_cpu_gradients_inside_scan_are_forward_convolutions():
   labels = re.findall(r'convolution\(.*?dim_labels=([^,\s]+)', hlo)
   assert len(labels) >= 3  # forward, input gradient, kernel gradient.
   assert set(labels) == {'b01f_01io->b01f'}, labels
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the CPU path only')
+@pytest.mark.parametrize('size,convolutions', [(2, False), (4, False), (8, True)])
+def test_cpu_convs_with_tiny_outputs_are_products(size, convolutions):
+  # XLA:CPU's convolution is many times slower than a product at 2x2 and 3x3
+  # outputs (the last stage of ImageNet nets at small crops): there, neither
+  # the pass nor its gradients hold a convolution; at 8x8 they do.
+  def loss(x, k):
+    y = cpu_conv.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=NHWC)
+    return jnp.sum(y**2)
+
+  x = jax.ShapeDtypeStruct((4, size, size, 8), jnp.float32)
+  k = jax.ShapeDtypeStruct((3, 3, 8, 8), jnp.float32)
+  hlo = jax.jit(jax.grad(loss, (0, 1))).lower(x, k).compile().as_text()
+  assert ('convolution(' in hlo) == convolutions
 
 
 def _cifar20_float64():

@@ -5,14 +5,24 @@ layouts) far slower inside a while loop (a scanned stage, or a loop of train
 steps) than outside (docs/speed.md); forward convolutions run at full speed
 there.
 `conv_general_dilated` is a drop-in `nn.Conv(conv_general_dilated=...)` that,
-on CPU only, takes those gradients as forward convolutions. Other platforms
-compile XLA's own convolution unchanged.
+on CPU only, takes those gradients as forward convolutions, and computes
+convolutions with tiny outputs (`TINY_OUTPUT_AREA`) as one matrix product of
+the input's patches, which XLA:CPU's own convolution runs many times slower
+at those shapes (docs/speed.md). Other platforms compile XLA's own
+convolution unchanged.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+
+# Outputs of at most this many positions (4x4) are computed as a matrix
+# product of patches on CPU: XLA:CPU's convolution (Eigen's, not YNNPACK's)
+# is far slower than a product at 2x2 and 3x3 outputs with many channels
+# (ImageNet nets' last stage at small crops) and no faster at 4x4; at
+# CIFAR's 8x8 and larger the product loses to the convolution.
+TINY_OUTPUT_AREA = 16
 
 
 def _conv(x, k, pads, precision):
@@ -69,6 +79,41 @@ def _conv_cpu_gradients_jvp(pads, precision, primals, tangents):
   return y, jnp.zeros_like(y) if dy is None else dy
 
 
+def _conv_as_product(x, k, pads, strides, precision):
+  """The convolution as one product of the input's patches with the kernel.
+
+  Differentiated by JAX as slices, pads and products (no convolution
+  primitive), which stay fast inside loops too. Named `conv_as_product` in
+  the compiled program, so that profiles count it as a convolution.
+  """
+  with jax.named_scope('conv_as_product'):
+    return _patch_product(x, k, pads, strides, precision)
+
+
+def _patch_product(x, k, pads, strides, precision):
+  kh, kw = k.shape[:2]
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  (sh, sw), (hp, wp) = strides, padded.shape[1:3]
+  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  patches = [
+    padded[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  # Channel order (i, j, c) matches the HWIO kernel reshaped to (kh*kw*c, o).
+  patches = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
+  return jnp.einsum('bhwc,co->bhwo', patches, k.reshape(-1, k.shape[-1]), precision=precision)
+
+
+def _output_area(lhs, rhs, strides, pads) -> int:
+  """Positions in the output of a convolution of `lhs` (NHWC) by `rhs` (HWIO)."""
+  sizes = [
+    (n + lo + hi - kernel) // s + 1
+    for n, (lo, hi), kernel, s in zip(lhs.shape[1:3], pads, rhs.shape[:2], strides)
+  ]
+  return sizes[0] * sizes[1]
+
+
 def _conv_with_cpu_gradients(x, k, pads, precision):
   """`_conv_cpu_gradients`, keeping only x and k for the backward pass.
 
@@ -101,9 +146,11 @@ def conv_general_dilated(
 ):
   """`lax.conv_general_dilated` with CPU-friendly gradients for stride-1 convs.
 
-  On CPU, stride-1 NHWC convolutions (all those inside scanned stages) take
-  gradients computed by `_conv_cpu_gradients`; every other platform and case
-  uses XLA's own convolution and gradient unchanged (`lax.platform_dependent`
+  On CPU, NHWC convolutions with tiny outputs (at most `TINY_OUTPUT_AREA`
+  positions, any stride) are products of patches (`_conv_as_product`), and
+  the other stride-1 ones (all those inside scanned stages) take gradients
+  computed by `_conv_cpu_gradients`; every other platform and case uses XLA's
+  own convolution and gradient unchanged (`lax.platform_dependent`
   picks at lowering time). Same values either way, and both differentiate in
   forward mode too (`jax.jvp`, `jax.jacfwd`, `jax.linearize`).
 
@@ -128,10 +175,17 @@ def conv_general_dilated(
   simple = not kwargs and _is_plain_nhwc(
     lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count
   )
-  strided = any(s != 1 for s in window_strides)
-  if not simple or (strided and not strided_as_stride1):
+  if not simple:
     return standard(lhs, rhs)
   pads = _explicit_pads(lhs, rhs, window_strides, padding)
+  if 0 < _output_area(lhs, rhs, window_strides, pads) <= TINY_OUTPUT_AREA:
+    product = functools.partial(
+      _conv_as_product, pads=pads, strides=tuple(window_strides), precision=precision
+    )
+    return jax.lax.platform_dependent(lhs, rhs, cpu=product, default=standard)
+  strided = any(s != 1 for s in window_strides)
+  if strided and not strided_as_stride1:
+    return standard(lhs, rhs)
 
   def cpu(x, k):
     y = _conv_with_cpu_gradients(x, k, pads, precision)

@@ -75,7 +75,8 @@ def group_of(instruction: Instruction) -> str:
     return 'collectives (gradient all-reduce)'
   if any(key in op_name for key in _AUGMENT):
     return 'augmentation'
-  if 'convolution' in ops:
+  # CPU convolutions with tiny outputs are products of patches (models.cpu_conv).
+  if 'convolution' in ops or ('dot' in ops and 'conv_as_product' in op_name):
     return 'convolution gradients' if backward else 'convolution forward'
   if opcode in ('while', 'conditional', 'call'):
     return 'loop and branch control'
