@@ -34,6 +34,7 @@ COMMANDS = {
   'resnet_jax.tools.export_folder': (
     'classes data_dir dataset out train_per_class train_split val_per_class val_split'
   ),
+  'resnet_jax.tools.jpeg_copy_folders': 'data_dir dataset out test_batch train_batches',
   'resnet_jax.tools.jpeg_copy_gap': 'data_dir dataset ema out test_batch workdir',
   'resnet_jax.tools.input_benchmark': (
     'batch_size batches config crop_size data_dir dataset decoders images json num_workers '

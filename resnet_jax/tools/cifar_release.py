@@ -1,48 +1,47 @@
-r"""What a JPEG copy of CIFAR-10 costs a trained net: its error on official
-CIFAR-10 test images beside its error on their JPEG copies.
+"""The official CIFAR-10 release's Python batch files, and each of their
+images paired with its copy in a JPEG copy of CIFAR-10 (`cifar10_jpeg`).
 
-    python -m resnet_jax.tools.jpeg_copy_gap --workdir=runs/r20 \
-        --test_batch=cifar-10-batches-py/test_batch --data_dir=DIR --out=gap.json
-
-`--test_batch` is the official release's Python test batch (a pickle of
-uint8 pixels and labels); a copy cut short is read as far as it goes (its
-leading images: the labels precede the pixels). Each official image is
-paired with the JPEG image of the same class nearest to it in pixels in
-`--dataset`'s test split (the JPEG copies are stored in another order, under
-other names); both are scored with the workdir's center view. The pairing
-distance (mean absolute pixel difference, in 1/255) says how far the copy
-is from the official pixels.
+A batch file (`data_batch_1` ... `data_batch_5`, `test_batch`) is a pickle of
+uint8 pixels and labels; a copy cut short is read as far as it goes (its
+leading images: the labels precede the pixels). The JPEG copies are stored in
+another order, under other names, so each official image is paired with the
+copy of its class nearest to it in pixels; the pairing distance (mean
+absolute pixel difference, in 1/255) says how far the copy is from the
+official pixels.
 """
 
-import json
 import pickle
 import struct
 
 import numpy as np
-from absl import flags, logging
 
-from resnet_jax import cli, errors
+from resnet_jax import errors
 
-FLAGS = flags.FLAGS
-# Defined only when this module runs as the command line: imported as a
-# library (by tests), it leaves --workdir and the others to the program
-# that imports it.
-if __name__ == '__main__':
-  flags.DEFINE_string('workdir', None, 'A trained CIFAR workdir (its latest checkpoint).')
-  flags.DEFINE_string('test_batch', None, "The official CIFAR-10 Python release's test_batch file.")
-  flags.DEFINE_string('dataset', 'cifar10_jpeg', 'The TFDS JPEG copy of CIFAR-10.')
-  flags.DEFINE_string('data_dir', None, 'TFDS data directory (None: TFDS default).')
-  flags.DEFINE_string('out', None, 'Also write the figures to this JSON file.')
-  flags.DEFINE_bool('ema', False, "Score the weights' moving average (runs with config.ema).")
-
+# The release's label names (batches.meta), in label order.
+CLASS_NAMES = (
+  'airplane',
+  'automobile',
+  'bird',
+  'cat',
+  'deer',
+  'dog',
+  'frog',
+  'horse',
+  'ship',
+  'truck',
+)
 IMAGE_BYTES = 32 * 32 * 3
 _FULL_SIZE = 10_000 * IMAGE_BYTES
 # The pixels are one pickled string: BINSTRING (protocol 2 from Python 2, the
 # release's own) or BINBYTES (a Python 3 re-pickle), with a 4-byte length.
 _PIXEL_OPCODES = (b'T', b'B')
+# Pairing compares 4x4-pixel block means first (a lower bound on the pixel
+# distance), then the pixels of the closest candidates, this many at a time.
+_BLOCK = 4
+_CANDIDATES_PER_ROUND = 8
 
 
-def read_test_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+def read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(uint8 (N, 32, 32, 3) images, int (N,) labels) of an official batch file;
   N < 10,000 when the file is cut short."""
   with open(path, 'rb') as f:
@@ -54,6 +53,12 @@ def read_test_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     pixels, labels = _read_leading_images(blob, path)
   images = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # Planes R, G, B -> HWC.
   return np.ascontiguousarray(images), labels[: len(images)]
+
+
+def read_batches(paths) -> tuple[np.ndarray, np.ndarray]:
+  """The images and labels of several batch files, one after another."""
+  parts = [read_batch(path) for path in paths]
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _read_leading_images(blob: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +81,29 @@ def _read_leading_images(blob: bytes, path: str) -> tuple[np.ndarray, np.ndarray
   return np.frombuffer(blob[begin : begin + count * IMAGE_BYTES], np.uint8), labels
 
 
+def _block_means(images) -> np.ndarray:
+  n, h, w, c = images.shape
+  blocks = images.reshape(n, h // _BLOCK, _BLOCK, w // _BLOCK, _BLOCK, c)
+  return blocks.mean(axis=(2, 4), dtype=np.float64).reshape(n, -1)
+
+
+def _nearest(image, pool, pool_blocks) -> tuple[int, float]:
+  """The index of the pool image nearest to `image` in mean absolute pixel
+  difference, and that difference: exact, searched in order of the block-mean
+  distance, which is never larger than the pixel distance."""
+  bound = np.abs(pool_blocks - _block_means(image[None])).mean(axis=1)
+  order = np.argsort(bound, kind='stable')
+  best, best_distance = -1, np.inf
+  for start in range(0, len(order), _CANDIDATES_PER_ROUND):
+    if bound[order[start]] > best_distance:
+      break
+    chunk = order[start : start + _CANDIDATES_PER_ROUND]
+    gaps = np.abs(pool[chunk] - image.astype(np.int16)).mean(axis=(1, 2, 3))
+    if gaps.min() < best_distance:
+      best, best_distance = int(chunk[gaps.argmin()]), float(gaps.min())
+  return best, best_distance
+
+
 def pair_with_copies(images, labels, copies, copy_labels) -> tuple[np.ndarray, np.ndarray]:
   """(the nearest copy of each image among the copies of its class, and the
   mean absolute pixel difference of each pair)."""
@@ -84,65 +112,20 @@ def pair_with_copies(images, labels, copies, copy_labels) -> tuple[np.ndarray, n
   for label in np.unique(labels):
     pool = copies[copy_labels == label].astype(np.int16)
     if len(pool) == 0:
-      raise errors.DataError(f'the JPEG copy has no test image of class {label}')
+      raise errors.DataError(f'the JPEG copy has no image of class {label}')
+    pool_blocks = _block_means(pool)
     for i in np.flatnonzero(labels == label):
-      gaps = np.abs(pool - images[i]).mean(axis=(1, 2, 3))
-      paired[i], distance[i] = pool[gaps.argmin()], gaps.min()
+      nearest, distance[i] = _nearest(images[i], pool, pool_blocks)
+      paired[i] = pool[nearest]
   return paired, distance
 
 
-def gap(predictor, images, copies, labels) -> dict:
-  """Errors (%) on the official images and on their copies, and how the
-  per-image outcomes differ."""
-  right = predictor.predict(images).argmax(1) == labels
-  right_copy = predictor.predict(copies).argmax(1) == labels
-  return {
-    'images': int(len(labels)),
-    'error_official': round(100 * float(1 - right.mean()), 2),
-    'error_jpeg_copy': round(100 * float(1 - right_copy.mean()), 2),
-    'right_on_official_only': int((right & ~right_copy).sum()),
-    'right_on_copy_only': int((~right & right_copy).sum()),
-  }
-
-
-def _load_copies(dataset: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+def load_copies(dataset: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """A TFDS split's images and labels, decoded (the JPEG copies)."""
   import tensorflow_datasets as tfds  # Heavy import; only where data is read.
 
   from resnet_jax.data import catalog
 
-  source = tfds.data_source(dataset, split='test', data_dir=catalog.tfds_root(data_dir))
+  source = tfds.data_source(dataset, split=split, data_dir=catalog.tfds_root(data_dir))
   examples = [source[i] for i in range(len(source))]
   return np.stack([e['image'] for e in examples]), np.array([e['label'] for e in examples])
-
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  if not FLAGS.workdir or not FLAGS.test_batch:
-    cli.fail('--workdir and --test_batch are required')
-  images, labels = read_test_batch(FLAGS.test_batch)
-  copies, copy_labels = _load_copies(FLAGS.dataset, FLAGS.data_dir)
-  paired, distance = pair_with_copies(images, labels, copies, copy_labels)
-  from resnet_jax import prediction
-
-  predictor = prediction.Predictor.from_workdir(FLAGS.workdir, batch_size=500, ema=FLAGS.ema)
-  result = {
-    'workdir': FLAGS.workdir,
-    'step': int(predictor.step),
-    **gap(predictor, images, paired, labels),
-    'pair_distance_median': round(float(np.median(distance)), 2),
-    'pair_distance_max': round(float(distance.max()), 2),
-  }
-  print(
-    f'{result["images"]} official test images: error {result["error_official"]:.2f}% on them, '
-    f'{result["error_jpeg_copy"]:.2f}% on their {FLAGS.dataset} copies '
-    f'(right on the official only {result["right_on_official_only"]}, on the copy only '
-    f'{result["right_on_copy_only"]}; pixel distance median {result["pair_distance_median"]}/255)'
-  )
-  if FLAGS.out:
-    with open(FLAGS.out, 'w') as f:
-      json.dump(result, f, indent=1)
-
-
-if __name__ == '__main__':
-  cli.run(main)
