@@ -11,7 +11,8 @@ CIFAR-10) and pass its TFDS data directory with --config.input.data_dir or
 TFDS_DATA_DIR.
 
 Expect: 6.43% test error in the paper (best of 5; 6.61 +- 0.16; Table 6, 1.7M
-parameters); on the JPEG copy cifar10_jpeg a few tenths more. 64k iterations at
+parameters), on the official pixels; on the JPEG copy cifar10_jpeg expect more
+(about 2 points more for ResNet-20: docs/reproducing.md). 64k iterations at
 batch 128.
 
 Table 6's 5 runs, with their best and mean +- std (the launcher reads the JPEG

@@ -12,9 +12,9 @@ TFDS_DATA_DIR.
 
 Expect: 7.93% test error in the paper (Table 6; 19.4M parameters), worse than
 ResNet-110 although it trains below 0.1% training error (Fig. 6 right:
-overfitting); on the JPEG copy cifar10_jpeg a few tenths more. 64k iterations
-at batch 128; a train step took 50.9 s on a 2-core CPU (docs/speed.md), so
-train it on an accelerator.
+overfitting), on the official pixels; on the JPEG copy cifar10_jpeg expect
+more (docs/reproducing.md). 64k iterations at batch 128; a train step took
+50.9 s on a 2-core CPU (docs/speed.md), so train it on an accelerator.
 """
 
 from resnet_jax import config_lib

@@ -10,9 +10,9 @@ Offline: add --config.input.dataset=cifar10_jpeg (the local JPEG copy of
 CIFAR-10) and pass its TFDS data directory with --config.input.data_dir or
 TFDS_DATA_DIR.
 
-Expect: 7.17% test error in the paper (Table 6; 0.66M parameters); on the JPEG
-copy cifar10_jpeg a few tenths more. 64k iterations at batch 128 (about 164
-epochs).
+Expect: 7.17% test error in the paper (Table 6; 0.66M parameters), on the official
+pixels; on the JPEG copy cifar10_jpeg expect more (about 2 points more for
+ResNet-20: docs/reproducing.md). 64k iterations at batch 128 (about 164 epochs).
 """
 
 from resnet_jax import config_lib
