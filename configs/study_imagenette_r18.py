@@ -12,13 +12,11 @@ with momentum 0.9, weight decay 1e-4; 1,280 iterations (8.7 epochs of the
 plateau cannot be seen in so few evaluations, so nothing is held out). The
 whole validation split (3,925 images) is the test set, center crop.
 
-The step count was chosen for the budget, one run in about 20 minutes of a
-2-core CPU: the 112-crop run of docs/reproducing.md took 2.5 s per step at
-batch 64 on such a CPU, and a 64 crop has (64/112)^2 = 1/3 of the
-arithmetic, so about 0.8-1.0 s per step here (host decoding does not shrink
-as much), 17-21 min for the steps plus about 3 for start-up and the 4
-evaluations. An estimate: the time is to be measured (the study's table
-gives each run's).
+The step count fits the budget, one run in about 10 minutes of a 2-core
+CPU. Measured there (AMD EPYC with AVX-512, 2 CPU devices,
+`python -m resnet_jax.tools.benchmark --config=configs/study_imagenette_r18.py`):
+428 ms per train step, so 9-10 minutes for the steps plus start-up and the
+4 evaluations; the study's table gives each run's wall time.
 
     python -m resnet_jax.main --config=configs/study_imagenette_r18.py \
         --workdir=runs/recipes/paper --config.input.data_dir=DIR
