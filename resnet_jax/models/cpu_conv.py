@@ -178,7 +178,8 @@ def conv_general_dilated(
   if not simple:
     return standard(lhs, rhs)
   pads = _explicit_pads(lhs, rhs, window_strides, padding)
-  if 0 < _output_area(lhs, rhs, window_strides, pads) <= TINY_OUTPUT_AREA:
+  no_crop = all(p >= 0 for pair in pads for p in pair)  # Negative pads crop: not a padding.
+  if no_crop and 0 < _output_area(lhs, rhs, window_strides, pads) <= TINY_OUTPUT_AREA:
     product = functools.partial(
       _conv_as_product, pads=pads, strides=tuple(window_strides), precision=precision
     )
