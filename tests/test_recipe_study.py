@@ -58,6 +58,7 @@ CHANGED = {
     'checkpoint_every_steps',
   },
 }
+CHANGED['batch512_zero_init'] = CHANGED['batch512_linear'] | {'model_options.zero_init_last_bn'}
 
 
 @pytest.fixture
@@ -151,6 +152,7 @@ def test_step_counts_follow_the_base():
   assert fields['ema'] == {'ema.decay': 1 - 4 / 2560, 'ema.warmup_steps': 256}
   large = fields['batch512_linear']
   assert large['schedule.total_steps'] == 320 and large['schedule.boundaries'] == (160, 240)
+  assert fields['batch512_zero_init'] == {**large, 'model_options.zero_init_last_bn': True}
 
 
 def test_variants_parse_on_mains_own_command_line():

@@ -61,6 +61,10 @@ step count below is computed from the base's, so the variants follow it:
   number of epochs as 'paper' (steps, boundaries, logging, evaluation and
   checkpoint intervals divided by 8). Its difference to 'paper' within the
   seed-to-seed noise is the rule's claim.
+- batch512_zero_init: the same with each residual branch's last BN scale
+  starting at 0, which Goyal et al. also prescribe for large batches (it
+  keeps the first steps at the high lr stable); read it against
+  'zero_init_residual', the batch-64 run with the same initialisation.
 """
 
 import dataclasses
@@ -147,6 +151,10 @@ def variant_fields(base) -> dict[str, dict]:
     **options,
     'modern': modern,
     'batch512_linear': _large_batch(base, LARGE_BATCH),
+    'batch512_zero_init': {
+      **_large_batch(base, LARGE_BATCH),
+      **options['zero_init_residual'],
+    },
   }
 
 
