@@ -105,13 +105,16 @@ def _patch_product(x, k, pads, strides, precision):
   return jnp.einsum('bhwc,co->bhwo', patches, k.reshape(-1, k.shape[-1]), precision=precision)
 
 
-def _output_area(lhs, rhs, strides, pads) -> int:
-  """Positions in the output of a convolution of `lhs` (NHWC) by `rhs` (HWIO)."""
+def _is_tiny(lhs, rhs, strides, pads) -> bool:
+  """Whether the convolution of `lhs` (NHWC) by `rhs` (HWIO) has a non-empty
+  output of at most `TINY_OUTPUT_AREA` positions, and pads without cropping."""
+  if any(p < 0 for pair in pads for p in pair):  # Negative pads crop.
+    return False
   sizes = [
     (n + lo + hi - kernel) // s + 1
     for n, (lo, hi), kernel, s in zip(lhs.shape[1:3], pads, rhs.shape[:2], strides)
   ]
-  return sizes[0] * sizes[1]
+  return 0 < sizes[0] * sizes[1] <= TINY_OUTPUT_AREA
 
 
 def _conv_with_cpu_gradients(x, k, pads, precision):
@@ -178,23 +181,29 @@ def conv_general_dilated(
   if not simple:
     return standard(lhs, rhs)
   pads = _explicit_pads(lhs, rhs, window_strides, padding)
-  no_crop = all(p >= 0 for pair in pads for p in pair)  # Negative pads crop: not a padding.
-  if no_crop and 0 < _output_area(lhs, rhs, window_strides, pads) <= TINY_OUTPUT_AREA:
-    product = functools.partial(
-      _conv_as_product, pads=pads, strides=tuple(window_strides), precision=precision
-    )
-    return jax.lax.platform_dependent(lhs, rhs, cpu=product, default=standard)
-  strided = any(s != 1 for s in window_strides)
-  if strided and not strided_as_stride1:
+  cpu = _cpu_convolution(lhs, rhs, tuple(window_strides), pads, precision, strided_as_stride1)
+  if cpu is None:
     return standard(lhs, rhs)
+  return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=standard)
+
+
+def _cpu_convolution(lhs, rhs, strides, pads, precision, strided_as_stride1):
+  """The CPU computation of a plain NHWC convolution: a product of patches
+  for tiny outputs, else with `_conv_cpu_gradients` (strided ones only in a
+  loop of train steps); None where XLA's own is the better one."""
+  if _is_tiny(lhs, rhs, strides, pads):
+    return functools.partial(_conv_as_product, pads=pads, strides=strides, precision=precision)
+  strided = any(s != 1 for s in strides)
+  if strided and not strided_as_stride1:
+    return None
 
   def cpu(x, k):
     y = _conv_with_cpu_gradients(x, k, pads, precision)
     # Output i of a stride-s conv is output s*i of the stride-1 conv with the
     # same padding (the same window and products).
-    return y[:, :: window_strides[0], :: window_strides[1]] if strided else y
+    return y[:, :: strides[0], :: strides[1]] if strided else y
 
-  return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=standard)
+  return cpu
 
 
 def _is_plain_nhwc(
