@@ -87,22 +87,18 @@ def _conv_as_product(x, k, pads, strides, precision):
   the compiled program, so that profiles count it as a convolution.
   """
   with jax.named_scope('conv_as_product'):
-    return _patch_product(x, k, pads, strides, precision)
-
-
-def _patch_product(x, k, pads, strides, precision):
-  kh, kw = k.shape[:2]
-  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  (sh, sw), (hp, wp) = strides, padded.shape[1:3]
-  ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-  patches = [
-    padded[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-    for i in range(kh)
-    for j in range(kw)
-  ]
-  # Channel order (i, j, c) matches the HWIO kernel reshaped to (kh*kw*c, o).
-  patches = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
-  return jnp.einsum('bhwc,co->bhwo', patches, k.reshape(-1, k.shape[-1]), precision=precision)
+    kh, kw = k.shape[:2]
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    (sh, sw), (hp, wp) = strides, padded.shape[1:3]
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    patches = [
+      padded[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+      for i in range(kh)
+      for j in range(kw)
+    ]
+    # Channel order (i, j, c) matches the HWIO kernel reshaped to (kh*kw*c, o).
+    patches = jnp.concatenate(patches, axis=-1) if len(patches) > 1 else patches[0]
+    return jnp.einsum('bhwc,co->bhwo', patches, k.reshape(-1, k.shape[-1]), precision=precision)
 
 
 def _is_tiny(lhs, rhs, strides, pads) -> bool:

@@ -91,6 +91,7 @@ def _nearest(image, pool, pool_blocks) -> tuple[int, float]:
   """The index of the pool image nearest to `image` in mean absolute pixel
   difference, and that difference: exact, searched in order of the block-mean
   distance, which is never larger than the pixel distance."""
+  image = image.astype(np.int16)
   bound = np.abs(pool_blocks - _block_means(image[None])).mean(axis=1)
   order = np.argsort(bound, kind='stable')
   best, best_distance = -1, np.inf
@@ -98,7 +99,7 @@ def _nearest(image, pool, pool_blocks) -> tuple[int, float]:
     if bound[order[start]] > best_distance:
       break
     chunk = order[start : start + _CANDIDATES_PER_ROUND]
-    gaps = np.abs(pool[chunk] - image.astype(np.int16)).mean(axis=(1, 2, 3))
+    gaps = np.abs(pool[chunk] - image).mean(axis=(1, 2, 3))
     if gaps.min() < best_distance:
       best, best_distance = int(chunk[gaps.argmin()]), float(gaps.min())
   return best, best_distance
