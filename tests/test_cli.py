@@ -30,7 +30,7 @@ COMMANDS = {
   'resnet_jax.tools.cifar_table': (
     'collect_only concurrent data_dir dataset nets poll_s results root seeds'
   ),
-  'resnet_jax.tools.recipe_study': 'collect_only data_dir poll_s results root variants',
+  'resnet_jax.tools.recipe_study': 'collect_only data_dir poll_s results root study variants',
   'resnet_jax.tools.export_folder': (
     'classes data_dir dataset out train_per_class train_split val_per_class val_split'
   ),

@@ -44,7 +44,8 @@ IMAGENETTE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('i
 QUICK_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('quick_')]
 FINETUNE_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('finetune_')]
 # Bases of studies beyond the paper (resnet_jax.tools.recipe_study): the recipe scaled down.
-STUDY_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('study_')]
+STUDY_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('study_imagenette_')]
+CIFAR_STUDY_FILES = [p for p in CONFIG_FILES if os.path.basename(p).startswith('study_cifar10_')]
 # Section 4.2 / Table 6 / Fig. 6: the CIFAR-10 nets the paper trains.
 PAPER_MODELS = [f'cifar_resnet{d}' for d in (20, 32, 44, 56, 110, 1202)] + [
   f'cifar_plain{d}' for d in (20, 32, 44, 56, 110)
@@ -84,6 +85,7 @@ def test_every_config_file_is_of_a_known_family():
     + QUICK_FILES
     + FINETUNE_FILES
     + STUDY_FILES
+    + CIFAR_STUDY_FILES
   )
 
 
@@ -176,6 +178,20 @@ def test_walkthrough_configs_are_the_imagenet_recipe_scaled_down(path, tmp_path)
   # The views at a smaller size: the crop sits inside the scale range, as 224 in [256, 480].
   assert config.input.image_size < config.input.scale_range[0]
   assert config.eval.crop_size == config.input.image_size < config.eval.resize_size
+
+
+@pytest.mark.parametrize('path', CIFAR_STUDY_FILES, ids=os.path.basename)
+def test_cifar_study_configs_are_the_paper_recipe_on_fewer_images(path):
+  config = cli.load_config(path)
+  config_validation.validate(config, num_devices=8)
+  reference = config_lib.cifar10(config.model)
+  for part in ('optimizer', 'model_options', 'mixing', 'ema'):
+    assert config[part].to_dict() == reference[part].to_dict(), part
+  assert config.input.train_split.startswith('train[:') and not config.input.holdout_validation
+  s = config.schedule
+  assert config_lib.scaled_lr(config) == pytest.approx(0.1 * config.input.batch_size / 128)
+  assert s.kind == 'piecewise' and s.warmup_steps == 0
+  assert tuple(s.boundaries) == (s.total_steps // 2, s.total_steps * 3 // 4)  # As 32k, 48k of 64k.
 
 
 def test_lr_scales_linearly_with_the_batch():

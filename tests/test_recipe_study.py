@@ -61,19 +61,23 @@ CHANGED = {
 CHANGED['batch512_zero_init'] = CHANGED['batch512_linear'] | {'model_options.zero_init_last_bn'}
 
 
+IMAGENETTE_STUDY = recipe_study.STUDIES['imagenette']
+LARGE_BATCH_STUDY = recipe_study.STUDIES['cifar10_large_batch']
+
+
 @pytest.fixture
 def stand_in_metadata(monkeypatch):
   monkeypatch.setattr(data, 'dataset_info', lambda inp: IMAGENETTE)
 
 
 def _base():
-  return cli.load_config(recipe_study.CONFIG)
+  return cli.load_config(IMAGENETTE_STUDY.config)
 
 
 def _config(name):
   """The variant's config, loaded as main loads its command line's flags."""
   overrides = recipe_study.variants(_base())[name]
-  return cli.load_config(recipe_study.CONFIG, [f[len('--config.') :] for f in overrides])
+  return cli.load_config(IMAGENETTE_STUDY.config, [f[len('--config.') :] for f in overrides])
 
 
 def _lr(config):
@@ -155,6 +159,29 @@ def test_step_counts_follow_the_base():
   assert fields['batch512_zero_init'] == {**large, 'model_options.zero_init_last_bn': True}
 
 
+def test_the_cifar_study_asks_the_large_batch_question_at_30_epochs():
+  base = cli.load_config(LARGE_BATCH_STUDY.config)
+  table = recipe_study.variants(base, LARGE_BATCH_STUDY)
+  assert list(table) == [
+    'paper',
+    'batch512_linear',
+    'paper_seed1',
+    'batch512_zero_init',
+    'zero_init_residual',
+  ]
+  large = cli.load_config(
+    LARGE_BATCH_STUDY.config, [f[len('--config.') :] for f in table['batch512_linear']]
+  )
+  assert large.schedule.total_steps * 512 == base.schedule.total_steps * 64  # Equal epochs.
+  assert base.schedule.total_steps * 64 / LARGE_BATCH_STUDY.train_images == pytest.approx(30.72)
+  assert large.schedule.warmup_steps == 98  # Goyal et al.'s 5 epochs of 10,000 images.
+  lr = _lr(large)
+  assert lr(0) == pytest.approx(0.05, rel=1e-5) and lr(98) == pytest.approx(0.4, rel=1e-5)
+  assert lr(299) == pytest.approx(0.4, rel=1e-5) and lr(300) == pytest.approx(0.04, rel=1e-5)
+  assert _lr(base)(2399) == pytest.approx(0.05, rel=1e-5)
+  assert large.model_options.bn_group_size == 64
+
+
 def test_variants_parse_on_mains_own_command_line():
   """The exact flags, through main's locked `--config` flag."""
   script = (
@@ -164,7 +191,7 @@ def test_variants_parse_on_mains_own_command_line():
   )
   table = recipe_study.variants(_base())
   for name in ('modern', 'batch512_linear'):
-    flags = [f'--config={recipe_study.CONFIG}', '--workdir=x', *table[name]]
+    flags = [f'--config={IMAGENETTE_STUDY.config}', '--workdir=x', *table[name]]
     result = subprocess.run(
       [sys.executable, '-c', script, *flags],
       capture_output=True,
@@ -184,7 +211,7 @@ def test_the_stand_in_metadata_is_imagenette224s():
   info = data.dataset_info(config.input)
   assert (info.num_classes, info.family, info.eval_split) == (10, 'imagenet', 'validation')
   assert info.splits == IMAGENETTE.splits
-  assert info.num_train == recipe_study.TRAIN_IMAGES
+  assert info.num_train == IMAGENETTE_STUDY.train_images
 
 
 def _finish(workdir, config, top1, ema_top1=None, batch=64, start=1000.0):

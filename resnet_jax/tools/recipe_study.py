@@ -65,6 +65,15 @@ step count below is computed from the base's, so the variants follow it:
   starting at 0, which Goyal et al. also prescribe for large batches (it
   keeps the first steps at the high lr stable); read it against
   'zero_init_residual', the batch-64 run with the same initialisation.
+
+`--study=cifar10_large_batch` asks the large-batch question alone at a
+longer budget in epochs: the base is configs/study_cifar10_r20.py (ResNet-20,
+the paper's CIFAR recipe at batch 64, lr 0.05, on 10,000 training images
+for 30.7 epochs), the variants are paper, batch512_linear, paper_seed1,
+batch512_zero_init and zero_init_residual in that order (the check first,
+then its noise), and the large-batch warm-up is Goyal et al.'s 5 epochs
+(98 steps of batch 512, against 18 in the imagenette study). Pass
+`-- --config.input.dataset=cifar10_jpeg` for the local copy of CIFAR-10.
 """
 
 import dataclasses
@@ -82,21 +91,46 @@ from resnet_jax.tools import run_launcher
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('root', 'runs/recipes', "Parent of the runs' workdirs.")
-flags.DEFINE_string('data_dir', None, 'TFDS data directory holding imagenette224.')
+flags.DEFINE_string('data_dir', None, "TFDS data directory holding the study's dataset.")
 flags.DEFINE_string('results', None, 'Where to collect; None: ROOT/results.')
 flags.DEFINE_list('variants', None, 'Variants to run, in this order (default: all).')
 flags.DEFINE_bool('collect_only', False, 'Only collect the finished runs.')
 flags.DEFINE_integer('poll_s', 30, 'Seconds between progress updates.')
 
-# The base config, in the repository's configs/ (this file is resnet_jax/tools/recipe_study.py).
-CONFIG_NAME = 'configs/study_imagenette_r18.py'
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', CONFIG_NAME)
-# imagenette224's training split: the base trains on all of it (no holdout).
-TRAIN_IMAGES = 9_469
 LARGE_BATCH = 512
 PAPER = 'paper'
 # The records copied into the results: the usual ones, where it ran and how long.
 RECORD_FILES = run_launcher.RECORD_FILES + (run_record.ENV_FILE, run_launcher.LAUNCHES_FILE)
+# The repository's root (this file is resnet_jax/tools/recipe_study.py).
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """A base config and the variants read against it."""
+
+  config_name: str  # In the repository's configs/.
+  train_images: int  # What the base trains on: epochs are counted in them.
+  large_batch_warmup_epochs: float
+  variant_names: tuple[str, ...] | None = None  # None: every variant.
+
+  @property
+  def config(self) -> str:
+    return os.path.join(REPO, self.config_name)
+
+
+STUDIES = {
+  # imagenette224's whole training split; the warm-up of 1 epoch of the 8.7.
+  'imagenette': Study('configs/study_imagenette_r18.py', 9_469, 1),
+  # Goyal et al.'s 5-epoch warm-up, of 30.7 epochs; only the batch question.
+  'cifar10_large_batch': Study(
+    'configs/study_cifar10_r20.py',
+    10_000,
+    5,
+    ('paper', 'batch512_linear', 'paper_seed1', 'batch512_zero_init', 'zero_init_residual'),
+  ),
+}
+flags.DEFINE_enum('study', 'imagenette', list(STUDIES), 'Which base and variants (docstring).')
 
 
 def _value(v) -> str:
@@ -108,16 +142,18 @@ def _value(v) -> str:
   return str(v)
 
 
-def _large_batch(base, batch: int) -> dict:
+def _large_batch(base, batch: int, study: Study) -> dict:
   """Goyal et al.'s rules at `batch`: the base's epochs, a warm-up from the
-  base's lr over 1 epoch, BN over groups of the base's batch."""
+  base's lr over the study's warm-up epochs, BN over groups of the base's batch."""
   scale = base.input.batch_size / batch
   steps = lambda n: max(1, round(n * scale))
   return {
     'input.batch_size': batch,
     'schedule.total_steps': steps(base.schedule.total_steps),
     'schedule.boundaries': tuple(steps(b) for b in base.schedule.boundaries),
-    'schedule.warmup_steps': config_lib.steps_for_epochs(1, TRAIN_IMAGES, batch),
+    'schedule.warmup_steps': config_lib.steps_for_epochs(
+      study.large_batch_warmup_epochs, study.train_images, batch
+    ),
     'schedule.warmup_init_lr': config_lib.scaled_lr(base),
     'model_options.bn_group_size': base.input.batch_size,
     'log_every_steps': steps(base.log_every_steps),
@@ -126,9 +162,9 @@ def _large_batch(base, batch: int) -> dict:
   }
 
 
-def variant_fields(base) -> dict[str, dict]:
-  """Each variant's changed fields (dotted name -> value), computed from the
-  base config (the module docstring says why each value)."""
+def variant_fields(base, study: Study = STUDIES['imagenette']) -> dict[str, dict]:
+  """Each of the study's variants' changed fields (dotted name -> value),
+  computed from the base config (the module docstring says why each value)."""
   steps = base.schedule.total_steps
   options = {
     'cosine': {
@@ -145,24 +181,25 @@ def variant_fields(base) -> dict[str, dict]:
     'zero_init_residual': {'model_options.zero_init_last_bn': True},
   }
   modern = {field: v for fields in options.values() for field, v in fields.items()}
-  return {
+  table = {
     PAPER: {},
     'paper_seed1': {'seed': 1},
     **options,
     'modern': modern,
-    'batch512_linear': _large_batch(base, LARGE_BATCH),
+    'batch512_linear': _large_batch(base, LARGE_BATCH, study),
     'batch512_zero_init': {
-      **_large_batch(base, LARGE_BATCH),
+      **_large_batch(base, LARGE_BATCH, study),
       **options['zero_init_residual'],
     },
   }
+  return {name: table[name] for name in study.variant_names or table}
 
 
-def variants(base) -> dict[str, list[str]]:
-  """Each variant's `--config.a.b=value` overrides of the base config."""
+def variants(base, study: Study = STUDIES['imagenette']) -> dict[str, list[str]]:
+  """Each of the study's variants' `--config.a.b=value` overrides of the base config."""
   return {
     name: [f'--config.{field}={_value(v)}' for field, v in fields.items()]
-    for name, fields in variant_fields(base).items()
+    for name, fields in variant_fields(base, study).items()
   }
 
 
@@ -175,9 +212,11 @@ class VariantRun(run_launcher.Run):
   display_command: str = ''
 
 
-def make_runs(names, root: str, data_dir: str | None, extra_flags=()) -> list[VariantRun]:
-  """The runs of the named variants (all, if None), each with its config."""
-  table = variants(cli.load_config(CONFIG))
+def make_runs(
+  names, root: str, data_dir: str | None, extra_flags=(), study: Study = STUDIES['imagenette']
+) -> list[VariantRun]:
+  """The runs of the study's named variants (all, if None), each with its config."""
+  table = variants(cli.load_config(study.config), study)
   unknown = [name for name in names or () if name not in table]
   if unknown:
     raise app.UsageError(f'unknown variants {", ".join(unknown)}; valid: {", ".join(table)}')
@@ -192,11 +231,11 @@ def make_runs(names, root: str, data_dir: str | None, extra_flags=()) -> list[Va
       VariantRun(
         name,
         workdir,
-        command=[sys.executable, '-m', 'resnet_jax.main', f'--config={CONFIG}', *tail],
-        config=cli.load_config(CONFIG, assignments),
+        command=[sys.executable, '-m', 'resnet_jax.main', f'--config={study.config}', *tail],
+        config=cli.load_config(study.config, assignments),
         overrides=table[name],
         display_command=shlex.join(
-          ['python', '-m', 'resnet_jax.main', f'--config={CONFIG_NAME}', *tail]
+          ['python', '-m', 'resnet_jax.main', f'--config={study.config_name}', *tail]
         ),
       )
     )
@@ -208,7 +247,7 @@ def _read_json(path: str) -> dict:
     return json.load(f)
 
 
-def _row(run: VariantRun) -> dict:
+def _row(run: VariantRun, train_images: int) -> dict:
   """A finished run's results, as the table reports them."""
   scored = _read_json(os.path.join(run.workdir, 'eval.json'))
   protocols = scored['protocols']
@@ -232,7 +271,7 @@ def _row(run: VariantRun) -> dict:
     'ema_top5_error': percent(averaged, 'top5_error'),
     'step': scored.get('step'),
     'batch_size': batch,
-    'epochs': scored.get('step', 0) * batch / TRAIN_IMAGES,
+    'epochs': scored.get('step', 0) * batch / train_images,
     'final_train_error': percent(train, 'train_error'),
     'wall_s': launched if launched is not None else run_launcher.wall_time(records),
     'wall_measured': launched is not None,
@@ -265,21 +304,23 @@ def noise(rows: list[dict]) -> dict:
   return out
 
 
-def collect(runs: list[VariantRun], results: str) -> list[dict]:
+def collect(
+  runs: list[VariantRun], results: str, study: Study = STUDIES['imagenette']
+) -> list[dict]:
   """Copies each finished run's records to `results`; writes the table."""
   os.makedirs(results, exist_ok=True)
   rows = []
   for run in runs:
     if run.finished():
       run_launcher.copy_records(run, results, RECORD_FILES)
-      rows.append(_row(run))
+      rows.append(_row(run, study.train_images))
   if not rows:
     print(f'nothing finished to collect under {os.path.dirname(runs[0].workdir)}', flush=True)
     return rows
   _add_deltas(rows)
   summary = {
-    'base_config': CONFIG_NAME,
-    'train_images': TRAIN_IMAGES,
+    'base_config': study.config_name,
+    'train_images': study.train_images,
     'collected': time.strftime('%Y-%m-%d %H:%M:%S'),
     'collected_on': run_launcher.describe_machine(run_launcher.machine()),
     **noise(rows),
@@ -380,13 +421,14 @@ def markdown_table(summary: dict) -> str:
 
 
 def main(argv):
-  runs = make_runs(FLAGS.variants, FLAGS.root, FLAGS.data_dir, argv[1:])
+  study = STUDIES[FLAGS.study]
+  runs = make_runs(FLAGS.variants, FLAGS.root, FLAGS.data_dir, argv[1:], study)
   results = FLAGS.results or os.path.join(FLAGS.root, 'results')
   unfinished = []
   if not FLAGS.collect_only:
     os.makedirs(FLAGS.root, exist_ok=True)
     unfinished = run_launcher.launch(runs, 1, FLAGS.root, FLAGS.poll_s)
-  collect(runs, results)
+  collect(runs, results, study)
   if unfinished:
     raise SystemExit(run_launcher.unfinished_error(unfinished))
 
