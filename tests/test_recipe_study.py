@@ -249,6 +249,9 @@ def test_collect_writes_the_table_with_deltas_and_the_ema(tmp_path):
     machine = {'cpu': 'Some CPU', 'cores': 2, 'hostname': 'h'}
     f.write(json.dumps({'event': 'start', 'time': 0, 'machine': machine, 'command': []}) + '\n')
     f.write(json.dumps({'event': 'end', 'time': 1320, 'returncode': 0}) + '\n')
+  with open(os.path.join(runs['batch512_linear'].workdir, run_launcher.LAUNCHES_FILE), 'w') as f:
+    for event, t in (('start', 1300), ('start', 1700), ('end', 1800)):
+      f.write(json.dumps({'event': event, 'time': t, 'machine': machine, 'command': []}) + '\n')
   with open(os.path.join(runs['paper'].workdir, run_record.ENV_FILE), 'w') as f:
     json.dump(run_record.environment(), f)
 
@@ -262,6 +265,9 @@ def test_collect_writes_the_table_with_deltas_and_the_ema(tmp_path):
   assert by_name['batch512_linear']['epochs'] == pytest.approx(by_name['paper']['epochs'])
   assert by_name['paper']['wall_s'] == 1320 and by_name['paper']['wall_measured']
   assert by_name['ema']['wall_s'] == 630 and not by_name['ema']['wall_measured']
+  # Stopped 330 s after its start (its last record: 1630), resumed, ended 100 s later.
+  assert by_name['batch512_linear']['wall_s'] == 330 + 100
+  assert by_name['batch512_linear']['launches'] == 2
   assert by_name['ema']['command'] == (
     'python -m resnet_jax.main --config=configs/study_imagenette_r18.py '
     f'--workdir={runs["ema"].workdir} --config.input.data_dir=/data/tfds '
@@ -273,6 +279,7 @@ def test_collect_writes_the_table_with_deltas_and_the_ema(tmp_path):
   assert '| paper | 32.00 | +0.00 | 8.00 |  |  |  | 64 | 8.7 | 22.0 min |' in table
   ema_row = '| ema | 31.00 | -1.00 | 7.75 | 29.00 | -3.00 | 7.25 | 64 | 8.7 | 10.5 min (training) |'
   assert ema_row in table
+  assert '| 512 | 8.7 | 7.2 min (2 launches) |' in table
   assert "'paper_seed1' - 'paper' = +1.00 points" in table
   assert 'standard error of 0.74 points' in table  # sqrt(0.32 * 0.68 / 3925).
   assert f'JAX {jax.__version__} on cpu' in by_name['paper']['environment']

@@ -256,7 +256,7 @@ def _row(run: VariantRun, train_images: int) -> dict:
   records = run.records()
   train, _ = run_launcher.last_records(records)
   events = run_launcher.launches(run.workdir)
-  launched = run_launcher.launched_time(events)
+  launched = run_launcher.launched_time(events, records)
   starts = [e for e in events if e['event'] == 'start']
   percent = lambda result, key: 100 * result[key] if result else None
   return {
@@ -275,6 +275,7 @@ def _row(run: VariantRun, train_images: int) -> dict:
     'final_train_error': percent(train, 'train_error'),
     'wall_s': launched if launched is not None else run_launcher.wall_time(records),
     'wall_measured': launched is not None,
+    'launches': sum(e['event'] == 'start' for e in events),
     'machine': run_launcher.describe_machine(starts[-1]['machine']) if starts else None,
     'environment': run_launcher.describe_environment(run.workdir),
   }
@@ -344,7 +345,10 @@ def _number(x, signed=False) -> str:
 def _wall(r: dict) -> str:
   if not r['wall_s']:
     return ''
-  return f'{r["wall_s"] / 60:.1f} min' + ('' if r['wall_measured'] else ' (training)')
+  minutes = f'{r["wall_s"] / 60:.1f} min'
+  if not r['wall_measured']:
+    return minutes + ' (training)'
+  return minutes + (f' ({r["launches"]} launches)' if r.get('launches', 1) > 1 else '')
 
 
 def _table_lines(rows: list[dict]) -> list[str]:
@@ -371,8 +375,10 @@ def _noise_lines(summary: dict) -> list[str]:
     f"`{first['split']}`; EMA: of the weights' moving average, where the variant keeps "
     "one. Δ: change of top-1 error against 'paper' (its raw weights) in percentage "
     "points; negative is better. Wall time: from start to end of the run's processes "
-    '(start-up, compiling and evaluations included; "training": from its first to its '
-    'last metrics record).',
+    '(start-up, compiling and evaluations included; a run stopped and resumed: its '
+    'launches together, each stopped one until its last metrics record, steps done '
+    'again after a resume included; "training": from its first to its last metrics '
+    'record).',
   ]
   if summary['seed_difference'] is not None:
     lines += [

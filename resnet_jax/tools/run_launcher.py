@@ -13,6 +13,7 @@ interrupted one started again (`main` resumes it from its checkpoint).
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import platform
 import shutil
@@ -256,19 +257,30 @@ def launches(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def launched_time(events: list[dict]) -> float | None:
+def launched_time(events: list[dict], records: list[dict] = ()) -> float | None:
   """Seconds the run's processes lived, from start to end of each launch,
-  startup, compiling and evaluations included; None unless every launch
-  has its end (a launcher that died leaves one without)."""
+  startup, compiling and evaluations included. A launch without its end (it
+  was stopped, or its launcher died) counts until the last metrics record it
+  wrote (`records`), or not at all if it wrote none; None without launches."""
+  starts = [e['time'] for e in events if e['event'] == 'start']
+  if not starts:
+    return None
   total, started = 0.0, None
   for event in events:
     if event['event'] == 'start':
-      if started is not None:
-        return None
+      if started is not None:  # The previous launch ended without its end.
+        total += _last_record_time(records, started, event['time']) - started
       started = event['time']
     elif started is not None:
       total, started = total + event['time'] - started, None
-  return total if events and started is None else None
+  if started is not None:
+    total += _last_record_time(records, started, math.inf) - started
+  return total
+
+
+def _last_record_time(records: list[dict], start: float, before: float) -> float:
+  """The time of the last record in [start, before), `start` if none."""
+  return max((r['time'] for r in records if start <= r.get('time', -1) < before), default=start)
 
 
 def describe_environment(workdir: str) -> str | None:
