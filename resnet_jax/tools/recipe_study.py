@@ -348,7 +348,7 @@ def _wall(r: dict) -> str:
   minutes = f'{r["wall_s"] / 60:.1f} min'
   if not r['wall_measured']:
     return minutes + ' (training)'
-  return minutes + (f' ({r["launches"]} launches)' if r.get('launches', 1) > 1 else '')
+  return minutes + (f' ({r["launches"]} launches)' if r['launches'] > 1 else '')
 
 
 def _table_lines(rows: list[dict]) -> list[str]:

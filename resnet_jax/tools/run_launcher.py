@@ -262,8 +262,7 @@ def launched_time(events: list[dict], records: list[dict] = ()) -> float | None:
   startup, compiling and evaluations included. A launch without its end (it
   was stopped, or its launcher died) counts until the last metrics record it
   wrote (`records`), or not at all if it wrote none; None without launches."""
-  starts = [e['time'] for e in events if e['event'] == 'start']
-  if not starts:
+  if not any(e['event'] == 'start' for e in events):
     return None
   total, started = 0.0, None
   for event in events:
