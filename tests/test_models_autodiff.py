@@ -44,13 +44,14 @@ def _vdot(x, y):
     ((3, 3), 'VALID'),
   ],
 )
-@pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
+# Strided ones as traced inside a loop of train steps (stride 1, subsampled),
+# and outside one (XLA's own, the kernel gradient reading an unfused x).
+@pytest.mark.parametrize('strides,as_stride1', [((1, 1), True), ((2, 2), True), ((2, 2), False)])
 # (7, 6): outputs large enough for convolutions (but stride 2 VALID); (3, 2):
 # tiny outputs, computed as products of patches.
 @pytest.mark.parametrize('size', [(7, 6), (3, 2)])
-def test_cpu_gradient_conv_matches_lax(kernel, padding, strides, size):
-  """Values, gradients and tangents of the CPU conv equal XLA's own; strided
-  ones as traced inside a loop of train steps (stride 1, subsampled)."""
+def test_cpu_gradient_conv_matches_lax(kernel, padding, strides, as_stride1, size):
+  """Values, gradients and tangents of the CPU conv equal XLA's own."""
   kx, kk, kd, ktx, ktk = jax.random.split(jax.random.key(3), 5)
   x = jax.random.normal(kx, (2, *size, 3))
   k = jax.random.normal(kk, kernel + (3, 5))
@@ -73,7 +74,7 @@ def test_cpu_gradient_conv_matches_lax(kernel, padding, strides, size):
       jax.jvp(lambda b: f(x, b), (k,), (tk,)),
     )
 
-  in_loop = functools.partial(cpu_conv.conv_general_dilated, strided_as_stride1=True)
+  in_loop = functools.partial(cpu_conv.conv_general_dilated, strided_as_stride1=as_stride1)
   ours = derivatives(in_loop, x, k, *tangents)
   ref = derivatives(jax.lax.conv_general_dilated, x, k, *tangents)
   assert len(jax.tree.leaves(ours)) == 8
@@ -219,3 +220,29 @@ def test_forward_mode_through_deep_and_imagenet_nets(name, size, options):
   np.testing.assert_allclose(
     forward, reverse, rtol=1e-3, atol=1e-4 * float(jnp.abs(cotangent).sum() * jnp.abs(dy).max())
   )
+
+
+def test_unfused_copy_is_exact_whichever_branch_runs():
+  # The fusion fence's two branches return x bit for bit: a first element of
+  # nan takes the second one; signed zeros, infinities and nans survive both.
+  for first in (1.5, float('nan')):
+    x = jnp.array([first, -0.0, float('inf'), -float('inf'), float('nan'), 3.0], jnp.float32)
+    y = jax.jit(cpu_conv._unfused)(x)
+    np.testing.assert_array_equal(np.asarray(y).view(np.uint32), np.asarray(x).view(np.uint32))
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the CPU path only')
+@pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
+def test_kernel_gradients_read_x_through_a_fusion_fence(strides):
+  # What keeps XLA:CPU's transposed copy of x for the kernel gradient fast: x
+  # reaches it as a buffer of its own (a conditional), so the ReLU before the
+  # convolution is not recomputed inside that copy.
+  def loss(x, k):
+    h = jax.nn.relu(x)
+    y = cpu_conv.conv_general_dilated(h, k, strides, ((1, 1), (1, 1)), dimension_numbers=NHWC)
+    return jnp.sum(y**2)
+
+  x = jax.ShapeDtypeStruct((4, 16, 16, 8), jnp.float32)
+  k = jax.ShapeDtypeStruct((3, 3, 8, 8), jnp.float32)
+  with_fence = jax.jit(jax.grad(loss, 1)).lower(x, k).compile().as_text()
+  assert 'conditional(' in with_fence

@@ -1,5 +1,6 @@
 """Tests of the train step, the training loop, checkpoints and bad input."""
 
+import functools
 import json
 import os
 import signal
@@ -11,7 +12,9 @@ import pytest
 
 from resnet_jax import (
   data,
+  distributed,
   evaluation,
+  models,
 )
 from resnet_jax.training import loop
 from resnet_jax.training import step as step_lib
@@ -429,3 +432,37 @@ def test_early_progress_lines_are_printed_not_logged(tmp_path, capsys):
   assert speed_lines == ['step 1', 'step 10', 'step 12']
   rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if 'train_loss' in r] == [12]
+
+
+def test_cpu_trains_shallow_scanned_stages_one_block_at_a_time():
+  # The rule: on CPU, stages of up to PER_BLOCK_MAX_BLOCKS later blocks; deeper
+  # ones and unscanned models keep their own program.
+  mesh = distributed.make_mesh(jax.devices()[:1])
+  per_block = lambda name, **o: step_lib.trains_per_block(models.create_model(name, **o), mesh)
+  assert per_block('cifar_resnet20') and per_block('cifar_resnet56') and per_block('resnet50')
+  assert not per_block('cifar_resnet110') and not per_block('cifar_resnet1202')
+  assert not per_block('cifar_resnet20', scan_blocks=False)
+  assert make_trainer(tiny_config()).per_block_stages
+
+
+def test_one_block_at_a_time_trains_as_the_scanned_stages():
+  # The same step, state and batch, scanned stages computed by the scan or one
+  # block at a time: the same loss, parameters and BatchNorm statistics.
+  trainer = make_trainer(tiny_config(), jax.devices()[:1])
+  state, batch = trainer.init_fn(zero_norm(trainer)), fixed_batch(trainer)
+  kwargs = dict(
+    model=trainer.model, optimizer=trainer.optimizer, config=trainer.config, dataset=trainer.dataset
+  )
+  outs = [
+    jax.jit(functools.partial(step_lib.train_step, per_block_stages=flag, **kwargs))(state, batch)
+    for flag in (False, True)
+  ]
+  (scanned, m_scanned), (per_block, m_per_block) = outs
+  np.testing.assert_allclose(m_scanned['train_loss'], m_per_block['train_loss'], rtol=1e-6)
+  assert jax.tree.structure(scanned.params) == jax.tree.structure(per_block.params)
+  pairs = zip(
+    jax.tree.leaves((scanned.params, scanned.batch_stats)),
+    jax.tree.leaves((per_block.params, per_block.batch_stats)),
+  )
+  for a, b in pairs:
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

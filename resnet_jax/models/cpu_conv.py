@@ -8,8 +8,10 @@ there.
 on CPU only, takes those gradients as forward convolutions, and computes
 convolutions with tiny outputs (`TINY_OUTPUT_AREA`) as one matrix product of
 the input's patches, which XLA:CPU's own convolution runs many times slower
-at those shapes (docs/speed.md). Other platforms compile XLA's own
-convolution unchanged.
+at those shapes (docs/speed.md). On CPU every kernel gradient reads x as a
+buffer that XLA cannot fuse its producers into (`_unfused`), which keeps its
+transposed copy of x fast. Other platforms compile XLA's own convolution
+unchanged.
 """
 
 import functools
@@ -41,13 +43,29 @@ def _input_gradient(k, pads, precision, dy):
   )
 
 
+def _unfused(x):
+  """x, as a buffer of its own that XLA:CPU cannot fuse into x's consumers.
+
+  XLA:CPU transposes a buffer with its own fast routine, but a transpose with
+  x's producers fused into it (a slice of a scan's stack, BatchNorm and ReLU,
+  or a whole stage's chain of blocks recomputed) runs element by element,
+  5-60x slower (docs/speed.md). `lax.optimization_barrier` does not stop that:
+  XLA:CPU removes barriers before it fuses. A conditional does, since fusion
+  never crosses one; both branches return x exactly (the second is written
+  differently so that XLA does not merge them), whichever the predicate picks.
+  """
+  first = x.reshape(-1)[0]
+  return jax.lax.cond(first == first, lambda x: x, lambda x: x * 1, x)
+
+
 def _kernel_gradient(x, pads, precision, dy):
   """The gradient of `_conv` in k as a forward convolution.
 
   dk[i, j, c, o] = sum_{b,h,w} x[b, h+i, w+j, c] dy[b, h, w, o]: a convolution
   with the input channels as the batch and the batch as the channels.
   """
-  dk = _conv(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), pads, precision)
+  x_cb = _unfused(x).transpose(3, 1, 2, 0)
+  dk = _conv(x_cb, dy.transpose(1, 2, 0, 3), pads, precision)
   return dk.transpose(1, 2, 0, 3)
 
 
@@ -129,6 +147,44 @@ def _conv_with_cpu_gradients(x, k, pads, precision):
   )
 
 
+def _xla_conv(x, k, strides, pads, precision):
+  return jax.lax.conv_general_dilated(
+    x, k, strides, pads, precision=precision, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _strided_conv(x, k, strides, pads, precision):
+  return _xla_conv(x, k, strides, pads, precision)
+
+
+@functools.partial(_strided_conv.defjvp, symbolic_zeros=True)
+def _strided_conv_jvp(strides, pads, precision, primals, tangents):
+  # XLA's own convolution and gradients, but the kernel gradient reads x as an
+  # unfused buffer: otherwise XLA:CPU fuses x's producers (in unscanned
+  # stages, the whole previous stage's chain of blocks) into the transposed
+  # copy of x that this gradient makes, recomputing them element by element.
+  x, k = primals
+  dx, dk = tangents
+  conv = functools.partial(_xla_conv, strides=strides, pads=pads, precision=precision)
+  y = conv(x, k)
+  dy = jnp.zeros_like(y)
+  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+    dy = dy + conv(dx, k)
+  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
+    dy = dy + conv(_unfused(x), dk)
+  return y, dy
+
+
+def _strided_with_cpu_gradients(x, k, strides, pads, precision):
+  """`_strided_conv`, keeping only x and k for the backward pass (so the
+  unfused copy of x is made there, not kept from the forward pass)."""
+  conv = lambda x, k: _strided_conv(x, k, strides, pads, precision)
+  return jax.checkpoint(conv, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)(
+    x, k
+  )
+
+
 def conv_general_dilated(
   lhs,
   rhs,
@@ -148,7 +204,9 @@ def conv_general_dilated(
   On CPU, NHWC convolutions with tiny outputs (at most `TINY_OUTPUT_AREA`
   positions, any stride) are products of patches (`_conv_as_product`), and
   the other stride-1 ones (all those inside scanned stages) take gradients
-  computed by `_conv_cpu_gradients`; every other platform and case uses XLA's
+  computed by `_conv_cpu_gradients`; strided ones keep XLA's own
+  convolution and gradients, the kernel gradient reading x unfused
+  (`_strided_conv`). Every other platform and case uses XLA's
   own convolution and gradient unchanged (`lax.platform_dependent`
   picks at lowering time). Same values either way, and both differentiate in
   forward mode too (`jax.jvp`, `jax.jacfwd`, `jax.linearize`).
@@ -178,20 +236,20 @@ def conv_general_dilated(
     return standard(lhs, rhs)
   pads = _explicit_pads(lhs, rhs, window_strides, padding)
   cpu = _cpu_convolution(lhs, rhs, tuple(window_strides), pads, precision, strided_as_stride1)
-  if cpu is None:
-    return standard(lhs, rhs)
   return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=standard)
 
 
 def _cpu_convolution(lhs, rhs, strides, pads, precision, strided_as_stride1):
   """The CPU computation of a plain NHWC convolution: a product of patches
-  for tiny outputs, else with `_conv_cpu_gradients` (strided ones only in a
-  loop of train steps); None where XLA's own is the better one."""
+  for tiny outputs, else with `_conv_cpu_gradients`; strided ones outside a
+  loop of train steps keep XLA's own, cheaper, path (`_strided_conv`)."""
   if _is_tiny(lhs, rhs, strides, pads):
     return functools.partial(_conv_as_product, pads=pads, strides=strides, precision=precision)
   strided = any(s != 1 for s in strides)
   if strided and not strided_as_stride1:
-    return None
+    return functools.partial(
+      _strided_with_cpu_gradients, strides=strides, pads=pads, precision=precision
+    )
 
   def cpu(x, k):
     y = _conv_with_cpu_gradients(x, k, pads, precision)

@@ -141,3 +141,21 @@ def is_scanned(tree: Mapping) -> bool:
   return any(
     isinstance(sub, Mapping) and _is_collection(sub) and is_scanned(sub) for sub in tree.values()
   )
+
+
+def apply_per_block(model, variables: Mapping, *args, **kwargs):
+  """`model.apply` computing scanned stages one block at a time.
+
+  The same values as `model.apply(variables, ...)`, with the variables and any
+  mutable collections it returns in the scanned layout, but the program has
+  no loop over a stage's blocks: on XLA:CPU that saves stacking every block's
+  saved activations for the backward pass (docs/speed.md), at a compile time
+  growing with depth. A model that does not scan its stages is applied as it is.
+  """
+  if not model.scan_blocks:
+    return model.apply(variables, *args, **kwargs)
+  out = model.clone(scan_blocks=False).apply(unscan(variables), *args, **kwargs)
+  if not kwargs.get('mutable'):
+    return out
+  y, updates = out
+  return y, rescan(updates)

@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import data, distributed, models
+from resnet_jax.models import scan_layout
 from resnet_jax.training import mixing, weight_average
 from resnet_jax.training.optimizers import create_optimizer
 from resnet_jax.training.schedules import learning_rate_schedule
@@ -137,19 +138,21 @@ def _micro_batches(x, k: int):
   return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
 
-def _gradients(params, batch_stats, images, targets, *, model, config):
+def _gradients(params, batch_stats, images, targets, *, model, config, per_block=False):
   """(loss, logits, new batch_stats), gradients of one batch; with
   `gradient_accumulation_steps` k > 1, of k micro-batches in turn (BN
   statistics per micro-batch, running statistics updated after each), the
-  losses and gradients averaged: the update of one batch k times larger."""
+  losses and gradients averaged: the update of one batch k times larger.
+  `per_block`: compute scanned stages one block at a time (same values)."""
   smoothing = config.get('label_smoothing', 0.0)
+  apply = functools.partial(scan_layout.apply_per_block, model) if per_block else model.apply
 
   def loss_fn(params, batch_stats, images, targets):
     variables = {'params': params, 'batch_stats': batch_stats}
     if config.get('freeze_batch_stats'):  # BN as in evaluation: running statistics, kept.
-      logits = model.apply(variables, images, train=False)
+      logits = apply(variables, images, train=False)
       return cross_entropy(logits, targets, smoothing).mean(), (logits, batch_stats)
-    logits, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+    logits, updates = apply(variables, images, train=True, mutable=['batch_stats'])
     return cross_entropy(logits, targets, smoothing).mean(), (logits, updates['batch_stats'])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -158,6 +161,7 @@ def _gradients(params, batch_stats, images, targets, *, model, config):
     (loss, (logits, batch_stats)), grads = grad_fn(params, batch_stats, images, targets)
     return loss, logits, batch_stats, grads
   model = model.clone(in_step_loop=True)  # Keeps XLA:CPU's convolution gradients fast in a loop.
+  apply = functools.partial(scan_layout.apply_per_block, model) if per_block else model.apply
 
   def micro_step(carry, batch):
     grad_sum, batch_stats = carry
@@ -171,8 +175,12 @@ def _gradients(params, batch_stats, images, targets, *, model, config):
   return losses.mean(), logits, batch_stats, jax.tree.map(lambda g: g / k, grad_sum)
 
 
-def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
-  """One SGD step on a global batch; returns the new state and scalar metrics."""
+def train_step(
+  state: TrainState, batch, *, model, optimizer, config, dataset, per_block_stages=False
+):
+  """One SGD step on a global batch; returns the new state and scalar metrics.
+  `per_block_stages`: compute scanned stages one block at a time (same values,
+  a faster step on XLA:CPU; see `trains_per_block`)."""
   s = config.schedule
   rng = jax.random.fold_in(state.rng, state.step)
   images = dataset.preprocess_train(rng, batch['image'], state.norm, config)
@@ -181,7 +189,13 @@ def train_step(state: TrainState, batch, *, model, optimizer, config, dataset):
     mixing_rng = jax.random.fold_in(rng, data.core.KEY_STREAMS['mixing'])
     images, targets = mixing.mix(mixing_rng, images, labels, model.num_classes, config.mixing)
   loss, logits, batch_stats, grads = _gradients(
-    state.params, state.batch_stats, images, targets, model=model, config=config
+    state.params,
+    state.batch_stats,
+    images,
+    targets,
+    model=model,
+    config=config,
+    per_block=per_block_stages,
   )
   # Against each image's own label, mixed or not.
   error = jnp.mean(jnp.argmax(logits, -1) != labels)
@@ -250,6 +264,22 @@ def plateau_step(state: TrainState, holdout_error, *, config) -> TrainState:
   return state.replace(plateau=plateau)
 
 
+# On CPU, stages of at most this many blocks after their first train one block
+# at a time: cifar_resnet20 to 56 and resnet18 to 50. cifar_resnet110 (17) was
+# no faster so, and compiled in 21 s instead of 5 (docs/speed.md).
+PER_BLOCK_MAX_BLOCKS = 8
+
+
+def trains_per_block(model: models.ResNet, mesh: Mesh) -> bool:
+  """Whether the train step computes `model`'s scanned stages one block at a
+  time: on CPU devices only, where the scan's stacking of each block's saved
+  activations costs more than the program's extra size (docs/speed.md), and
+  only up to `PER_BLOCK_MAX_BLOCKS`, as compile time grows with depth."""
+  on_cpu = all(d.platform == 'cpu' for d in mesh.devices.flat)
+  deepest = max(model.stage_sizes) - 1
+  return on_cpu and model.scan_blocks and deepest <= PER_BLOCK_MAX_BLOCKS
+
+
 @dataclasses.dataclass
 class Trainer:
   """The compiled functions of one experiment, and the shardings they use."""
@@ -262,6 +292,7 @@ class Trainer:
   image_shape: tuple = dataclasses.field(init=False)
   optimizer: optax.GradientTransformation = dataclasses.field(init=False)
   steps_per_dispatch: int = dataclasses.field(init=False)
+  per_block_stages: bool = dataclasses.field(init=False)
   state_sharding: Any = dataclasses.field(init=False)
   # The train step's input: sharded over `data` on the batch axis (the
   # second axis when K > 1 batches are stacked per call).
@@ -275,6 +306,7 @@ class Trainer:
   def __post_init__(self):
     self.image_shape = tuple(self.dataset.image_shape)
     self.steps_per_dispatch = self.config.get('steps_per_dispatch', 1)
+    self.per_block_stages = trains_per_block(self.model, self.mesh)
     self.replicated = NamedSharding(self.mesh, P())
     self.batch_sharding = NamedSharding(
       self.mesh, P('data') if self.steps_per_dispatch == 1 else P(None, 'data')
@@ -300,6 +332,7 @@ class Trainer:
         optimizer=self.optimizer,
         config=self.config,
         dataset=self.dataset,
+        per_block_stages=self.per_block_stages,
       ),
       in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
       out_shardings=(self.state_sharding, self.replicated),
