@@ -16,9 +16,9 @@ whole recipe, results/cifar10_resnet20_64k), about 2 points of it from
 testing on JPEG copies (docs/reproducing.md). 64k iterations at batch 128
 (about 164 epochs).
 
-Speed: the train step at 392-425 images/s on a 2-core CPU (AMD EPYC with
-AVX-512, 2 CPU devices, python -m resnet_jax.tools.benchmark, 2026-12-05):
-the 64k iterations take about 5.4-5.8 hours there, evaluations apart.
+Speed: the train step at 433-448 images/s on a 2-core CPU (AMD EPYC with
+AVX-512, 2 CPU devices, python -m resnet_jax.tools.benchmark, 2026-12-06):
+the 64k iterations take about 5.1-5.3 hours there, evaluations apart.
 
 Measured here, on a 2-core CPU with the schedule compressed to 2,000 iterations
 (lr /10 at 1,000 and 1,500): 26.43% (docs/reproducing.md).

@@ -14,9 +14,9 @@ Expect: 6.97% test error in the paper (Table 6; 0.85M parameters), on the offici
 pixels; on the JPEG copy cifar10_jpeg expect more (about 2 points more for
 ResNet-20: docs/reproducing.md). 64k iterations at batch 128 (about 164 epochs).
 
-Speed: the train step at 141 images/s on a 2-core CPU (AMD EPYC with
-AVX-512, 2 CPU devices, python -m resnet_jax.tools.benchmark, 2026-12-05):
-the 64k iterations take about 16 hours there, evaluations apart.
+Speed: the train step at 132-146 images/s on a 2-core CPU (AMD EPYC with
+AVX-512, 2 CPU devices, python -m resnet_jax.tools.benchmark, 2026-12-06):
+the 64k iterations take about 16-17 hours there, evaluations apart.
 
 At lr 0.1 from the first step the loss spikes and sits at chance for tens of
 iterations before it recovers, here and in an independent PyTorch reproduction:
