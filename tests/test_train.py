@@ -430,6 +430,8 @@ def test_early_progress_lines_are_printed_not_logged(tmp_path, capsys):
   lines = capsys.readouterr().out.splitlines()
   speed_lines = [line.split('/')[0] for line in lines if 'img/s' in line and 'ETA' in line]
   assert speed_lines == ['step 1', 'step 10', 'step 12']
+  # The start-up says how the step was compiled (on CPU, stages unrolled).
+  assert any(line.startswith('Compiled train step (stages one block at a time') for line in lines)
   rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if 'train_loss' in r] == [12]
 

@@ -200,8 +200,10 @@ class _Run:
     compiled = self.trainer.compile_train(self.config.input.batch_size, resident)
     memory = compiled.memory_analysis()
     if memory is not None:
+      # Unrolled stages compile more slowly: say why (training.step.trains_per_block).
+      how = ' (stages one block at a time, faster on CPU)' if self.trainer.per_block_stages else ''
       _log(
-        f'Compiled train step in {time.time() - t0:.1f}s; temp memory '
+        f'Compiled train step{how} in {time.time() - t0:.1f}s; temp memory '
         f'{getattr(memory, "temp_size_in_bytes", 0) / 2**20:.1f} MiB per device'
       )
     return compiled, resident
