@@ -27,9 +27,9 @@ import jax.numpy as jnp
 TINY_OUTPUT_AREA = 16
 
 
-def _conv(x, k, pads, precision):
+def _conv(x, k, pads, precision, strides=(1, 1)):
   return jax.lax.conv_general_dilated(
-    x, k, (1, 1), pads, precision=precision, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    x, k, strides, pads, precision=precision, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
   )
 
 
@@ -131,31 +131,29 @@ def _is_tiny(lhs, rhs, strides, pads) -> bool:
   return 0 < sizes[0] * sizes[1] <= TINY_OUTPUT_AREA
 
 
-def _conv_with_cpu_gradients(x, k, pads, precision):
-  """`_conv_cpu_gradients`, keeping only x and k for the backward pass.
+def _keeping_only_inputs(conv, x, k):
+  """conv(x, k), keeping only x and k for the backward pass.
 
   Without the checkpoint, the kernel gradient's transposed copy of x is a
   residual: XLA computes it in the forward pass, fused with x's producers
   (BatchNorm, ReLU) and, in a scanned stage, stacked over the blocks, which
   costs more than a plain transpose of x in the backward pass (docs/speed.md).
-  Nothing is recomputed but that transpose and the flipped kernel: the
-  forward convolution's output is not needed by its gradients.
+  Nothing is recomputed but that transpose (with its unfused copy of x) and
+  the flipped kernel: the forward convolution's output is not needed by its
+  gradients.
   """
-  conv = lambda x, k: _conv_cpu_gradients(x, k, pads, precision)
-  return jax.checkpoint(conv, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)(
-    x, k
-  )
+  policy = jax.checkpoint_policies.nothing_saveable
+  return jax.checkpoint(conv, prevent_cse=False, policy=policy)(x, k)
 
 
-def _xla_conv(x, k, strides, pads, precision):
-  return jax.lax.conv_general_dilated(
-    x, k, strides, pads, precision=precision, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
-  )
+def _conv_with_cpu_gradients(x, k, pads, precision):
+  """`_conv_cpu_gradients`, keeping only x and k for the backward pass."""
+  return _keeping_only_inputs(lambda x, k: _conv_cpu_gradients(x, k, pads, precision), x, k)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _strided_conv(x, k, strides, pads, precision):
-  return _xla_conv(x, k, strides, pads, precision)
+  return _conv(x, k, pads, precision, strides)
 
 
 @functools.partial(_strided_conv.defjvp, symbolic_zeros=True)
@@ -166,23 +164,20 @@ def _strided_conv_jvp(strides, pads, precision, primals, tangents):
   # copy of x that this gradient makes, recomputing them element by element.
   x, k = primals
   dx, dk = tangents
-  conv = functools.partial(_xla_conv, strides=strides, pads=pads, precision=precision)
+  conv = functools.partial(_conv, pads=pads, precision=precision, strides=strides)
   y = conv(x, k)
-  dy = jnp.zeros_like(y)
+  dy = None
   if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
-    dy = dy + conv(dx, k)
+    dy = conv(dx, k)
   if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
-    dy = dy + conv(_unfused(x), dk)
-  return y, dy
+    dy_k = conv(_unfused(x), dk)
+    dy = dy_k if dy is None else dy + dy_k
+  return y, jnp.zeros_like(y) if dy is None else dy
 
 
 def _strided_with_cpu_gradients(x, k, strides, pads, precision):
-  """`_strided_conv`, keeping only x and k for the backward pass (so the
-  unfused copy of x is made there, not kept from the forward pass)."""
-  conv = lambda x, k: _strided_conv(x, k, strides, pads, precision)
-  return jax.checkpoint(conv, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)(
-    x, k
-  )
+  """`_strided_conv`, keeping only x and k for the backward pass."""
+  return _keeping_only_inputs(lambda x, k: _strided_conv(x, k, strides, pads, precision), x, k)
 
 
 def conv_general_dilated(

@@ -145,7 +145,11 @@ def _gradients(params, batch_stats, images, targets, *, model, config, per_block
   losses and gradients averaged: the update of one batch k times larger.
   `per_block`: compute scanned stages one block at a time (same values)."""
   smoothing = config.get('label_smoothing', 0.0)
-  apply = functools.partial(scan_layout.apply_per_block, model) if per_block else model.apply
+
+  def apply(variables, *args, **kwargs):  # `model` as it is when traced (below).
+    if per_block:
+      return scan_layout.apply_per_block(model, variables, *args, **kwargs)
+    return model.apply(variables, *args, **kwargs)
 
   def loss_fn(params, batch_stats, images, targets):
     variables = {'params': params, 'batch_stats': batch_stats}
@@ -161,7 +165,6 @@ def _gradients(params, batch_stats, images, targets, *, model, config, per_block
     (loss, (logits, batch_stats)), grads = grad_fn(params, batch_stats, images, targets)
     return loss, logits, batch_stats, grads
   model = model.clone(in_step_loop=True)  # Keeps XLA:CPU's convolution gradients fast in a loop.
-  apply = functools.partial(scan_layout.apply_per_block, model) if per_block else model.apply
 
   def micro_step(carry, batch):
     grad_sum, batch_stats = carry
