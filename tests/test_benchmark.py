@@ -80,3 +80,40 @@ def test_overrides_parse_literals_and_are_type_checked():
   assert config.steps_per_dispatch == 50
   assert benchmark.recipe('resnet50').input.dataset == 'imagenet2012'
   assert benchmark.recipe('cifar_plain20').input.dataset == 'cifar10'
+
+
+def test_peer_rounds_time_only_the_steps_after_each_sides_warmup(monkeypatch):
+  from resnet_jax.tools import peer_rounds
+
+  calls = []
+
+  class FakeWorker:
+    def __init__(self, name, argv, env):
+      self.name, self.setting = name, f'{name} setting'
+
+    def time(self, what, count):
+      calls.append((self.name, what, count))
+      # A warm-up far slower than the timed steps: counted, it would show.
+      return 100.0 if (what, count) == ('train', 2) else {'jax': 1.0, 'torch': 2.0}[self.name]
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(peer_rounds, 'Worker', FakeWorker)
+  config = config_lib.cifar10('cifar_resnet20')
+  result = peer_rounds.compare(config, [], rounds=2, steps=5, eval_batches=0, warmup_steps=2)
+  assert calls == [
+    ('jax', 'train', 2),
+    ('jax', 'train', 5),
+    ('torch', 'train', 2),
+    ('torch', 'train', 5),
+    ('torch', 'train', 2),
+    ('torch', 'train', 5),
+    ('jax', 'train', 2),
+    ('jax', 'train', 5),
+  ]
+  rates = result['train_images_per_sec']
+  assert rates['jax']['median'] == 5 * 128 / 1.0 and rates['torch']['median'] == 5 * 128 / 2.0
+  assert result['train_ratio'] == 2.0 and 'eval_ratio' not in result
+  assert (result['steps'], result['warmup_steps']) == (5, 2)
+  assert 'of 5 timed train steps after 2 untimed' in peer_rounds.describe(result)

@@ -42,7 +42,7 @@ COMMANDS = {
     'trivial_augment view'
   ),
   'resnet_jax.tools.peer_benchmark': (
-    'config eval_batches json rounds steps threads torch_huge_pages worker'
+    'config eval_batches json rounds steps threads torch_huge_pages warmup_steps worker'
   ),
   'resnet_jax.tools.step_profile': 'config steps top trace_dir',
 }
