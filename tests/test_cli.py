@@ -45,6 +45,7 @@ COMMANDS = {
     'config eval_batches json rounds steps threads torch_huge_pages warmup_steps worker'
   ),
   'resnet_jax.tools.step_profile': 'config steps top trace_dir',
+  'resnet_jax.tools.torch_step_profile': 'batch_size model steps threads top',
 }
 CONFIG = '--config=configs/cifar10_resnet20.py'
 

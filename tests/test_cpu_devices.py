@@ -210,3 +210,16 @@ def test_the_pytorch_peer_is_the_same_net_as_ours():
   assert torch_resnet.augment(images.float().permute(0, 3, 1, 2)).shape == (4, 3, 32, 32)
   assert float(step(images, torch.tensor([0, 1, 2, 3]))) > 0
   assert step.evaluate(images).shape == (4, 10)
+
+
+def test_the_pytorch_peers_profile_groups_its_step_and_refuses_other_nets():
+  pytest.importorskip('torch')
+  command = [sys.executable, '-m', 'resnet_jax.tools.torch_step_profile', '--batch_size=8']
+  result = subprocess.run([*command, '--steps=1', '--top=3'], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-2000:]
+  groups = dict(line.rsplit(None, 1) for line in result.stdout.splitlines()[2:11] if line.strip())
+  assert float(groups['convolution forward']) > 0 and float(groups['convolution gradients']) > 0
+  assert float(groups['BatchNorm backward']) > 0 and 'all ops (profiled)' in groups
+  assert 'aten::' in result.stdout.split('costliest ops:')[1]
+  bad = subprocess.run([*command, '--model=resnet50'], capture_output=True, text=True)
+  assert bad.returncode != 0 and 'error: --model:' in bad.stderr
