@@ -86,15 +86,20 @@ def _conv_cpu_gradients_jvp(pads, precision, primals, tangents):
   dx, dk = tangents
   y = _conv(x, k, pads, precision)
   y_type = jax.ShapeDtypeStruct(y.shape, y.dtype)
-  dy = None
-  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
-    (dy,) = jax.linear_transpose(functools.partial(_input_gradient, k, pads, precision), y_type)(dx)
-  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
-    (dy_k,) = jax.linear_transpose(functools.partial(_kernel_gradient, x, pads, precision), y_type)(
-      dk
-    )
-    dy = dy_k if dy is None else dy + dy_k
-  return y, jnp.zeros_like(y) if dy is None else dy
+
+  def transposed(gradient):  # Traced only for a tangent that is not a symbolic zero.
+    return lambda t: jax.linear_transpose(gradient, y_type)(t)[0]
+
+  along_x = transposed(functools.partial(_input_gradient, k, pads, precision))
+  along_k = transposed(functools.partial(_kernel_gradient, x, pads, precision))
+  return y, _output_tangent(y, (dx, along_x), (dk, along_k))
+
+
+def _output_tangent(y, *terms):
+  """The sum of f(t) over the (tangent t, linear map f) terms whose tangent is
+  not a symbolic zero, in order; zeros shaped like y if every one is."""
+  parts = [f(t) for t, f in terms if not isinstance(t, jax.custom_derivatives.SymbolicZero)]
+  return sum(parts[1:], parts[0]) if parts else jnp.zeros_like(y)
 
 
 def _conv_as_product(x, k, pads, strides, precision):
@@ -166,13 +171,7 @@ def _strided_conv_jvp(strides, pads, precision, primals, tangents):
   dx, dk = tangents
   conv = functools.partial(_conv, pads=pads, precision=precision, strides=strides)
   y = conv(x, k)
-  dy = None
-  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
-    dy = conv(dx, k)
-  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
-    dy_k = conv(_unfused(x), dk)
-    dy = dy_k if dy is None else dy + dy_k
-  return y, jnp.zeros_like(y) if dy is None else dy
+  return y, _output_tangent(y, (dx, lambda t: conv(t, k)), (dk, lambda t: conv(_unfused(x), t)))
 
 
 def _strided_with_cpu_gradients(x, k, strides, pads, precision):
