@@ -75,7 +75,8 @@ class _JaxSide:
       'index': np.arange(n, dtype=np.int32),
       'mask': np.ones((n,), bool),
     }
-    self.devices = f'{jax.device_count()} {jax.devices()[0].platform.upper()} devices'
+    n = jax.device_count()
+    self.devices = f'{n} {jax.devices()[0].platform.upper()} device{"s" if n > 1 else ""}'
 
   def train(self, steps):
     for _ in range(steps):
@@ -107,7 +108,7 @@ class _TorchSide:
     self.images = torch.randint(0, 256, (b, 32, 32, 3), dtype=torch.uint8)
     self.labels = torch.randint(0, 10, (b,))
     self.eval_images = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8)
-    self.devices = f'{threads} threads, torch {torch.__version__}'
+    self.devices = f'{threads} thread{"s" if threads > 1 else ""}, torch {torch.__version__}'
 
   def train(self, steps):
     for _ in range(steps):
