@@ -75,8 +75,9 @@ class _JaxSide:
       'index': np.arange(n, dtype=np.int32),
       'mask': np.ones((n,), bool),
     }
-    n = jax.device_count()
-    self.devices = f'{n} {jax.devices()[0].platform.upper()} device{"s" if n > 1 else ""}'
+    count = jax.device_count()
+    platform = jax.devices()[0].platform.upper()
+    self.devices = f'{count} {platform} device{"s" if count > 1 else ""}'
 
   def train(self, steps):
     for _ in range(steps):
